@@ -1,0 +1,74 @@
+"""What every component shares: artifacts and the declaration of a stage.
+
+A component module defines one ``ComponentSpec`` named ``SPEC``: its inputs
+and outputs by artifact type, and an ``executor`` function
+``executor(inputs, outputs, params) -> None``. ``inputs`` and ``outputs`` map
+names to :class:`Artifact`; an executor writes only below its outputs' URIs
+and may add to their ``properties``. The runner owns where URIs point and
+publishes outputs atomically, so executors never see each other's temporary
+state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Any, Callable, Mapping
+
+
+@dataclasses.dataclass
+class Artifact:
+    """A typed output of one stage, living at ``uri``."""
+
+    type_name: str
+    uri: str
+    properties: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.uri, *parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class ComponentSpec:
+    """Declared interface of a stage: artifact types in and out, and its executor."""
+
+    name: str
+    inputs: Mapping[str, str]
+    outputs: Mapping[str, str]
+    executor: Callable[[Mapping[str, Artifact], Mapping[str, Artifact], Mapping[str, Any]], None]
+    optional_inputs: frozenset[str] = frozenset()
+
+    def check_inputs(self, inputs: Mapping[str, Artifact]) -> None:
+        """Raises ``ValueError`` when an input is missing or of the wrong type."""
+        for name, type_name in self.inputs.items():
+            if name not in inputs:
+                if name in self.optional_inputs:
+                    continue
+                raise ValueError(f"{self.name}: missing input {name!r} ({type_name})")
+            if inputs[name].type_name != type_name:
+                raise ValueError(f"{self.name}: input {name!r} is a {inputs[name].type_name}, "
+                                 f"expected {type_name}")
+        unknown = set(inputs) - set(self.inputs)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown inputs {sorted(unknown)}")
+
+
+def write_json_atomic(path: str, payload: Any) -> None:
+    """Writes JSON to ``path`` through a temporary file and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(payload, out, indent=2, sort_keys=True)
+            out.write("\n")
+        os.replace(tmp_path, path)
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
+
+
+def read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)

@@ -1,0 +1,79 @@
+"""Beam plumbing the ExampleGens share: options, split writing, dead letters."""
+from __future__ import annotations
+
+import json
+from typing import Iterable, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+SPLITS = ("train", "eval", "test")
+
+
+def pipeline_options(beam_args: Sequence[str] | None = None) -> PipelineOptions:
+    """Options for a Beam pipeline from pass-through command-line flags.
+
+    With no flags the job runs on the in-process DirectRunner; flags such as
+    ``--runner=FlinkRunner`` or ``--runner=DataflowRunner --project=...`` are
+    handed to Beam unchanged.
+    """
+    args = list(beam_args or [])
+    if not any(a.startswith("--runner") for a in args):
+        args.append("--runner=DirectRunner")
+    return PipelineOptions(args)
+
+
+def split_prefix(uri: str, split: str) -> str:
+    """File prefix of a split's shards: ``<uri>/Split-<split>/data``."""
+    return f"{uri}/Split-{split}/data"
+
+
+def split_files_pattern(uri: str, split: str) -> str:
+    return f"{split_prefix(uri, split)}-*.tfrecord.gz"
+
+
+class WriteSplits(beam.PTransform):
+    """Writes ``(split, serialized_record)`` pairs as GZIP TFRecords per split."""
+
+    def __init__(self, uri: str, num_shards: int = 1):
+        super().__init__()
+        self._uri = uri
+        self._num_shards = num_shards
+
+    def expand(self, pairs):
+        parts = pairs | "PartitionBySplit" >> beam.Partition(
+            lambda pair, _: SPLITS.index(pair[0]), len(SPLITS))
+        for split, part in zip(SPLITS, parts):
+            (part
+             | f"Payload{split}" >> beam.Map(lambda pair: pair[1])
+             | f"Write{split}" >> beam.io.WriteToTFRecord(
+                 split_prefix(self._uri, split), file_name_suffix=".tfrecord.gz",
+                 num_shards=self._num_shards,
+                 compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+        return pairs.pipeline
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Writes dict records (each with a ``reason``) as one JSON-lines file."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+
+    def expand(self, records):
+        return (records
+                | "ToJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
+                | "WriteDeadLetters" >> beam.io.WriteToText(
+                    self._path, shard_name_template="", num_shards=1))
+
+
+def read_dead_letters(path: str) -> Iterable[dict]:
+    """Yields the dead-letter records written by :class:`WriteDeadLetters`."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path) as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
