@@ -15,7 +15,7 @@ INSTALL_REQUIRES = [
     "tensorflow-serving-api==2.17.1",
     "tensorflow-hub==0.16.1",
     "keras>=3.4,<3.7",
-    "apache-beam==2.77.0",
+    "apache-beam[tfrecord]==2.77.0",
     "librosa==0.11.0",
     "soundfile>=0.12,<0.15",
     "soxr>=0.5,<1.2",

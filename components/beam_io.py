@@ -43,14 +43,15 @@ class WriteSplits(beam.PTransform):
     def expand(self, pairs):
         parts = pairs | "PartitionBySplit" >> beam.Partition(
             lambda pair, _: SPLITS.index(pair[0]), len(SPLITS))
+        written = {}
         for split, part in zip(SPLITS, parts):
-            (part
+            written[split] = (part
              | f"Payload{split}" >> beam.Map(lambda pair: pair[1])
              | f"Write{split}" >> beam.io.WriteToTFRecord(
                  split_prefix(self._uri, split), file_name_suffix=".tfrecord.gz",
                  num_shards=self._num_shards,
                  compression_type=beam.io.filesystem.CompressionTypes.GZIP))
-        return pairs.pipeline
+        return written
 
 
 class WriteDeadLetters(beam.PTransform):
