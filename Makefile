@@ -1,0 +1,30 @@
+# musicrec: `make demo` and `make test` are all a fresh machine needs.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: demo test install bench clean
+
+install: $(STAMP)
+
+# One pip call installs the whole pinned stack, so nothing later lifts numpy
+# or protobuf past what TensorFlow 2.17 accepts.
+$(STAMP): setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=70" wheel
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/musicrec demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_audio_ingest.py --data ../shared/data/gtzan_dev
+
+clean:
+	rm -rf demo-run build *.egg-info

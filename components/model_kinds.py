@@ -1,0 +1,69 @@
+"""The two model kinds musicrec trains, and what each stage needs to know of them.
+
+Trainer, Evaluator and Pusher are generic; this table ties a kind to its
+examples type, its model code in ``musicrec.models`` and its blessing rule.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import importlib
+import os
+from typing import Any, Callable, Mapping
+
+from musicrec.components.base import Artifact
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+    name: str
+    examples_type: str
+    train_module: str
+    evaluate_module: str
+    # (metrics, params) -> (blessed, reason)
+    blessing_rule: Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[bool, str]]
+
+    def run_fn(self) -> Callable:
+        return importlib.import_module(self.train_module).run_fn
+
+    def evaluate_fn(self) -> Callable:
+        return importlib.import_module(self.evaluate_module).evaluate
+
+
+def _bless_genre(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[bool, str]:
+    factor = float(params.get("min_accuracy_over_chance", 1.5))
+    accuracy, chance = metrics["track_accuracy"], metrics["chance_accuracy"]
+    needed = min(1.0, factor * chance)
+    if accuracy >= needed:
+        return True, f"track accuracy {accuracy:.3f} >= {factor} x chance ({needed:.3f})"
+    return False, f"track accuracy {accuracy:.3f} < {factor} x chance ({needed:.3f})"
+
+
+def _bless_next_track(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[bool, str]:
+    model_hr = metrics["model"]["hr@20"]
+    popular_hr = metrics["baselines"]["popularity"]["hr@20"]
+    if not params.get("must_beat_popularity", True):
+        return True, "no baseline check configured"
+    if model_hr >= popular_hr:
+        return True, f"HR@20 {model_hr:.3f} >= popularity baseline {popular_hr:.3f}"
+    return False, f"HR@20 {model_hr:.3f} < popularity baseline {popular_hr:.3f}"
+
+
+KINDS: dict[str, ModelKind] = {
+    "genre": ModelKind("genre", "AudioExamples", "musicrec.models.genre.train",
+                       "musicrec.models.genre.evaluate", _bless_genre),
+    "next_track": ModelKind("next_track", "Sessions", "musicrec.models.next_track.train",
+                            "musicrec.models.next_track.evaluate", _bless_next_track),
+}
+
+
+def kind(name: str) -> ModelKind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown model kind {name!r}; known: {sorted(KINDS)}") from None
+
+
+def split_files(examples: Artifact, split: str) -> list[str]:
+    """The GZIP TFRecord shards of one split of an examples artifact, sorted."""
+    return sorted(glob.glob(os.path.join(examples.uri, f"Split-{split}", "*.tfrecord.gz")))

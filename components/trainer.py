@@ -1,0 +1,44 @@
+"""Trainer: runs a model's ``run_fn`` on an examples artifact.
+
+Inputs: ``examples`` (AudioExamples or Sessions, by model kind).
+Outputs: ``model`` (Model): ``serving/`` (SavedModel) and ``train_metrics.json``.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from musicrec.components.base import Artifact, ComponentSpec
+from musicrec.components.model_kinds import kind, split_files
+from musicrec.models.features import AudioFeatureParams
+from musicrec.models.train_args import TrainArgs
+
+
+def spec(model_kind: str) -> ComponentSpec:
+    """The Trainer's declaration for one model kind ("genre" or "next_track")."""
+    return ComponentSpec(name=f"trainer[{model_kind}]",
+                         inputs={"examples": kind(model_kind).examples_type},
+                         outputs={"model": "Model"}, executor=run)
+
+
+def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
+        params: Mapping[str, Any]) -> None:
+    """Trains. Params: ``kind``, ``hparams`` (dict), ``features`` (dict, genre only), ``seed``."""
+    model_kind = kind(params["kind"])
+    examples = inputs["examples"]
+    train_files = split_files(examples, "train")
+    if not train_files:
+        raise ValueError(f"no training shards under {examples.uri}/Split-train")
+    features = params.get("features")
+    args = TrainArgs(
+        train_files=train_files, eval_files=split_files(examples, "eval"),
+        examples_dir=examples.uri, model_dir=outputs["model"].uri,
+        hparams=dict(params.get("hparams") or {}),
+        feature_params=AudioFeatureParams.from_dict(features) if features else None,
+        seed=int(params.get("seed", 0)))
+    metrics = model_kind.run_fn()(args)
+    outputs["model"].properties.update(kind=model_kind.name, train_metrics=_scalars(metrics))
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level numbers of a metrics dict, for the run record."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}

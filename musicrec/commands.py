@@ -1,0 +1,223 @@
+"""What each ``musicrec`` command does; ``cli.py`` only parses flags.
+
+This is the one place that joins the serving clients with the feature code:
+``classify`` computes log-mel segments with ``musicrec.models.features`` (the
+single source of truth) and sends them to the server.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+log = logging.getLogger("musicrec")
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad path, missing model...): printed without a traceback."""
+
+
+# ---------------------------------------------------------------------------- data and pipeline
+
+def generate_data(args: argparse.Namespace) -> int:
+    summary = _generate(args.out, args.seed, args.tiny)
+    print(f"wrote {summary.n_tracks} tracks in {len(summary.genres)} genres "
+          f"({', '.join(summary.genres)}), {summary.n_plays} plays by {summary.n_users} users "
+          f"in {summary.n_sessions} sessions to {summary.out_dir}")
+    return 0
+
+
+def _generate(out_dir: str, seed: int, tiny: bool):
+    from musicrec import demo_data
+
+    config = demo_data.tiny_config(seed) if tiny else demo_data.DemoDataConfig(seed=seed)
+    return demo_data.generate(out_dir, config, progress=lambda message: log.info("%s", message))
+
+
+def run(args: argparse.Namespace) -> int:
+    from musicrec.pipeline.config import ConfigError, load_config
+
+    for path in [args.audio, args.metadata, args.config, *(args.playlogs or [])]:
+        if path and "://" not in path and not os.path.exists(path):
+            raise UserError(f"{path} does not exist")
+    if not (args.audio or args.metadata or args.playlogs):
+        raise UserError("give --audio DIR (or --metadata CSV), --playlogs PATH..., or both")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise UserError(f"config {args.config}: {exc}") from exc
+    config["beam_args"] = [*config["beam_args"], *args.beam_args]
+    result = run_pipeline(config, args.workdir, audio_dir=args.audio, metadata_csv=args.metadata,
+                          playlog_paths=args.playlogs)
+    print_run_summary(result)
+    return 0 if all(push.get("pushed") for push in pushes(result).values()) else 1
+
+
+def run_pipeline(config, workdir: str, **sources):
+    from musicrec.pipeline.pipeline import create_pipeline
+    from musicrec.pipeline.runner import LocalRunner, describe
+
+    pipeline = create_pipeline(config, os.path.abspath(workdir), **sources)
+    log.info("pipeline:\n%s", describe(pipeline.ordered()))
+    return LocalRunner().run(pipeline)
+
+
+def pushes(result) -> dict[str, dict[str, Any]]:
+    """Model name → the pusher's record, for every pusher in the run."""
+    return {artifact.properties["model_name"]: artifact.properties
+            for ref, artifact in result.artifacts.items() if artifact.type_name == "PushedModel"}
+
+
+def evaluations(result) -> dict[str, dict[str, Any]]:
+    """Model kind → the evaluator's metrics.json."""
+    reports = {}
+    for artifact in result.artifacts.values():
+        if artifact.type_name == "ModelEvaluation":
+            with open(artifact.path("metrics.json"), encoding="utf-8") as handle:
+                reports[artifact.properties["kind"]] = json.load(handle)
+    return reports
+
+
+def print_run_summary(result) -> None:
+    print(f"run {result.run_id}: {result.run_dir}")
+    for kind, report in sorted(evaluations(result).items()):
+        metrics, blessing = report["metrics"], report["blessing"]
+        if kind == "genre":
+            print(f"  genre: held-out track accuracy {metrics['track_accuracy']:.3f} "
+                  f"(segment {metrics['segment_accuracy']:.3f}; chance {metrics['chance_accuracy']:.3f}) "
+                  f"on {metrics['n_tracks']} tracks")
+        else:
+            model, popularity = metrics["model"], metrics["baselines"]["popularity"]
+            print(f"  next_track: HR@20 {model['hr@20']:.3f}, MRR@20 {model['mrr@20']:.3f} "
+                  f"(popularity baseline HR@20 {popularity['hr@20']:.3f}, MRR@20 "
+                  f"{popularity['mrr@20']:.3f}) over {metrics['n_predictions']} predictions")
+        print(f"    {'blessed' if blessing['blessed'] else 'NOT blessed'}: {blessing['reason']}")
+    for name, push in sorted(pushes(result).items()):
+        if push.get("pushed"):
+            print(f"  pushed {name} version {push['version']} to {push['path']}")
+        else:
+            print(f"  did not push {name}: {push.get('reason')}")
+
+
+# ---------------------------------------------------------------------------- serving
+
+def served_models(workdir: str) -> dict[str, str]:
+    """Model name → absolute base path, for every model with a version under ``<workdir>/serving``."""
+    base = os.path.abspath(os.path.join(workdir, "serving"))
+    models = {}
+    if os.path.isdir(base):
+        for name in sorted(os.listdir(base)):
+            path = os.path.join(base, name)
+            if os.path.isdir(path) and any(v.isdigit() for v in os.listdir(path)):
+                models[name] = path
+    return models
+
+
+def serve(args: argparse.Namespace) -> int:
+    from musicrec.serving import config as serving_config
+    from musicrec.serving import server
+
+    config_file = args.model_config_file
+    if args.workdir:
+        models = served_models(args.workdir)
+        if not models:
+            raise UserError(f"no pushed models under {args.workdir}/serving; run `musicrec run` first")
+        config_file = os.path.join(os.path.abspath(args.workdir), "serving", "models.config")
+        serving_config.write_model_config(config_file, models)
+    flags = [f"--port={args.port}", f"--rest_api_port={args.rest_api_port}",
+             f"--file_system_poll_wait_seconds={args.file_system_poll_wait_seconds}"]
+    if config_file:
+        flags.append(f"--model_config_file={config_file}")
+    elif args.model_name and args.model_base_path:
+        flags += [f"--model_name={args.model_name}", f"--model_base_path={args.model_base_path}"]
+    else:
+        raise UserError("give --workdir, --model_config_file, or --model_name with --model_base_path")
+    binary = None if args.local else serving_config.find_model_server()
+    if binary:
+        # The real server binds every interface by default; it has no host flag.
+        log.info("starting %s", binary)
+        os.execv(binary, [binary, *flags])
+    return server.main([*flags, f"--host={args.host}"])
+
+
+def _client(args: argparse.Namespace):
+    from musicrec.serving.client import PredictionClient
+
+    return PredictionClient(args.server, timeout_seconds=args.timeout)
+
+
+def classify(args: argparse.Namespace) -> int:
+    from musicrec.models.features import AudioDecodeError
+    from musicrec.pipeline.config import feature_params, load_config
+    from musicrec.serving.errors import ServingError
+
+    params = feature_params(load_config(args.config))
+    failures = 0
+    with _client(args) as client:
+        for index, path in enumerate(args.files, start=1):
+            if len(args.files) > 1 and not args.json:
+                print(f"[{index}/{len(args.files)}] {path}", file=sys.stderr)
+            try:
+                top = classify_file(client, args.model, path, params, args.top)
+            except (AudioDecodeError, ServingError) as exc:
+                failures += 1
+                _emit(args.json, {"path": path, "error": str(exc)}, f"{path}: error: {exc}")
+                continue
+            text = f"{path}: " + ", ".join(f"{g['genre']} {g['probability']:.3f}" for g in top)
+            _emit(args.json, {"path": path, "top_genres": top}, text)
+    return 1 if failures else 0
+
+
+def classify_file(client, model_name: str, path: str, params, top: int) -> list[dict[str, Any]]:
+    """Top genres of one file: segment probabilities from the server, averaged per track."""
+    from musicrec.models.features import track_segments
+
+    outputs = client.predict(model_name, {"log_mel": track_segments(path, params)},
+                             output_filter=["probabilities", "classes"])
+    probabilities = outputs["probabilities"].mean(axis=0)
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in outputs["classes"][0]]
+    order = np.argsort(-probabilities, kind="stable")[:top]
+    return [{"genre": classes[i], "probability": round(float(probabilities[i]), 6)} for i in order]
+
+
+def recommend(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        ranked = recommend_tracks(client, args.model, args.tracks, args.k)
+    text = "\n".join(f"{rank:3d}. {r['track']}  {r['score']:.4f}" for rank, r in
+                     enumerate(ranked, start=1))
+    _emit(args.json, {"tracks": list(args.tracks), "recommendations": ranked}, text)
+    return 0
+
+
+def recommend_tracks(client, model_name: str, tracks: Sequence[str], k: int) -> list[dict[str, Any]]:
+    outputs = client.predict(model_name, {"track_keys": np.array([list(tracks)], dtype=object)})
+    keys, scores = outputs["track_keys"][0], outputs["scores"][0]
+    return [{"track": key.decode() if isinstance(key, bytes) else str(key), "score": round(float(s), 6)}
+            for key, s in list(zip(keys, scores))[:k]]
+
+
+def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
+    print(json.dumps(payload) if as_json else text, flush=True)
+
+
+# ---------------------------------------------------------------------------- demo
+
+def demo(args: argparse.Namespace) -> int:
+    from musicrec.demo import run_demo
+
+    return run_demo(args.workdir, seed=args.seed, port=args.port, tiny=args.tiny)
+
+
+def read_metadata(path: str) -> dict[str, dict[str, str]]:
+    """track_id → metadata row, paths made absolute."""
+    root = os.path.dirname(os.path.abspath(path))
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return {row["track_id"]: {**row, "path": os.path.join(root, row["path"])} for row in rows}
+

@@ -1,0 +1,164 @@
+"""``musicrec demo``: the whole job on generated data, as a user would run it.
+
+generate data → ingest (Beam) → train → evaluate → push → serve → query over
+gRPC → stop the server. Every prediction printed comes from the server.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+log = logging.getLogger("musicrec.demo")
+
+# Small models for the tiny smoke-test dataset; the full demo uses the defaults.
+TINY_OVERRIDES = {
+    "genre_model": {"hparams": {"epochs": 8, "lstm_units": 32}},
+    "next_track_model": {"hparams": {"epochs": 5, "lstm_units": 32, "embedding_dim": 16}},
+}
+
+
+def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
+    """``preferred`` if it can be bound now, else a free port picked by the OS."""
+    for candidate in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, candidate))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError("no free port")
+
+
+@contextlib.contextmanager
+def serving_process(workdir: str, port: int, ready_models: list[str],
+                    timeout_seconds: float = 120.0) -> Iterator[str]:
+    """Runs ``musicrec serve --workdir`` in a child process; yields its gRPC target.
+
+    The server is stopped with SIGTERM (graceful) when the block exits.
+    """
+    from musicrec.serving.client import PredictionClient
+
+    command = [sys.executable, "-m", "musicrec.cli", "serve", "--workdir", workdir,
+               f"--port={port}"]
+    log.info("starting the server: %s", " ".join(command))
+    process = subprocess.Popen(command)
+    target = f"127.0.0.1:{port}"
+    try:
+        with PredictionClient(target, timeout_seconds=10.0) as client:
+            for model_name in ready_models:
+                deadline = time.monotonic() + timeout_seconds
+                while True:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"the server exited with code {process.returncode}")
+                    try:
+                        client.wait_until_ready(model_name, timeout_seconds=5.0)
+                        break
+                    except Exception:
+                        if time.monotonic() > deadline:
+                            raise
+        yield target
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.info("server stopped (exit code %s)", process.returncode)
+
+
+def held_out_tracks(examples_uri: str, count: int) -> list[tuple[str, str]]:
+    """(track_id, genre) of the first ``count`` distinct tracks in the test split."""
+    import tensorflow as tf
+
+    spec = {"track_id": tf.io.FixedLenFeature([], tf.string), "genre": tf.io.FixedLenFeature([], tf.string)}
+    files = sorted(glob.glob(os.path.join(examples_uri, "Split-test", "*.tfrecord.gz")))
+    seen: dict[str, str] = {}
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        parsed = tf.io.parse_single_example(record, spec)
+        seen.setdefault(parsed["track_id"].numpy().decode(), parsed["genre"].numpy().decode())
+        if len(seen) == count:
+            break
+    return list(seen.items())
+
+
+def held_out_sessions(sessions_uri: str, count: int, min_length: int = 4) -> list[list[str]]:
+    """Track keys of the first ``count`` test sessions with at least ``min_length`` plays."""
+    import tensorflow as tf
+
+    files = sorted(glob.glob(os.path.join(sessions_uri, "Split-test", "*.tfrecord.gz")))
+    sessions = []
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        _, lists = tf.io.parse_single_sequence_example(
+            record, sequence_features={"track_key": tf.io.FixedLenSequenceFeature([], tf.string)})
+        keys = [k.decode() for k in lists["track_key"].numpy()]
+        if len(keys) >= min_length:
+            sessions.append(keys)
+        if len(sessions) == count:
+            break
+    return sessions
+
+
+def run_demo(workdir: str, seed: int = 0, port: int = 8500, tiny: bool = False) -> int:
+    from musicrec import commands
+    from musicrec.pipeline.config import feature_params, make_config
+    from musicrec.serving.client import PredictionClient
+
+    started = time.monotonic()
+    workdir = os.path.abspath(workdir)
+    data_dir = os.path.join(workdir, "data")
+    print(f"== 1/4 generating demo data into {data_dir}", flush=True)
+    summary = commands._generate(data_dir, seed, tiny)
+    print(f"   {summary.n_tracks} tracks, {len(summary.genres)} genres, {summary.n_plays} plays, "
+          f"{summary.n_users} users", flush=True)
+
+    print("== 2/4 running the pipeline: ingest → train → evaluate → push", flush=True)
+    config = make_config({"seed": seed, **(TINY_OVERRIDES if tiny else {})})
+    result = commands.run_pipeline(config, workdir, audio_dir=summary.audio_dir,
+                                   playlog_paths=summary.playlog_paths)
+    commands.print_run_summary(result)
+    pushed = commands.pushes(result)
+    missing = [name for name in ("genre", "next_track") if not pushed.get(name, {}).get("pushed")]
+    if missing:
+        print(f"demo: {', '.join(missing)} not pushed; nothing to serve", file=sys.stderr)
+        return 1
+
+    port = free_port(port)
+    print(f"== 3/4 serving {workdir}/serving on 127.0.0.1:{port}", flush=True)
+    metadata = commands.read_metadata(summary.metadata_csv)
+    tracks = held_out_tracks(result.artifact("audio_example_gen", "examples").uri, 6)
+    sessions = held_out_sessions(result.artifact("playlog_example_gen", "sessions").uri, 3)
+    features = feature_params(config)
+    with serving_process(workdir, port, ["genre", "next_track"]) as target, \
+            PredictionClient(target, timeout_seconds=30.0) as client:
+        print("== 4/4 querying the server over gRPC", flush=True)
+        print("   genre of held-out tracks (true → predicted):")
+        correct = 0
+        for track_id, genre in tracks:
+            top = commands.classify_file(client, "genre", metadata[track_id]["path"], features, 3)
+            correct += top[0]["genre"] == genre
+            ranked = ", ".join(f"{g['genre']} {g['probability']:.2f}" for g in top)
+            print(f"   {track_id}  {genre:>10} → {ranked}")
+        print(f"   {correct}/{len(tracks)} correct")
+        print("   next tracks for held-out session prefixes:")
+        for keys in sessions:
+            prefix, actual = keys[:3], keys[3]
+            ranked = commands.recommend_tracks(client, "next_track", prefix, 20)
+            names = [r["track"] for r in ranked]
+            rank = names.index(actual) + 1 if actual in names else None
+            print(f"   {' → '.join(prefix)} ⇒ {', '.join(names[:5])}"
+                  f"   (actual next {actual}: {'rank ' + str(rank) if rank else 'not in top 20'})")
+    print(f"demo finished in {time.monotonic() - started:.0f} s; run record: "
+          f"{os.path.join(result.run_dir, 'run.json')}", flush=True)
+    print(json.dumps({"workdir": workdir, "run_id": result.run_id}), flush=True)
+    return 0
