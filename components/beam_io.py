@@ -78,3 +78,34 @@ def read_dead_letters(path: str) -> Iterable[dict]:
         for line in handle:
             if line.strip():
                 yield json.loads(line)
+
+
+def write_text_atomic(uri: str, text: str) -> None:
+    """Writes ``text`` to ``uri`` (local or ``gs://``) through a temporary name and a rename.
+
+    Readers never see a partly written file; an existing file is replaced.
+    """
+    import os
+    import uuid
+
+    import tensorflow as tf
+
+    directory, name = os.path.split(uri)
+    tf.io.gfile.makedirs(directory)
+    tmp_uri = f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
+    try:
+        with tf.io.gfile.GFile(tmp_uri, "w") as handle:
+            handle.write(text)
+        tf.io.gfile.rename(tmp_uri, uri, overwrite=True)
+    except BaseException:
+        if tf.io.gfile.exists(tmp_uri):
+            tf.io.gfile.remove(tmp_uri)
+        raise
+
+
+def read_text(uri: str) -> str:
+    """Reads a whole text file from a local path or any ``tf.io.gfile`` URI."""
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(uri) as handle:
+        return handle.read()

@@ -121,7 +121,7 @@ def served_models(workdir: str) -> dict[str, str]:
 
 def serve(args: argparse.Namespace) -> int:
     from musicrec.serving import config as serving_config
-    from musicrec.serving import server
+    from musicrec.serving import flags as serving_flags
 
     config_file = args.model_config_file
     if args.workdir:
@@ -143,7 +143,7 @@ def serve(args: argparse.Namespace) -> int:
         # The real server binds every interface by default; it has no host flag.
         log.info("starting %s", binary)
         os.execv(binary, [binary, *flags])
-    return server.main([*flags, f"--host={args.host}"])
+    return serving_flags.main([*flags, f"--host={args.host}"])
 
 
 def _client(args: argparse.Namespace):

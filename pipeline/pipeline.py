@@ -64,7 +64,9 @@ def create_pipeline(config: Mapping[str, Any], workdir: str, *, audio_dir: str |
         audio = config["audio"]
         audio_gen = Node("audio_example_gen", audio_example_gen.SPEC, params={
             "audio_dir": audio_dir, "metadata_csv": metadata_csv, "feature_params": audio["features"],
-            "eval_fraction": audio["eval_fraction"], "test_fraction": audio["test_fraction"],
+            "split_fractions": {
+                "train": 1.0 - audio["eval_fraction"] - audio["test_fraction"],
+                "eval": audio["eval_fraction"], "test": audio["test_fraction"]},
             "num_shards": audio["num_shards"], "beam_args": config["beam_args"]})
         nodes += [audio_gen, *_model_branch("genre", audio_gen, config, workdir)]
     if playlog_paths:

@@ -108,7 +108,8 @@ class LocalRunner:
         record_path = os.path.join(run_dir, "run.json")
         for index, node in enumerate(pipeline.ordered(), start=1):
             log.info("[%d/%d] %s (%s)", index, len(pipeline.nodes), node.id, node.spec.name)
-            entry = {"component": node.spec.name, "state": "running", "started": time.time()}
+            entry = {"component": node.spec.name, "order": index, "state": "running",
+                     "started": time.time()}
             record["components"][node.id] = entry
             write_json_atomic(record_path, record)
             try:

@@ -37,7 +37,7 @@ def test_every_stage_ran_and_both_models_were_pushed(pipeline_run):
     workdir, _, result = pipeline_run
     record = json.load(open(os.path.join(result.run_dir, "run.json")))
     assert record["state"] == "complete"
-    assert list(record["components"]) == [
+    assert sorted(record["components"], key=lambda c: record["components"][c]["order"]) == [
         "audio_example_gen", "trainer_genre", "evaluator_genre", "pusher_genre",
         "playlog_example_gen", "trainer_next_track", "evaluator_next_track", "pusher_next_track"]
     pushed = commands.pushes(result)

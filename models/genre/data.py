@@ -1,0 +1,135 @@
+"""Reading ``AudioExamples`` TFRecords for the genre model.
+
+The record format is the ``Audio examples`` contract in
+``docs/architecture.md``: GZIP TFRecords of ``tf.train.Example`` with a
+row-major ``log_mel`` float list of ``frames * n_mels`` values.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from musicrec.models.genre.model import PADDING_VALUE
+
+LABELS_FILE = "labels.txt"
+_SHUFFLE_BUFFER = 2048
+
+_FEATURES = {
+    "log_mel": tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True),
+    "frames": tf.io.FixedLenFeature([], tf.int64),
+    "n_mels": tf.io.FixedLenFeature([], tf.int64),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+    "track_id": tf.io.FixedLenFeature([], tf.string),
+}
+
+
+def read_labels(examples_dir: str) -> list[str]:
+    """Genre names from ``<examples_dir>/labels.txt``; line index = label id.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: it is empty or repeats a name.
+    """
+    path = os.path.join(examples_dir, LABELS_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"no {LABELS_FILE} in {examples_dir}")
+    with tf.io.gfile.GFile(path) as handle:
+        labels = [line.strip() for line in handle if line.strip()]
+    if not labels:
+        raise ValueError(f"{path} lists no labels")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{path} repeats a label: {labels}")
+    return labels
+
+
+def parse_example(serialized: tf.Tensor, n_mels: int) -> dict[str, tf.Tensor]:
+    """Parses one serialized audio example.
+
+    Args:
+        serialized: scalar string tensor, a ``tf.train.Example``.
+        n_mels: mel bands the model expects.
+
+    Returns:
+        ``log_mel`` float32 ``[frames, n_mels]``, ``label`` int64 ``[]`` and
+        ``track_id`` string ``[]``.
+
+    Raises:
+        tf.errors.InvalidArgumentError (when the dataset is iterated): the
+        record's ``n_mels`` differs from ``n_mels``, or ``log_mel`` does not
+        hold ``frames * n_mels`` values.
+    """
+    parsed = tf.io.parse_single_example(serialized, _FEATURES)
+    values = parsed["log_mel"]
+    checks = [
+        tf.debugging.assert_equal(
+            parsed["n_mels"], tf.constant(n_mels, tf.int64),
+            message=f"audio example has a different n_mels than the model's {n_mels}"),
+        tf.debugging.assert_equal(
+            tf.size(values, out_type=tf.int64), parsed["frames"] * n_mels,
+            message="audio example log_mel does not hold frames * n_mels values"),
+    ]
+    # The checks must run before the reshape, whose own error would not say why.
+    with tf.control_dependencies(checks):
+        log_mel = tf.reshape(values, [-1, n_mels])
+    return {
+        "log_mel": log_mel,
+        "label": parsed["label"],
+        "track_id": parsed["track_id"],
+    }
+
+
+def _records(files: Sequence[str]) -> tf.data.Dataset:
+    if not files:
+        raise ValueError("no TFRecord files given")
+    return tf.data.TFRecordDataset(list(files), compression_type="GZIP",
+                                   num_parallel_reads=tf.data.AUTOTUNE)
+
+
+def parsed_dataset(files: Sequence[str], n_mels: int) -> tf.data.Dataset:
+    """Unbatched parsed examples (dicts as :func:`parse_example` returns), in file order."""
+    return _records(files).map(lambda record: parse_example(record, n_mels),
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def make_dataset(files: Sequence[str], n_mels: int, batch_size: int, shuffle: bool,
+                 seed: int | None = None) -> tf.data.Dataset:
+    """Training/validation batches ``(log_mel, label)``.
+
+    Args:
+        files: GZIP TFRecord paths.
+        n_mels: mel bands per frame.
+        batch_size: segments per batch; the last batch may be smaller.
+        shuffle: shuffle segments (buffer of 2048, reshuffled each epoch).
+        seed: shuffle seed, for a repeatable order.
+
+    Returns:
+        A dataset of ``log_mel`` float32 ``[batch, frames, n_mels]`` (segments
+        shorter than the longest in the batch are padded at the end with
+        frames of :data:`PADDING_VALUE`, which the model masks) and ``label``
+        int64 ``[batch]``.
+    """
+    dataset = parsed_dataset(files, n_mels).map(
+        lambda example: (example["log_mel"], example["label"]))
+    if shuffle:
+        dataset = dataset.shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.padded_batch(
+        batch_size, padded_shapes=([None, n_mels], []),
+        padding_values=(tf.constant(PADDING_VALUE, tf.float32), tf.constant(0, tf.int64)))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def iterate_segments(files: Sequence[str], n_mels: int) -> Iterator[tuple[np.ndarray, int, str]]:
+    """Yields every segment as ``(log_mel, label, track_id)`` for evaluation.
+
+    ``log_mel`` is float32 ``[frames, n_mels]`` (raw, unpadded), ``label``
+    the label id and ``track_id`` the decoded track id.
+    """
+    for example in parsed_dataset(files, n_mels).as_numpy_iterator():
+        yield example["log_mel"], int(example["label"]), example["track_id"].decode("utf-8")
+
+
+__all__ = ["LABELS_FILE", "read_labels", "parse_example", "parsed_dataset", "make_dataset",
+           "iterate_segments"]

@@ -1,0 +1,209 @@
+"""Trains the genre classifier and exports it for TF Serving.
+
+``run_fn`` is what the Trainer component calls (TFX style): it reads the
+``AudioExamples`` splits, trains with early stopping on the validation loss,
+writes ``<model_dir>/train_metrics.json`` and exports the ``genre`` serving
+signature to ``<model_dir>/serving`` with ``model.export()``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from musicrec.models.features import AudioFeatureParams
+from musicrec.models.genre.data import make_dataset, parsed_dataset, read_labels
+from musicrec.models.genre.model import (GenreHParams, build_classifier, build_serving_model,
+                                         new_normalization)
+from musicrec.models.train_args import TrainArgs
+
+logger = logging.getLogger(__name__)
+
+# Segments used to estimate the per-band mean and variance; a few thousand
+# segments of ~126 frames pin both down far better than training needs.
+NORMALIZATION_SAMPLE_SEGMENTS = 2000
+SERVING_INPUT = "log_mel"
+SERVING_OUTPUTS = frozenset({"probabilities", "classes", "genre", "embedding"})
+METRICS_FILE = "train_metrics.json"
+
+
+class _EpochLogger(keras.callbacks.Callback):
+    """Logs each epoch's metrics and wall time, and keeps the times."""
+
+    def __init__(self, total_epochs: int):
+        super().__init__()
+        self.total_epochs = total_epochs
+        self.epoch_seconds: list[float] = []
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_seconds.append(time.perf_counter() - self._started)
+        shown = " ".join(f"{name}={value:.4f}" for name, value in sorted((logs or {}).items()))
+        logger.info("genre epoch %d/%d (%.1f s): %s", epoch + 1, self.total_epochs,
+                    self.epoch_seconds[-1], shown)
+
+
+def adapt_normalization(train_files: list[str], n_mels: int,
+                        max_segments: int = NORMALIZATION_SAMPLE_SEGMENTS
+                        ) -> keras.layers.Normalization:
+    """A per-band ``Normalization`` adapted on raw training frames.
+
+    Uses the first ``max_segments`` segments, unpadded, so padding frames
+    never bias the statistics.
+    """
+    normalization = new_normalization()
+    # Each element [frames, n_mels] counts as a batch of frames for adapt.
+    frames = (parsed_dataset(train_files, n_mels)
+              .map(lambda example: example["log_mel"])
+              .take(max_segments))
+    normalization.adapt(frames)
+    return normalization
+
+
+def validation_setup(eval_files: list[str], n_mels: int, batch_size: int
+                     ) -> tuple[tf.data.Dataset | None, str]:
+    """The validation batches and the metric early stopping watches.
+
+    Returns:
+        ``(eval_dataset, "val_loss")``, or ``(None, "loss")`` with a logged
+        warning when there are no eval files: holding out part of train
+        instead would put one artist's tracks on both sides (the ExampleGen
+        splits by artist), so training stops on the training loss.
+    """
+    if eval_files:
+        return make_dataset(eval_files, n_mels, batch_size, shuffle=False), "val_loss"
+    logger.warning("genre training: no eval files; early stopping monitors the training "
+                   "loss and no validation metrics are reported")
+    return None, "loss"
+
+
+def run_fn(args: TrainArgs) -> dict[str, Any]:
+    """Trains, exports and checks the genre model.
+
+    Args:
+        args: ``train_files`` / ``eval_files`` (GZIP TFRecords of audio
+            examples), ``examples_dir`` (holds ``labels.txt``),
+            ``model_dir``, ``hparams`` (see :class:`GenreHParams`; unknown
+            names raise ``ValueError``), ``feature_params`` (defaults to
+            :class:`AudioFeatureParams`) and ``seed``.
+
+    Returns:
+        The metrics also written to ``<model_dir>/train_metrics.json``:
+        ``history`` (per-epoch lists), ``monitor`` (``val_loss``, or
+        ``loss`` without an eval split), ``best_epoch`` (1-based),
+        ``best`` (every metric at the best epoch), ``epochs_run``,
+        ``epoch_seconds``, ``hparams``, ``labels`` and ``serving_dir``.
+
+    Raises:
+        ValueError: bad hparams, no training files or no labels.
+        RuntimeError: the exported SavedModel breaks the signature contract.
+    """
+    hparams = GenreHParams.from_dict(args.hparams)
+    feature_params = args.feature_params or AudioFeatureParams()
+    n_mels = feature_params.n_mels
+    if not args.train_files:
+        raise ValueError("genre run_fn: no training files")
+    keras.utils.set_random_seed(args.seed)
+    labels = read_labels(args.examples_dir)
+    logger.info("genre training: %d train files, %d eval files, %d labels, hparams %s",
+                len(args.train_files), len(args.eval_files), len(labels), hparams.to_dict())
+
+    normalization = adapt_normalization(args.train_files, n_mels)
+    model = build_classifier(n_mels, len(labels), hparams, normalization)
+    train_data = make_dataset(args.train_files, n_mels, hparams.batch_size, shuffle=True,
+                              seed=args.seed)
+    eval_data, monitor = validation_setup(args.eval_files, n_mels, hparams.batch_size)
+
+    epoch_logger = _EpochLogger(hparams.epochs)
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor=monitor, patience=hparams.early_stopping_patience, restore_best_weights=True)
+    with warnings.catch_warnings():
+        # TFRecord datasets have unknown length, so Keras learns an epoch's
+        # end from the first OutOfRange and warns about it; that is expected.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        history = model.fit(train_data, validation_data=eval_data, epochs=hparams.epochs,
+                            callbacks=[early_stopping, epoch_logger], verbose=0)
+
+    history_lists = {name: [float(v) for v in values] for name, values in history.history.items()}
+    best_index = int(np.argmin(history_lists[monitor]))
+    metrics: dict[str, Any] = {
+        "history": history_lists,
+        "monitor": monitor,
+        "best_epoch": best_index + 1,
+        "best": {name: values[best_index] for name, values in history_lists.items()},
+        "epochs_run": len(history_lists[monitor]),
+        "epoch_seconds": epoch_logger.epoch_seconds,
+        "hparams": hparams.to_dict(),
+        "labels": labels,
+        "serving_dir": args.serving_dir,
+    }
+    logger.info("genre training done: best epoch %d of %d, %s", metrics["best_epoch"],
+                metrics["epochs_run"], metrics["best"])
+
+    export_serving_model(build_serving_model(model, labels), args.serving_dir)
+    _write_json_atomic(os.path.join(args.model_dir, METRICS_FILE), metrics)
+    return metrics
+
+
+def export_serving_model(serving_model: keras.Model, serving_dir: str) -> None:
+    """Exports with ``model.export()`` to a temporary folder, checks, then renames.
+
+    Raises:
+        RuntimeError: the SavedModel's ``serving_default`` does not take
+            exactly ``log_mel`` or does not return exactly the four outputs.
+    """
+    parent = os.path.dirname(os.path.abspath(serving_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tmp-serving-", dir=parent)
+    try:
+        export_path = os.path.join(staging, "saved_model")
+        serving_model.export(export_path, format="tf_saved_model", verbose=False)
+        check_serving_signature(export_path)
+        if os.path.exists(serving_dir):
+            shutil.rmtree(serving_dir)
+        os.replace(export_path, serving_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("genre model exported to %s", serving_dir)
+
+
+def check_serving_signature(saved_model_dir: str) -> None:
+    """Raises ``RuntimeError`` unless ``serving_default`` follows the genre contract."""
+    signature = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
+    _, input_specs = signature.structured_input_signature
+    inputs, outputs = set(input_specs), set(signature.structured_outputs)
+    if inputs != {SERVING_INPUT} or outputs != SERVING_OUTPUTS:
+        raise RuntimeError(
+            f"exported genre signature has inputs {sorted(inputs)} and outputs "
+            f"{sorted(outputs)}; the contract is [{SERVING_INPUT!r}] -> {sorted(SERVING_OUTPUTS)}")
+
+
+def _write_json_atomic(path: str, payload: Any) -> None:
+    # components.base has the same helper, but models/ may not import components/.
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(payload, out, indent=2, sort_keys=True)
+            out.write("\n")
+        os.replace(tmp_path, path)
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
+
+
+__all__ = ["run_fn", "adapt_normalization", "validation_setup", "export_serving_model",
+           "check_serving_signature", "NORMALIZATION_SAMPLE_SEGMENTS"]

@@ -1,0 +1,144 @@
+"""Trains the next-track LSTM and exports it for TF Serving (``run_fn``)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+
+import keras
+import tensorflow as tf
+
+from musicrec.models.next_track import data
+from musicrec.models.next_track.model import (
+    NextTrackHParams, build_model, build_serving_model)
+from musicrec.models.train_args import TrainArgs
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILENAME = "train_metrics.json"
+SIGNATURE_INPUTS = {"track_keys"}
+SIGNATURE_OUTPUTS = {"track_keys", "scores"}
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs each epoch's metrics and records its wall time (seconds) in ``epoch_seconds``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch_seconds: list[float] = []
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._started
+        self.epoch_seconds.append(seconds)
+        shown = ", ".join(f"{name}={value:.4f}" for name, value in sorted((logs or {}).items()))
+        logger.info("next_track epoch %d: %s (%.1f s)", epoch + 1, shown, seconds)
+
+
+def _has_batches(dataset: tf.data.Dataset) -> bool:
+    return int(dataset.cardinality()) > 0
+
+
+def _compile(model: keras.Model, hparams: NextTrackHParams, top_k: int) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(hparams.learning_rate, global_clipnorm=hparams.clipnorm),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="hr@1"),
+                 keras.metrics.SparseTopKCategoricalAccuracy(k=top_k, name=f"hr@{top_k}")])
+
+
+def export_serving_model(serving_model: keras.Model, serving_dir: str) -> None:
+    """Exports with ``model.export()`` through a temporary folder and a rename.
+
+    Then reloads it and raises ``RuntimeError`` unless ``serving_default``
+    takes ``track_keys`` and returns exactly ``track_keys`` and ``scores``.
+    """
+    tmp_dir = f"{serving_dir}.tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    serving_model.export(tmp_dir, verbose=False)
+    signature = tf.saved_model.load(tmp_dir).signatures["serving_default"]
+    inputs = set(signature.structured_input_signature[1])
+    outputs = set(signature.structured_outputs)
+    if inputs != SIGNATURE_INPUTS or outputs != SIGNATURE_OUTPUTS:
+        raise RuntimeError(f"exported next_track signature has inputs {sorted(inputs)} and "
+                           f"outputs {sorted(outputs)}; the contract wants "
+                           f"{sorted(SIGNATURE_INPUTS)} → {sorted(SIGNATURE_OUTPUTS)}")
+    shutil.rmtree(serving_dir, ignore_errors=True)
+    os.replace(tmp_dir, serving_dir)
+
+
+def _write_json_atomic(path: str, payload: dict) -> None:
+    tmp_path = f"{path}.tmp"
+    with open(tmp_path, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp_path, path)
+
+
+def run_fn(args: TrainArgs) -> dict:
+    """Trains on ``args.train_files``, early-stops on ``args.eval_files``, exports.
+
+    Writes the SavedModel to ``args.serving_dir`` (``next_track`` signature)
+    and ``<model_dir>/train_metrics.json``. When the eval split yields no pair,
+    early stopping watches the training loss instead.
+
+    Returns:
+        the metrics written to ``train_metrics.json``: final ``train`` and
+        ``validation`` metrics, per-epoch ``history``, ``epoch_seconds``,
+        ``epochs_run``, ``monitor``, ``vocab_size``, ``top_k`` and ``hparams``.
+    """
+    hparams = NextTrackHParams.from_dict(args.hparams)
+    keras.utils.set_random_seed(args.seed)
+    vocabulary = data.read_vocabulary(args.examples_dir)
+    top_k = min(hparams.top_k, len(vocabulary))
+
+    train_pairs = data.pairs_dataset(args.train_files, vocabulary, hparams.max_prefix_length,
+                                     hparams.batch_size, shuffle=True, seed=args.seed)
+    if not _has_batches(train_pairs):
+        raise ValueError(f"no training pairs (sessions of >= 2 in-vocabulary plays) in {args.train_files}")
+    eval_pairs = data.pairs_dataset(args.eval_files, vocabulary, hparams.max_prefix_length,
+                                    hparams.batch_size) if args.eval_files else None
+    if eval_pairs is not None and not _has_batches(eval_pairs):
+        eval_pairs = None
+    monitor = "val_loss" if eval_pairs is not None else "loss"
+    if eval_pairs is None:
+        logger.warning("next_track: the eval split has no pairs; early stopping on the training loss")
+
+    model = build_model(len(vocabulary), hparams)
+    _compile(model, hparams, top_k)
+    epoch_logger = EpochLogger()
+    history = model.fit(
+        train_pairs, validation_data=eval_pairs, epochs=hparams.epochs, verbose=0,
+        callbacks=[keras.callbacks.EarlyStopping(
+            monitor=monitor, patience=hparams.early_stopping_patience,
+            restore_best_weights=True),
+                   epoch_logger])
+
+    os.makedirs(args.model_dir, exist_ok=True)
+    export_serving_model(build_serving_model(model, vocabulary, top_k), args.serving_dir)
+
+    # Evaluated after restore_best_weights, so these are the exported weights' metrics.
+    metrics = {
+        "train": model.evaluate(train_pairs, verbose=0, return_dict=True),
+        "validation": (model.evaluate(eval_pairs, verbose=0, return_dict=True)
+                       if eval_pairs is not None else None),
+        "history": {name: [float(v) for v in values] for name, values in history.history.items()},
+        "epoch_seconds": epoch_logger.epoch_seconds,
+        "epochs_run": len(epoch_logger.epoch_seconds),
+        "steps_per_epoch": int(train_pairs.cardinality()),
+        "monitor": monitor,
+        "vocab_size": len(vocabulary),
+        "top_k": top_k,
+        "hparams": hparams.to_dict(),
+        "seed": args.seed,
+    }
+    metrics["train"] = {name: float(v) for name, v in metrics["train"].items()}
+    if metrics["validation"] is not None:
+        metrics["validation"] = {name: float(v) for name, v in metrics["validation"].items()}
+    _write_json_atomic(os.path.join(args.model_dir, METRICS_FILENAME), metrics)
+    return metrics

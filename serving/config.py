@@ -1,0 +1,171 @@
+"""TF Serving model config files and the real ``tensorflow_model_server`` command line.
+
+The config file is a text-format ``tensorflow.serving.ModelServerConfig``::
+
+    model_config_list {
+      config { name: "genre" base_path: "/abs/serving/genre" model_platform: "tensorflow" }
+    }
+
+Both the real binary (``--model_config_file``) and ``LocalModelServer`` (via
+``musicrec.serving.flags``) read it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from typing import Mapping
+
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+LOGGER = logging.getLogger(__name__)
+
+MODEL_SERVER_BINARY = "tensorflow_model_server"
+MODEL_PLATFORM = "tensorflow"
+DEFAULT_POLL_WAIT_SECONDS = 1
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def build_model_config(models: Mapping[str, str]) -> model_server_config_pb2.ModelServerConfig:
+    """ModelServerConfig listing each model with platform ``tensorflow``.
+
+    Base paths are made absolute, since the server may run from another
+    working directory.
+    """
+    if not models:
+        raise ValueError("a model server config needs at least one model")
+    config = model_server_config_pb2.ModelServerConfig()
+    for name, base_path in models.items():
+        if not name:
+            raise ValueError("model names must be non-empty")
+        entry = config.model_config_list.config.add()
+        entry.name = name
+        entry.base_path = os.path.abspath(base_path)
+        entry.model_platform = MODEL_PLATFORM
+    return config
+
+
+def write_model_config(path: str | os.PathLike, models: Mapping[str, str]) -> str:
+    """Write the text-proto ModelServerConfig for ``models`` atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination file; its folder is created when missing.
+    models : Mapping[str, str]
+        Model name → base path.
+
+    Returns
+    -------
+    str
+        The absolute path written.
+    """
+    path = os.path.abspath(path)
+    text = text_format.MessageToString(build_model_config(models))
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    handle, temp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".config", dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as temp_file:
+            temp_file.write(text)
+        os.replace(temp_path, path)
+    except BaseException:
+        os.unlink(temp_path)
+        raise
+    return path
+
+
+def parse_model_config(text: str, source: str = "<text>") -> dict[str, str]:
+    """Model name → base path from ModelServerConfig text.
+
+    Raises
+    ------
+    ValueError
+        On a parse error, a ``custom_model_config``, an empty or duplicate
+        name, a missing base path or a platform other than ``tensorflow``.
+    """
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as error:
+        raise ValueError(f"{source}: not a ModelServerConfig text proto: {error}") from error
+    if config.WhichOneof("config") != "model_config_list":
+        raise ValueError(f"{source}: only model_config_list is supported")
+    models: dict[str, str] = {}
+    for entry in config.model_config_list.config:
+        if not entry.name or not entry.base_path:
+            raise ValueError(f"{source}: every model needs a name and a base_path: {entry}")
+        if entry.name in models:
+            raise ValueError(f"{source}: model {entry.name!r} is listed twice")
+        if entry.model_platform not in ("", MODEL_PLATFORM):
+            raise ValueError(
+                f"{source}: model {entry.name!r} has platform {entry.model_platform!r}; "
+                f"only {MODEL_PLATFORM!r} is served"
+            )
+        models[entry.name] = entry.base_path
+    if not models:
+        raise ValueError(f"{source}: no models configured")
+    return models
+
+
+def read_model_config(path: str | os.PathLike) -> dict[str, str]:
+    """Model name → base path from a ModelServerConfig text file (see ``parse_model_config``)."""
+    with open(path, encoding="utf-8") as config_file:
+        return parse_model_config(config_file.read(), source=os.fspath(path))
+
+
+def find_model_server() -> str | None:
+    """Path of the ``tensorflow_model_server`` binary on PATH, or None."""
+    return shutil.which(MODEL_SERVER_BINARY)
+
+
+def model_server_command(
+    models: Mapping[str, str] | str | os.PathLike,
+    port: int = 8500,
+    rest_port: int = 0,
+    host: str = "127.0.0.1",
+    binary: str = MODEL_SERVER_BINARY,
+    poll_wait_seconds: int = DEFAULT_POLL_WAIT_SECONDS,
+) -> list[str]:
+    """argv that runs the real ``tensorflow_model_server`` for ``models``.
+
+    Parameters
+    ----------
+    models : Mapping[str, str] or path
+        One model as {name: base path} (``--model_name``/``--model_base_path``),
+        or the path of a config file written by ``write_model_config``.
+    port, rest_port : int
+        gRPC and REST ports; ``rest_port=0`` disables REST, as in TF Serving.
+    host : str
+        Accepted for symmetry with ``LocalModelServer``. The real binary has
+        no bind-address flag and listens on all interfaces, so a loopback host
+        only logs a warning.
+    binary : str
+        Executable name or path (e.g. from ``find_model_server()``).
+    poll_wait_seconds : int
+        ``--file_system_poll_wait_seconds``.
+
+    Raises
+    ------
+    ValueError
+        For a dict with several models (write a config file first) or none.
+    """
+    if host in _LOOPBACK_HOSTS:
+        LOGGER.warning(
+            "%s cannot bind %s only; it listens on all interfaces", MODEL_SERVER_BINARY, host
+        )
+    command = [binary, f"--port={port}", f"--rest_api_port={rest_port}"]
+    if isinstance(models, Mapping):
+        if len(models) != 1:
+            raise ValueError(
+                f"--model_name takes one model, got {len(models)}; "
+                "pass a config file from write_model_config instead"
+            )
+        ((name, base_path),) = models.items()
+        command += [f"--model_name={name}", f"--model_base_path={os.path.abspath(base_path)}"]
+    else:
+        command.append(f"--model_config_file={os.path.abspath(models)}")
+    command.append(f"--file_system_poll_wait_seconds={poll_wait_seconds}")
+    return command
