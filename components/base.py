@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Any, Callable, Mapping
+
+from musicrec.atomic import write_json_atomic  # noqa: F401  (re-exported for components)
 
 
 @dataclasses.dataclass
@@ -52,21 +53,6 @@ class ComponentSpec:
         unknown = set(inputs) - set(self.inputs)
         if unknown:
             raise ValueError(f"{self.name}: unknown inputs {sorted(unknown)}")
-
-
-def write_json_atomic(path: str, payload: Any) -> None:
-    """Writes JSON to ``path`` through a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(payload, out, indent=2, sort_keys=True)
-            out.write("\n")
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
 
 
 def read_json(path: str) -> Any:

@@ -78,18 +78,20 @@ def serving_process(workdir: str, port: int, ready_models: list[str],
 
 
 def held_out_tracks(examples_uri: str, count: int) -> list[tuple[str, str]]:
-    """(track_id, genre) of the first ``count`` distinct tracks in the test split."""
+    """(track_id, genre) of up to ``count`` test-split tracks, taking genres in turn."""
     import tensorflow as tf
 
     spec = {"track_id": tf.io.FixedLenFeature([], tf.string), "genre": tf.io.FixedLenFeature([], tf.string)}
     files = sorted(glob.glob(os.path.join(examples_uri, "Split-test", "*.tfrecord.gz")))
-    seen: dict[str, str] = {}
+    by_genre: dict[str, list[str]] = {}
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
         parsed = tf.io.parse_single_example(record, spec)
-        seen.setdefault(parsed["track_id"].numpy().decode(), parsed["genre"].numpy().decode())
-        if len(seen) == count:
-            break
-    return list(seen.items())
+        tracks = by_genre.setdefault(parsed["genre"].numpy().decode(), [])
+        track_id = parsed["track_id"].numpy().decode()
+        if track_id not in tracks:
+            tracks.append(track_id)
+    rounds = zip(*[[(track, genre) for track in tracks] for genre, tracks in sorted(by_genre.items())])
+    return [pair for round_ in rounds for pair in round_][:count]
 
 
 def held_out_sessions(sessions_uri: str, count: int, min_length: int = 4) -> list[list[str]]:

@@ -32,10 +32,11 @@ import datetime as dt
 import io
 import json
 import os
-import tempfile
 from typing import Callable, Sequence
 
 import numpy as np
+
+from musicrec.atomic import write_atomic, write_text_atomic
 
 ProgressFn = Callable[[str], None]
 
@@ -667,30 +668,6 @@ def format_timestamp(unix_seconds: int) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def _write_atomic(path: str, write: Callable[[str], None], suffix: str = "") -> None:
-    """Calls ``write(tmp_path)`` on a temporary file beside ``path``, then renames it over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(handle)
-    try:
-        write(tmp_path)
-        os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; readers may run as other users
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    def write(tmp_path: str) -> None:
-        with open(tmp_path, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-
-    _write_atomic(path, write)
-
-
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -702,7 +679,7 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def _write_wav_atomic(path: str, waveform: np.ndarray, sample_rate: int) -> None:
     import soundfile
 
-    _write_atomic(path, lambda tmp: soundfile.write(tmp, waveform, sample_rate, subtype="PCM_16",
+    write_atomic(path, lambda tmp: soundfile.write(tmp, waveform, sample_rate, subtype="PCM_16",
                                                     format="WAV"), suffix=".wav")
 
 
@@ -760,12 +737,12 @@ def generate(out_dir: str, config: DemoDataConfig = DemoDataConfig(),
             report(f"audio: {index + 1}/{len(tracks)} tracks ({track.genre} done)")
 
     metadata_csv = os.path.join(out_dir, "metadata.csv")
-    _write_text_atomic(metadata_csv, _csv_text(
+    write_text_atomic(metadata_csv, _csv_text(
         METADATA_HEADER, [(t.relative_path, t.genre, t.artist, t.track_id) for t in tracks]))
 
     plays, n_sessions = generate_plays(config, tracks)
     plays_csv = os.path.join(out_dir, "playlogs", "plays.csv")
-    _write_text_atomic(plays_csv, _csv_text(PLAYLOG_HEADER, [
+    write_text_atomic(plays_csv, _csv_text(PLAYLOG_HEADER, [
         (p.user_id, format_timestamp(p.timestamp), tracks[p.track_index].track_id,
          tracks[p.track_index].artist, p.ms_played) for p in plays]))
     report(f"playlogs: {len(plays)} plays in {n_sessions} sessions by {config.n_users} users")
@@ -782,7 +759,7 @@ def generate(out_dir: str, config: DemoDataConfig = DemoDataConfig(),
         "genres": genres,
         "files": {"audio": "audio", "metadata": "metadata.csv", "playlogs": ["playlogs/plays.csv"]},
     }
-    _write_text_atomic(os.path.join(out_dir, "generation.json"),
+    write_text_atomic(os.path.join(out_dir, "generation.json"),
                        json.dumps(generation, indent=2, sort_keys=True) + "\n")
     report(f"done: {out_dir}")
     return summary

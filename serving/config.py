@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from typing import Mapping
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+
+from musicrec.atomic import write_text_atomic
 
 LOGGER = logging.getLogger(__name__)
 
@@ -64,16 +65,7 @@ def write_model_config(path: str | os.PathLike, models: Mapping[str, str]) -> st
     """
     path = os.path.abspath(path)
     text = text_format.MessageToString(build_model_config(models))
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".config", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as temp_file:
-            temp_file.write(text)
-        os.replace(temp_path, path)
-    except BaseException:
-        os.unlink(temp_path)
-        raise
+    write_text_atomic(path, text)
     return path
 
 

@@ -205,7 +205,7 @@ def test_pipeline_emits_examples_dead_letters_and_reconciled_manifest(audio_dir,
         assert manifest["segments"] == expected_segments == sum(manifest["segments_per_split"].values())
         assert manifest["segment_shape"] == [params.frames_per_segment, params.n_mels]
 
-    with TestPipeline() as pipeline:
+    with TestPipeline(runner=beam_io.LOCAL_RUNNER) as pipeline:
         outputs = aeg.build_pipeline(pipeline, sources, labels, output_uri, params)
         assert_that(outputs["dead_letters"], check_dead_letters, label="DeadLetters")
         assert_that(outputs["manifest"], check_manifest, label="Manifest")
@@ -222,7 +222,7 @@ def test_pipeline_turns_duplicate_track_ids_into_dead_letters(audio_dir, tmp_pat
     sources = [aeg.AudioSource(sine, "rock", "same-id", "Ann"),
                aeg.AudioSource(os.path.join(audio_dir, "rock/noise.flac"), "rock", "same-id", "Ann")]
 
-    with TestPipeline() as pipeline:
+    with TestPipeline(runner=beam_io.LOCAL_RUNNER) as pipeline:
         outputs = aeg.build_pipeline(pipeline, sources, ["rock"], str(tmp_path / "dup"))
         assert_that(outputs["dead_letters"]
                     | beam.Map(lambda r: (r["path"], "duplicate track_id" in r["reason"])),
@@ -234,7 +234,7 @@ def test_pipeline_turns_duplicate_track_ids_into_dead_letters(audio_dir, tmp_pat
 def test_build_pipeline_rejects_genre_without_label(tmp_path):
     source = aeg.AudioSource("/x/a.wav", "pop", "a")
     with pytest.raises(ValueError, match="missing from labels"):
-        aeg.build_pipeline(TestPipeline(), [source], ["rock"], str(tmp_path / "out"))
+        aeg.build_pipeline(TestPipeline(runner=beam_io.LOCAL_RUNNER), [source], ["rock"], str(tmp_path / "out"))
 
 
 # --------------------------------------------------------------------------- component end to end

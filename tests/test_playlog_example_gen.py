@@ -17,7 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from musicrec.components import playlog_example_gen as gen
 from musicrec.components import playlog_readers as readers
 from musicrec.components.base import Artifact
-from musicrec.components.beam_io import SPLITS, read_dead_letters, split_files_pattern
+from musicrec.components.beam_io import LOCAL_RUNNER, SPLITS, read_dead_letters, split_files_pattern
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 BASE = 1_600_000_000  # 2020-09-13T12:26:40Z
@@ -80,7 +80,8 @@ def test_csv_reader_yields_plays_and_dead_letters_with_line_numbers():
     records = list(readers.parse_csv_lines(raw, "plays.csv"))
     plays = [r for r in records if isinstance(r, readers.Play)]
     assert [(p.user_id, p.timestamp, p.track_key, p.artist, p.ms_played, p.line) for p in plays] == [
-        ("u1", BASE, "track a", "Artist X", 1000, 2), ("u3", BASE + 180, "t5", "", None, 8)]
+        # Explicit ids keep their case (Spotify's base62 ids are case-sensitive).
+        ("u1", BASE, "Track A", "Artist X", 1000, 2), ("u3", BASE + 180, "t5", "", None, 8)]
     positions = dead_letter_positions(records)
     assert [line for line, _ in positions] == [3, 5, 6, 7, 9]
     reasons = dict(positions)
@@ -111,7 +112,7 @@ def test_lastfm_reader_keys_by_mbid_else_by_names():
         f"user_000001\t{iso(BASE + 600)}\tart-mbid\tUnderworld\ttrack-mbid\tBorn Slippy",
         f"user_000001\t{iso(BASE + 300)}\t\tMinus  8\t\tElysian Fields",
         f"user_000001\t{iso(BASE)}\t\tOnly Artist\t\t",                      # no way to key it
-        f"user_000001\t2009-02-30T10:00:00Z\t\tA\t\tB",                      # impossible date
+        "user_000001\t2009-02-30T10:00:00Z\t\tA\t\tB",                      # impossible date
         "user_000002\tonly\tthree",                                         # wrong field count
     ]
     records = list(readers.parse_lastfm_lines(lines("\n".join(rows) + "\n"), "l.tsv"))
@@ -229,7 +230,7 @@ def test_sessionize_transform_splits_filters_and_counts():
         play("u1", BASE + 301, "c", 1), play("u1", BASE + 100, "b", 2), play("u1", BASE, "a", 3),
         play("u2", BASE, "x"), play("u2", BASE + 50, "y"), play("u2", BASE + 60, "z"),
     ]
-    with BeamTestPipeline() as pipeline:
+    with BeamTestPipeline(runner=LOCAL_RUNNER) as pipeline:
         result = (pipeline | beam.Create(plays) | gen.Sessionize(params))
         assert_that(result.sessions | "Keys" >> beam.Map(lambda s: (s.session_id, s.track_keys, s.timestamps)),
                     equal_to([(f"u1-{BASE}", ("a", "b"), (BASE, BASE + 100)),
@@ -245,7 +246,7 @@ def test_build_vocabulary_counts_train_sessions_only():
 
     sessions = [session("train", ["b", "a", "b"]), session("train", ["c", "a"]), session("train", ["b"]),
                 session("eval", ["only-eval", "only-eval", "only-eval"]), session("test", ["only-test"])]
-    with BeamTestPipeline() as pipeline:
+    with BeamTestPipeline(runner=LOCAL_RUNNER) as pipeline:
         vocabulary = pipeline | beam.Create(sessions) | gen.BuildVocabulary(min_count=1)
         assert_that(vocabulary, equal_to([["b", "a", "c"]]))
 

@@ -7,11 +7,8 @@ signature to ``<model_dir>/serving`` with ``model.export()``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from typing import Any
@@ -20,6 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from musicrec.atomic import write_json_atomic
+from musicrec.models.export import export_serving_model
 from musicrec.models.features import AudioFeatureParams
 from musicrec.models.genre.data import make_dataset, parsed_dataset, read_labels
 from musicrec.models.genre.model import (GenreHParams, build_classifier, build_serving_model,
@@ -152,58 +151,10 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
     logger.info("genre training done: best epoch %d of %d, %s", metrics["best_epoch"],
                 metrics["epochs_run"], metrics["best"])
 
-    export_serving_model(build_serving_model(model, labels), args.serving_dir)
-    _write_json_atomic(os.path.join(args.model_dir, METRICS_FILE), metrics)
+    export_serving_model(build_serving_model(model, labels), args.serving_dir,
+                         inputs={SERVING_INPUT}, outputs=SERVING_OUTPUTS)
+    write_json_atomic(os.path.join(args.model_dir, METRICS_FILE), metrics)
     return metrics
 
 
-def export_serving_model(serving_model: keras.Model, serving_dir: str) -> None:
-    """Exports with ``model.export()`` to a temporary folder, checks, then renames.
-
-    Raises:
-        RuntimeError: the SavedModel's ``serving_default`` does not take
-            exactly ``log_mel`` or does not return exactly the four outputs.
-    """
-    parent = os.path.dirname(os.path.abspath(serving_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tmp-serving-", dir=parent)
-    try:
-        export_path = os.path.join(staging, "saved_model")
-        serving_model.export(export_path, format="tf_saved_model", verbose=False)
-        check_serving_signature(export_path)
-        if os.path.exists(serving_dir):
-            shutil.rmtree(serving_dir)
-        os.replace(export_path, serving_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    logger.info("genre model exported to %s", serving_dir)
-
-
-def check_serving_signature(saved_model_dir: str) -> None:
-    """Raises ``RuntimeError`` unless ``serving_default`` follows the genre contract."""
-    signature = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
-    _, input_specs = signature.structured_input_signature
-    inputs, outputs = set(input_specs), set(signature.structured_outputs)
-    if inputs != {SERVING_INPUT} or outputs != SERVING_OUTPUTS:
-        raise RuntimeError(
-            f"exported genre signature has inputs {sorted(inputs)} and outputs "
-            f"{sorted(outputs)}; the contract is [{SERVING_INPUT!r}] -> {sorted(SERVING_OUTPUTS)}")
-
-
-def _write_json_atomic(path: str, payload: Any) -> None:
-    # components.base has the same helper, but models/ may not import components/.
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(payload, out, indent=2, sort_keys=True)
-            out.write("\n")
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
-
-
-__all__ = ["run_fn", "adapt_normalization", "validation_setup", "export_serving_model",
-           "check_serving_signature", "NORMALIZATION_SAMPLE_SEGMENTS"]
+__all__ = ["run_fn", "adapt_normalization", "validation_setup", "NORMALIZATION_SAMPLE_SEGMENTS"]

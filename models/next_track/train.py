@@ -1,15 +1,15 @@
 """Trains the next-track LSTM and exports it for TF Serving (``run_fn``)."""
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import time
 
 import keras
 import tensorflow as tf
 
+from musicrec.atomic import write_json_atomic
+from musicrec.models.export import export_serving_model
 from musicrec.models.next_track import data
 from musicrec.models.next_track.model import (
     NextTrackHParams, build_model, build_serving_model)
@@ -52,34 +52,6 @@ def _compile(model: keras.Model, hparams: NextTrackHParams, top_k: int) -> None:
                  keras.metrics.SparseTopKCategoricalAccuracy(k=top_k, name=f"hr@{top_k}")])
 
 
-def export_serving_model(serving_model: keras.Model, serving_dir: str) -> None:
-    """Exports with ``model.export()`` through a temporary folder and a rename.
-
-    Then reloads it and raises ``RuntimeError`` unless ``serving_default``
-    takes ``track_keys`` and returns exactly ``track_keys`` and ``scores``.
-    """
-    tmp_dir = f"{serving_dir}.tmp"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    serving_model.export(tmp_dir, verbose=False)
-    signature = tf.saved_model.load(tmp_dir).signatures["serving_default"]
-    inputs = set(signature.structured_input_signature[1])
-    outputs = set(signature.structured_outputs)
-    if inputs != SIGNATURE_INPUTS or outputs != SIGNATURE_OUTPUTS:
-        raise RuntimeError(f"exported next_track signature has inputs {sorted(inputs)} and "
-                           f"outputs {sorted(outputs)}; the contract wants "
-                           f"{sorted(SIGNATURE_INPUTS)} → {sorted(SIGNATURE_OUTPUTS)}")
-    shutil.rmtree(serving_dir, ignore_errors=True)
-    os.replace(tmp_dir, serving_dir)
-
-
-def _write_json_atomic(path: str, payload: dict) -> None:
-    tmp_path = f"{path}.tmp"
-    with open(tmp_path, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp_path, path)
-
-
 def run_fn(args: TrainArgs) -> dict:
     """Trains on ``args.train_files``, early-stops on ``args.eval_files``, exports.
 
@@ -120,7 +92,8 @@ def run_fn(args: TrainArgs) -> dict:
                    epoch_logger])
 
     os.makedirs(args.model_dir, exist_ok=True)
-    export_serving_model(build_serving_model(model, vocabulary, top_k), args.serving_dir)
+    export_serving_model(build_serving_model(model, vocabulary, top_k), args.serving_dir,
+                         inputs=SIGNATURE_INPUTS, outputs=SIGNATURE_OUTPUTS)
 
     # Evaluated after restore_best_weights, so these are the exported weights' metrics.
     metrics = {
@@ -140,5 +113,5 @@ def run_fn(args: TrainArgs) -> dict:
     metrics["train"] = {name: float(v) for name, v in metrics["train"].items()}
     if metrics["validation"] is not None:
         metrics["validation"] = {name: float(v) for name, v in metrics["validation"].items()}
-    _write_json_atomic(os.path.join(args.model_dir, METRICS_FILENAME), metrics)
+    write_json_atomic(os.path.join(args.model_dir, METRICS_FILENAME), metrics)
     return metrics
