@@ -16,6 +16,8 @@ INSTALL_REQUIRES = [
     "tensorflow-hub==0.16.1",
     "keras>=3.4,<3.7",
     "apache-beam[tfrecord]==2.77.0",
+    # Beam's TFRecord writer falls back to a slow pure-Python CRC without it.
+    "google-crc32c>=1.5,<2",
     "librosa==0.11.0",
     "soundfile>=0.12,<0.15",
     "soxr>=0.5,<1.2",

@@ -86,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from musicrec import commands  # imports TensorFlow: keep --help fast
+    from musicrec.serving.errors import ServingError
 
     handler = {"demo": commands.demo, "generate-data": commands.generate_data, "run": commands.run,
                "serve": commands.serve, "classify": commands.classify,
@@ -95,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except commands.UserError as exc:
         print(f"musicrec {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except ServingError as exc:
+        print(f"musicrec {args.command}: server error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
