@@ -31,6 +31,8 @@ INSTALL_REQUIRES = [
 TEST_REQUIRES = [
     "pytest>=8,<10",
     "pytest-timeout>=2.3,<3",
+    # Independent reference sessionizer in tests and benchmarks; pandas 3 needs numpy 2.
+    "pandas>=2.1,<3",
 ]
 
 PACKAGES = {

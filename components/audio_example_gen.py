@@ -8,10 +8,13 @@ parameters), cuts it into fixed-length segments and writes one
 when the artist is unknown). Layout and record format follow
 ``docs/architecture.md`` ("Audio examples").
 
-Files that cannot be decoded, are empty, are not audio or are shorter than one
-segment become dead-letter records ``{"path", "reason"}``; the manifest counts
-are computed inside the pipeline and always satisfy
-``inputs == tracks + dead_letters``.
+Files that are empty, unreadable, not audio, corrupt, shorter than one
+segment, silent, or repeat a track id become dead-letter records
+``{"path", "reason", "detail"}`` with ``reason`` one exact string of
+:data:`DEAD_LETTER_REASONS` (docs/ingestion.md); the manifest counts are
+computed inside the pipeline and always satisfy
+``inputs == tracks + dead_letters``. ``statistics.json`` holds per-split
+counts and the log-mel mean and standard deviation per mel band.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from musicrec.models import features
 DEFAULT_SPLIT_FRACTIONS: Mapping[str, float] = {"train": 0.8, "eval": 0.1, "test": 0.1}
 LABELS_FILE = "labels.txt"
 MANIFEST_FILE = "manifest.json"
+STATISTICS_FILE = "statistics.json"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
 
 
@@ -246,8 +250,16 @@ def feature_spec(frames: int, n_mels: int) -> dict[str, Any]:
 DEAD = "dead"
 
 
-def _dead_letter(path: str, reason: str) -> dict[str, str]:
-    return {"path": path, "reason": reason}
+REASON_DUPLICATE = "duplicate track_id"
+REASON_UNEXPECTED = "unexpected error"
+# Every reason a dead letter can carry; docs/ingestion.md explains each.
+DEAD_LETTER_REASONS = features.DECODE_REASONS + (REASON_DUPLICATE, REASON_UNEXPECTED)
+
+
+def _dead_letter(path: str, reason: str, detail: str) -> dict[str, str]:
+    """A ``dead_letters.jsonl`` record: ``reason`` is exact (one of
+    :data:`DEAD_LETTER_REASONS`), ``detail`` says what happened."""
+    return {"path": path, "reason": reason, "detail": detail}
 
 
 def _keep_first_per_track_id(keyed: tuple[str, Iterable[AudioSource]]) -> Iterator[Any]:
@@ -257,36 +269,47 @@ def _keep_first_per_track_id(keyed: tuple[str, Iterable[AudioSource]]) -> Iterat
     yield first
     for other in others:
         yield beam.pvalue.TaggedOutput(DEAD, _dead_letter(
-            other.path, f"duplicate track_id {track_id!r}, already used by {first.path}"))
+            other.path, REASON_DUPLICATE, f"track_id {track_id!r} is already used by {first.path}"))
 
 
 class DecodeTrack(beam.DoFn):
     """Decodes one file to ``(source, segments [n_segments, frames, n_mels])``.
 
-    Failures go to the ``dead`` output as ``{"path", "reason"}``; one track's
-    segments are the most this step holds in memory.
+    Failures go to the ``dead`` output as ``{"path", "reason", "detail"}``;
+    one track's samples and segments are the most this step holds in memory.
+    A log line reports the counts every ``progress_seconds`` per worker.
     """
 
-    def __init__(self, params: features.AudioFeatureParams):
+    def __init__(self, params: features.AudioFeatureParams, progress_seconds: float = 30.0):
         super().__init__()
         self._params = params
+        self._progress_seconds = progress_seconds
         self._decoded = beam.metrics.Metrics.counter("audio_example_gen", "tracks_decoded")
         self._rejected = beam.metrics.Metrics.counter("audio_example_gen", "dead_letters")
 
-    def process(self, source: AudioSource):
-        import tensorflow as tf
+    def setup(self):
+        self._progress = beam_io.ProgressLog("audio_example_gen decode", self._progress_seconds)
 
+    def process(self, source: AudioSource):
         try:
-            if tf.io.gfile.stat(source.path).length == 0:
-                raise features.AudioDecodeError("empty file (0 bytes)")
             segments = features.track_segments(source.path, self._params)
+        except features.AudioDecodeError as exc:
+            self._rejected.inc()
+            self._progress.add("dead_letters")
+            yield beam.pvalue.TaggedOutput(DEAD, _dead_letter(source.path, exc.reason, exc.detail))
+            return
         except Exception as exc:  # any failure of one file must not stop the job
             self._rejected.inc()
-            reason = str(exc) if isinstance(exc, features.AudioDecodeError) else f"{type(exc).__name__}: {exc}"
-            yield beam.pvalue.TaggedOutput(DEAD, _dead_letter(source.path, reason))
+            self._progress.add("dead_letters")
+            yield beam.pvalue.TaggedOutput(DEAD, _dead_letter(
+                source.path, REASON_UNEXPECTED, f"{type(exc).__name__}: {exc}"))
             return
         self._decoded.inc()
+        self._progress.add("tracks", segments=int(segments.shape[0]))
         yield source, segments
+
+    def teardown(self):
+        self._progress.flush()
 
 
 def _to_examples(split_track: tuple[str, AudioSource, np.ndarray],
@@ -331,10 +354,49 @@ class CountTracksFn(beam.CombineFn):
         return accumulator
 
 
+def _band_sums(track: tuple[str, AudioSource, np.ndarray]) -> tuple[str, tuple[int, np.ndarray, np.ndarray]]:
+    """``(split, (frames, sum [n_mels], sum of squares [n_mels]))`` of one track's segments (float64)."""
+    split, _source, segments = track
+    values = segments.reshape(-1, segments.shape[-1]).astype(np.float64)
+    return split, (values.shape[0], values.sum(axis=0), np.square(values).sum(axis=0))
+
+
+def _add_band_sums(parts: Iterable[tuple[int, np.ndarray, np.ndarray]]):
+    frames, total, squares = 0, 0.0, 0.0
+    for part_frames, part_total, part_squares in parts:
+        frames, total, squares = frames + part_frames, total + part_total, squares + part_squares
+    return frames, total, squares
+
+
+def split_statistics(manifest: Mapping[str, Any],
+                     band_sums: Mapping[str, tuple[int, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """``statistics.json``: per split, its tracks, segments (per label) and the log-mel
+    mean and standard deviation per mel band (``[n_mels]`` lists, over every frame
+    of every segment written; empty lists for an empty split)."""
+    statistics = {}
+    for split in beam_io.SPLITS:
+        frames, total, squares = band_sums.get(split, (0, None, None))
+        mean = total / frames if frames else np.zeros(0)
+        std = np.sqrt(np.maximum(squares / frames - np.square(mean), 0.0)) if frames else np.zeros(0)
+        statistics[split] = {
+            "tracks": manifest["tracks_per_split"][split],
+            "segments": manifest["segments_per_split"][split],
+            "segments_per_label": manifest["segments_per_label"][split],
+            "frames": int(frames),
+            "log_mel_mean": [round(float(v), 6) for v in mean],
+            "log_mel_std": [round(float(v), 6) for v in std],
+        }
+    return statistics
+
+
 def build_manifest(inputs: int, dead_letters: int, track_counts: Mapping[str, Any],
                    labels: Sequence[str], params: features.AudioFeatureParams,
-                   split_fractions: Mapping[str, float], num_shards: int) -> dict[str, Any]:
+                   split_fractions: Mapping[str, float], num_shards: int,
+                   dead_letters_per_reason: Mapping[str, int] | None = None) -> dict[str, Any]:
     """The ``manifest.json`` payload, with every split and label present (zeros included).
+
+    ``inputs`` counts the files listed, ``tracks`` those that became examples;
+    ``dead_letters_per_reason`` maps each exact reason to its count.
 
     Raises:
         RuntimeError: ``inputs != tracks + dead_letters`` (a bug: a file was lost).
@@ -352,6 +414,7 @@ def build_manifest(inputs: int, dead_letters: int, track_counts: Mapping[str, An
         "inputs": inputs,
         "tracks": tracks,
         "dead_letters": dead_letters,
+        "dead_letters_per_reason": dict(sorted((dead_letters_per_reason or {}).items())),
         "segments": sum(segments_per_split.values()),
         "tracks_per_split": tracks_per_split,
         "segments_per_split": segments_per_split,
@@ -417,22 +480,32 @@ def build_pipeline(pipeline: beam.Pipeline, sources: Sequence[AudioSource], labe
 
     input_count = listed | "CountInputs" >> beam.combiners.Count.Globally()
     dead_count = dead_letters | "CountDeadLetters" >> beam.combiners.Count.Globally()
+    dead_per_reason = (dead_letters
+                       | "DeadReason" >> beam.Map(lambda record: record["reason"])
+                       | "CountPerReason" >> beam.combiners.Count.PerElement())
     track_counts = (split_tracks
                     | "TrackSummary" >> beam.Map(lambda t: (t[0], t[1].genre, int(t[2].shape[0])))
                     | "CountTracks" >> beam.CombineGlobally(CountTracksFn()))
     manifest = (pipeline
                 | "ManifestTrigger" >> beam.Create([None])
                 | "BuildManifest" >> beam.Map(
-                    lambda _, inputs, dead, counts: build_manifest(
-                        inputs, dead, counts, labels, params, fractions, num_shards),
+                    lambda _, inputs, dead, counts, reasons: build_manifest(
+                        inputs, dead, counts, labels, params, fractions, num_shards, reasons),
+                    reasons=beam.pvalue.AsDict(dead_per_reason),
                     inputs=beam.pvalue.AsSingleton(input_count),
                     dead=beam.pvalue.AsSingleton(dead_count),
                     counts=beam.pvalue.AsSingleton(track_counts)))
-    manifest | "WriteManifest" >> beam.Map(_write_metadata, output_uri)
+    band_sums = (split_tracks
+                 | "BandSums" >> beam.Map(_band_sums)
+                 | "SumPerSplit" >> beam.CombinePerKey(_add_band_sums))
+    manifest | "WriteManifest" >> beam.Map(_write_metadata, output_uri, beam.pvalue.AsDict(band_sums))
     return {"examples": examples, "dead_letters": dead_letters, "manifest": manifest}
 
 
-def _write_metadata(manifest: Mapping[str, Any], output_uri: str) -> None:
+def _write_metadata(manifest: Mapping[str, Any], output_uri: str,
+                    band_sums: Mapping[str, tuple[int, np.ndarray, np.ndarray]]) -> None:
+    beam_io.write_text_atomic(f"{output_uri}/{STATISTICS_FILE}", json.dumps(
+        split_statistics(manifest, band_sums), indent=1, sort_keys=True) + "\n")
     beam_io.write_text_atomic(f"{output_uri}/{LABELS_FILE}", "".join(f"{l}\n" for l in manifest["labels"]))
     beam_io.write_text_atomic(f"{output_uri}/{MANIFEST_FILE}",
                               json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -474,5 +547,6 @@ SPEC = ComponentSpec(name="audio_example_gen", inputs={}, outputs={"examples": "
 __all__ = [
     "AudioSource", "SPEC", "run", "build_pipeline", "list_sources", "assign_split", "split_key",
     "check_split_fractions", "segment_example", "feature_spec", "build_manifest", "DecodeTrack",
-    "CountTracksFn", "DEFAULT_SPLIT_FRACTIONS", "LABELS_FILE", "MANIFEST_FILE", "DEAD_LETTERS_FILE",
+    "CountTracksFn", "DEFAULT_SPLIT_FRACTIONS", "DEAD_LETTER_REASONS", "REASON_DUPLICATE",
+    "REASON_UNEXPECTED", "LABELS_FILE", "MANIFEST_FILE", "STATISTICS_FILE", "DEAD_LETTERS_FILE",
 ]

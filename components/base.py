@@ -20,11 +20,16 @@ from musicrec.atomic import write_json_atomic  # noqa: F401  (re-exported for co
 
 @dataclasses.dataclass
 class Artifact:
-    """A typed output of one stage, living at ``uri``."""
+    """A typed output of one stage, living at ``uri``.
+
+    ``mlmd_id`` is the artifact's id in ML Metadata once the runner has
+    recorded it (``None`` before, and for runs without a metadata store).
+    """
 
     type_name: str
     uri: str
     properties: dict[str, Any] = dataclasses.field(default_factory=dict)
+    mlmd_id: int | None = None
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.uri, *parts)

@@ -22,6 +22,10 @@ class ModelKind:
     evaluate_module: str
     # (metrics, params) -> (blessed, reason)
     blessing_rule: Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[bool, str]]
+    # The metric a candidate is compared on against the previous blessed
+    # model (higher is better): its name and how to read it from metrics.
+    comparison_metric: str = ""
+    comparison_value: Callable[[Mapping[str, Any]], float] = lambda metrics: float("nan")
 
     def run_fn(self) -> Callable:
         return importlib.import_module(self.train_module).run_fn
@@ -51,10 +55,29 @@ def _bless_next_track(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> 
 
 KINDS: dict[str, ModelKind] = {
     "genre": ModelKind("genre", "AudioExamples", "musicrec.models.genre.train",
-                       "musicrec.models.genre.evaluate", _bless_genre),
+                       "musicrec.models.genre.evaluate", _bless_genre,
+                       "track accuracy", lambda metrics: float(metrics["track_accuracy"])),
     "next_track": ModelKind("next_track", "Sessions", "musicrec.models.next_track.train",
-                            "musicrec.models.next_track.evaluate", _bless_next_track),
+                            "musicrec.models.next_track.evaluate", _bless_next_track,
+                            "MRR@20", lambda metrics: float(metrics["model"]["mrr@20"])),
 }
+
+
+def compare_with_baseline(model_kind: ModelKind, candidate: Mapping[str, Any],
+                          baseline: Mapping[str, Any], tolerance: float) -> tuple[bool, str, dict]:
+    """Is the candidate not worse than the previous blessed model beyond ``tolerance``?
+
+    Both metric dicts come from the same evaluation data. Returns
+    ``(passed, reason, numbers)`` with ``numbers`` = ``{"metric", "candidate",
+    "baseline", "tolerance"}`` for the run record.
+    """
+    ours, theirs = model_kind.comparison_value(candidate), model_kind.comparison_value(baseline)
+    numbers = {"metric": model_kind.comparison_metric, "candidate": ours, "baseline": theirs,
+               "tolerance": tolerance}
+    name = model_kind.comparison_metric
+    if ours >= theirs - tolerance:
+        return True, f"{name} {ours:.4f} >= previous blessed model's {theirs:.4f} - {tolerance}", numbers
+    return False, f"{name} {ours:.4f} < previous blessed model's {theirs:.4f} - {tolerance}", numbers
 
 
 def kind(name: str) -> ModelKind:

@@ -3,32 +3,37 @@
 An Apache Beam job::
 
     files ─► Reshuffle ─► read (one file per element) ─┬─► dead letters ─► dead_letters.jsonl
-                                                      └─► plays ─► group by user ─► sessions
-    sessions ─► temporal split per user ─► Split-<split>/data-*.tfrecord.gz (SequenceExample)
+                                                      └─► plays ─► [skip filter] ─► [item support]
+    plays ─► group by user ─► sessions ─► [collapse repeats] ─► min length ─► split (per user | global)
+    sessions ─► Split-<split>/data-*.tfrecord.gz (SequenceExample)
     train sessions ─► track counts ─► vocab.txt
     every count (combiners) ─► manifest.json
 
-Output layout and record format: docs/architecture.md, "Sessions". Sessions
-break where two consecutive plays of a user are more than
-``session_gap_seconds`` apart; sessions with fewer than ``min_session_length``
-plays are dropped and counted. Each user's time span runs from the first to
-the last of that user's valid plays; a session whose start lies in the last
-``test_fraction`` of the span goes to ``test``, in the ``eval_fraction``
-before that to ``eval``, otherwise to ``train``. The manifest's counts
-reconcile: ``rows_in == plays_written + plays_filtered + dead_letters``.
+Output layout and record format: docs/architecture.md, "Sessions"; formats,
+filters and dead-letter reasons: docs/ingestion.md. Filters apply in the
+order of the session-based literature: plays (skips), then items (minimum
+support), then sessions (gap ``session_gap_seconds``, optional collapse of
+immediate repeats, ``min_session_length``). ``split_mode="per_user"``: a
+session whose start lies in the last ``test_fraction`` of its user's time
+span goes to ``test``, in the ``eval_fraction`` before that to ``eval``,
+otherwise to ``train``; ``"global"`` does the same on the whole log's span.
+The manifest's counts reconcile: ``rows_in == plays + dead_letters`` and
+``plays == plays_written + plays_skipped + plays_rare_items +
+plays_collapsed + plays_filtered``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import tensorflow as tf
 
 from musicrec.components.base import Artifact, ComponentSpec
-from musicrec.components.beam_io import (SPLITS, WriteDeadLetters, WriteSplits, pipeline_options,
-                                         read_text, write_text_atomic)
+from musicrec.components.beam_io import (SPLITS, LogProgress, WriteDeadLetters, WriteSplits,
+                                         pipeline_options, read_text, write_text_atomic)
 from musicrec.components.playlog_readers import (AUTO, FORMATS, DeadLetter, Play,
                                                  list_playlog_files, read_playlog)
 
@@ -37,6 +42,11 @@ MANIFEST_FILENAME = "manifest.json"
 DEAD_LETTERS_FILENAME = "dead_letters.jsonl"
 _FILTERED = "filtered"
 _USERS = "users"
+_COLLAPSED = "collapsed"
+_RARE = "rare"
+# Where valid plays go when they are not written, in the order they are dropped.
+DROPPED_PLAY_COUNTS = ("plays_skipped", "plays_rare_items", "plays_collapsed", "plays_filtered")
+SPLIT_MODES = ("per_user", "global")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +59,25 @@ class PlaylogParams:
         min_session_length: sessions with fewer plays are dropped (and counted).
         eval_fraction: share of each user's time span, before the test share, for eval.
         test_fraction: share at the end of each user's time span for test.
-        vocab_min_count: train plays a track needs to enter ``vocab.txt``.
+        vocab_min_count: train plays a track needs to enter ``vocab.txt``; rarer
+            tracks map to the model's one OOV bucket (id 1).
         num_shards: TFRecord shards per split (0 lets the runner choose).
+        skip_filter: drop plays shorter than ``skip_threshold_ms`` (skips)
+            before anything else; plays without ``ms_played`` are kept.
+        skip_threshold_ms: what counts as a skip, in milliseconds (30 s, the
+            threshold at which Spotify and the charts count a stream).
+        collapse_repeats: merge immediate repeats of a track inside a session
+            into its first play.
+        min_item_support: plays a track needs (after the skip filter) to be kept
+            at all; rarer tracks' plays are dropped before sessions are built
+            and filtered, the order of the session-based literature (items,
+            then sessions). 1 keeps every track.
+        split_mode: ``"per_user"``: the last fractions of each user's time
+            span; ``"global"``: the last fractions of the whole log's time span
+            (one cut for everybody, no look-ahead across users).
+        write_skip_flags: add a ``skipped`` feature list (int64 per play: 1
+            when ``ms_played < skip_threshold_ms``, 0 when not, -1 unknown).
+        progress_seconds: a worker logs its counts at most this often.
     """
 
     format: str = AUTO
@@ -60,8 +87,21 @@ class PlaylogParams:
     test_fraction: float = 0.1
     vocab_min_count: int = 1
     num_shards: int = 1
+    skip_filter: bool = False
+    skip_threshold_ms: int = 30_000
+    collapse_repeats: bool = False
+    min_item_support: int = 1
+    split_mode: str = "per_user"
+    write_skip_flags: bool = False
+    progress_seconds: float = 30.0
 
     def __post_init__(self):
+        if self.split_mode not in SPLIT_MODES:
+            raise ValueError(f"split_mode must be one of {SPLIT_MODES}, got {self.split_mode!r}")
+        if self.skip_threshold_ms < 0:
+            raise ValueError(f"skip_threshold_ms must be >= 0, got {self.skip_threshold_ms}")
+        if self.min_item_support < 1:
+            raise ValueError(f"min_item_support must be >= 1, got {self.min_item_support}")
         if self.format != AUTO and self.format not in FORMATS:
             raise ValueError(f"format must be {AUTO!r} or one of {FORMATS}, got {self.format!r}")
         if self.session_gap_seconds < 0:
@@ -94,6 +134,7 @@ class Session:
         track_keys: ``[plays]`` track keys.
         timestamps: ``[plays]`` Unix seconds, non-decreasing.
         split: ``"train"``, ``"eval"`` or ``"test"``.
+        skipped: ``[plays]`` 1 skip, 0 not, -1 unknown (``ms_played`` missing).
     """
 
     user_id: str
@@ -102,6 +143,7 @@ class Session:
     track_keys: tuple[str, ...]
     timestamps: tuple[int, ...]
     split: str
+    skipped: tuple[int, ...] = ()
 
 
 def play_order(play: Play) -> tuple[int, str, int]:
@@ -124,6 +166,22 @@ def split_into_sessions(plays: Iterable[Play], gap_seconds: int) -> list[list[Pl
     return sessions
 
 
+def collapse_repeats(session: list[Play]) -> list[Play]:
+    """Keeps the first of each run of consecutive plays of the same track."""
+    kept = session[:1]
+    for play in session[1:]:
+        if play.track_key != kept[-1].track_key:
+            kept.append(play)
+    return kept
+
+
+def skip_flag(play: Play, threshold_ms: int) -> int:
+    """1 when the play is a skip (``ms_played < threshold_ms``), 0 when not, -1 when unknown."""
+    if play.ms_played is None:
+        return -1
+    return int(play.ms_played < threshold_ms)
+
+
 def assign_split(start_time: int, first_time: int, last_time: int,
                  eval_fraction: float, test_fraction: float) -> str:
     """Split of a session starting at ``start_time`` in a user's span ``[first_time, last_time]``.
@@ -144,8 +202,11 @@ def sessionize_user(user_id: str, plays: Iterable[Play], params: PlaylogParams
                     ) -> Iterator[Session | beam.pvalue.TaggedOutput]:
     """All of one user's plays → kept :class:`Session` s, tagged outputs for the rest.
 
-    Yields each kept session; ``TaggedOutput("filtered", n_plays)`` per session
-    shorter than ``min_session_length``; ``TaggedOutput("users", user_id)`` once.
+    Yields each kept session; ``TaggedOutput("collapsed", n_plays)`` per
+    session that lost repeats (``collapse_repeats``);
+    ``TaggedOutput("filtered", n_plays)`` per session shorter than
+    ``min_session_length`` after collapsing; ``TaggedOutput("users", user_id)``
+    once. The split is per user here; ``split_mode="global"`` reassigns it later.
     """
     sessions = split_into_sessions(plays, params.session_gap_seconds)
     yield beam.pvalue.TaggedOutput(_USERS, user_id)
@@ -153,6 +214,11 @@ def sessionize_user(user_id: str, plays: Iterable[Play], params: PlaylogParams
         return
     first_time, last_time = sessions[0][0].timestamp, sessions[-1][-1].timestamp
     for session in sessions:
+        if params.collapse_repeats:
+            collapsed = collapse_repeats(session)
+            if len(collapsed) < len(session):
+                yield beam.pvalue.TaggedOutput(_COLLAPSED, len(session) - len(collapsed))
+            session = collapsed
         if len(session) < params.min_session_length:
             yield beam.pvalue.TaggedOutput(_FILTERED, len(session))
             continue
@@ -161,12 +227,15 @@ def sessionize_user(user_id: str, plays: Iterable[Play], params: PlaylogParams
                       track_keys=tuple(play.track_key for play in session),
                       timestamps=tuple(play.timestamp for play in session),
                       split=assign_split(start_time, first_time, last_time,
-                                         params.eval_fraction, params.test_fraction))
+                                         params.eval_fraction, params.test_fraction),
+                      skipped=(tuple(skip_flag(play, params.skip_threshold_ms) for play in session)
+                               if params.write_skip_flags else ()))
 
 
 def session_to_sequence_example(session: Session) -> tf.train.SequenceExample:
     """The ``Sessions`` record: context ``user_id``, ``session_id``, ``start_time``;
-    feature lists ``track_key`` and ``timestamp`` (one entry per play)."""
+    feature lists ``track_key``, ``timestamp`` and, when the session carries
+    them, ``skipped`` (one entry per play)."""
     def bytes_feature(text: str) -> tf.train.Feature:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode("utf-8")]))
 
@@ -182,6 +251,8 @@ def session_to_sequence_example(session: Session) -> tf.train.SequenceExample:
         feature_lists=tf.train.FeatureLists(feature_list={
             "track_key": tf.train.FeatureList(feature=[bytes_feature(k) for k in session.track_keys]),
             "timestamp": tf.train.FeatureList(feature=[int_feature(t) for t in session.timestamps]),
+            **({"skipped": tf.train.FeatureList(feature=[int_feature(f) for f in session.skipped])}
+               if session.skipped else {}),
         }))
 
 
@@ -194,23 +265,66 @@ def rank_vocabulary(key_counts: Iterable[tuple[str, int]], min_count: int) -> li
 class ReadPlaylogs(beam.PTransform):
     """``(path, format)`` pairs → every row as a :class:`Play` or :class:`DeadLetter`.
 
-    The Reshuffle spreads files over workers, one file per element.
+    The Reshuffle spreads files over workers, one file per element; a worker
+    streams a text file line by line and logs its row count now and then.
     """
 
-    def __init__(self, files: Sequence[tuple[str, str]]):
+    def __init__(self, files: Sequence[tuple[str, str]], progress_seconds: float = 30.0):
         super().__init__()
         self._files = list(files)
+        self._progress_seconds = progress_seconds
 
     def expand(self, pbegin):
         return (pbegin
                 | "ListFiles" >> beam.Create(self._files)
                 | "SpreadFiles" >> beam.Reshuffle()
-                | "ReadRows" >> beam.FlatMapTuple(read_playlog))
+                | "ReadRows" >> beam.FlatMapTuple(read_playlog)
+                | "Progress" >> beam.ParDo(LogProgress("playlog_example_gen read", "rows",
+                                                       self._progress_seconds)))
+
+
+def _keep_supported_items(keyed: tuple[str, Iterable[Play]], min_support: int):
+    """One track's plays: all of them when there are ``min_support`` or more, else a tagged count."""
+    _key, plays = keyed
+    plays = list(plays)
+    if len(plays) >= min_support:
+        yield from plays
+    else:
+        yield beam.pvalue.TaggedOutput(_RARE, len(plays))
+
+
+class DropRareItems(beam.PTransform):
+    """Plays → plays of tracks with at least ``min_support`` plays; ``rare`` output:
+    the play count of each dropped track. One track's plays are grouped at a time."""
+
+    def __init__(self, min_support: int):
+        super().__init__()
+        self._min_support = min_support
+
+    def expand(self, plays):
+        return (plays
+                | "KeyByTrack" >> beam.Map(lambda play: (play.track_key, play))
+                | "GroupByTrack" >> beam.GroupByKey()
+                | "KeepSupported" >> beam.FlatMap(_keep_supported_items, self._min_support)
+                .with_outputs(_RARE, main="plays"))
+
+
+def _keyed_by_user(play: Play) -> tuple[str, tuple]:
+    """``(user_id, fields)``: a tuple of primitives crosses the shuffle with Beam's fast
+    coder instead of being pickled (a third of the per-play cost at 1 M plays)."""
+    return play.user_id, (play.timestamp, play.track_key, play.ms_played, play.source, play.line)
+
+
+def _plays_of_user(user_id: str, fields: Iterable[tuple]) -> Iterator[Play]:
+    """Inverse of :func:`_keyed_by_user` (the artist, unused downstream, is not carried)."""
+    for timestamp, track_key, ms_played, source, line in fields:
+        yield Play(user_id, timestamp, track_key, "", ms_played, source, line)
 
 
 class Sessionize(beam.PTransform):
     """Plays → kept sessions (main output) with ``filtered`` (plays per dropped
-    session) and ``users`` (one id per user) as extra outputs."""
+    session), ``collapsed`` (repeats removed per session) and ``users`` (one id
+    per user) as extra outputs."""
 
     def __init__(self, params: PlaylogParams):
         super().__init__()
@@ -219,11 +333,52 @@ class Sessionize(beam.PTransform):
     def expand(self, plays):
         params = self._params
         return (plays
-                | "KeyByUser" >> beam.Map(lambda play: (play.user_id, play))
+                | "KeyByUser" >> beam.Map(_keyed_by_user)
                 | "GroupByUser" >> beam.GroupByKey()
                 | "SplitSessions" >> beam.FlatMap(
-                    lambda user_plays: sessionize_user(*user_plays, params))
-                .with_outputs(_FILTERED, _USERS, main="sessions"))
+                    lambda user_plays: sessionize_user(user_plays[0],
+                                                       _plays_of_user(*user_plays), params))
+                .with_outputs(_FILTERED, _USERS, _COLLAPSED, main="sessions"))
+
+
+class TimeSpanFn(beam.CombineFn):
+    """Plays → ``(first, last)`` Unix seconds over all of them (``None`` when there are none)."""
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, span, play: Play):
+        if span is None:
+            return play.timestamp, play.timestamp
+        return min(span[0], play.timestamp), max(span[1], play.timestamp)
+
+    def merge_accumulators(self, spans):
+        spans = [span for span in spans if span is not None]
+        if not spans:
+            return None
+        return min(span[0] for span in spans), max(span[1] for span in spans)
+
+    def extract_output(self, span):
+        return span
+
+
+def reassign_global_split(session: Session, span: tuple[int, int] | None,
+                          params: PlaylogParams) -> Session:
+    """The session's split from the whole log's time span (``split_mode="global"``)."""
+    first_time, last_time = span
+    return dataclasses.replace(session, split=assign_split(
+        session.start_time, first_time, last_time, params.eval_fraction, params.test_fraction))
+
+
+def reason_template(reason: str) -> str:
+    """A dead letter's reason without its values, so the manifest can count reasons by kind.
+
+    Quoted values become ``'…'``, what follows the first ``": "`` (a parser's
+    own message) is cut, numbers become ``N``: ``"bad timestamp 'x': ..."`` →
+    ``"bad timestamp '…'"``.
+    """
+    reason = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", reason).split(": ", 1)[0]
+    return re.sub(r"\d+", "N", reason)
 
 
 class BuildVocabulary(beam.PTransform):
@@ -255,7 +410,9 @@ def _write_manifest(_, path: str, static: dict, counts: dict[str, Any]) -> None:
     plays_written = sum(split["plays"] for split in splits.values())
     manifest = {**static, **counts, "splits": splits, "plays_written": plays_written,
                 "sessions": sum(split["sessions"] for split in splits.values())}
-    if manifest["plays"] != plays_written + manifest["plays_filtered"] or \
+    manifest["dead_letters_per_reason"] = dict(sorted(manifest["dead_letters_per_reason"].items()))
+    dropped = sum(manifest[name] for name in DROPPED_PLAY_COUNTS)
+    if manifest["plays"] != plays_written + dropped or \
             manifest["rows_in"] != manifest["plays"] + manifest["dead_letters"]:
         raise RuntimeError(f"play counts do not reconcile: {manifest}")
     write_text_atomic(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -285,11 +442,35 @@ def build_pipeline(pipeline: beam.Pipeline, paths: Sequence[str], output_uri: st
         unrecognised file named explicitly).
     """
     files, skipped = list_playlog_files(paths, params.format)
-    records = pipeline | "Read" >> ReadPlaylogs(files)
+    records = pipeline | "Read" >> ReadPlaylogs(files, params.progress_seconds)
     plays, dead_letters = records | "SplitValid" >> beam.Partition(
         lambda record, _: 0 if isinstance(record, Play) else 1, 2)
+    valid_plays = plays
+
+    def nothing(label: str):
+        return pipeline | label >> beam.Create([0])
+
+    # Filters in order: skips (per play), rare items (per track), then sessions.
+    if params.skip_filter:
+        threshold = params.skip_threshold_ms
+        plays, skipped_plays = plays | "SkipFilter" >> beam.Partition(
+            lambda play, _: int(play.ms_played is not None and play.ms_played < threshold), 2)
+        plays_skipped = _count(skipped_plays, "CountSkippedPlays")
+    else:
+        plays_skipped = nothing("NoSkipFilter")
+    if params.min_item_support > 1:
+        supported = plays | "ItemSupport" >> DropRareItems(params.min_item_support)
+        plays = supported.plays
+        plays_rare = supported[_RARE] | "SumRarePlays" >> beam.CombineGlobally(sum)
+        items_rare = _count(supported[_RARE], "CountRareItems")
+    else:
+        plays_rare, items_rare = nothing("NoItemSupport"), nothing("NoRareItems")
     sessionized = plays | "Sessionize" >> Sessionize(params)
     sessions = sessionized.sessions
+    if params.split_mode == "global":
+        span = plays | "TimeSpan" >> beam.CombineGlobally(TimeSpanFn())
+        sessions = sessions | "GlobalSplit" >> beam.Map(
+            reassign_global_split, beam.pvalue.AsSingleton(span), params)
 
     _ = (sessions
          | "Serialize" >> beam.Map(lambda session: (
@@ -304,8 +485,12 @@ def build_pipeline(pipeline: beam.Pipeline, paths: Sequence[str], output_uri: st
 
     counts = {
         "rows_in": _count(records, "CountRows"),
-        "plays": _count(plays, "CountPlays"),
+        "plays": _count(valid_plays, "CountPlays"),
         "dead_letters": _count(dead_letters, "CountDeadLetters"),
+        "plays_skipped": plays_skipped,
+        "plays_rare_items": plays_rare,
+        "rare_items": items_rare,
+        "plays_collapsed": sessionized[_COLLAPSED] | "SumCollapsedPlays" >> beam.CombineGlobally(sum),
         "sessions_filtered": _count(sessionized[_FILTERED], "CountFilteredSessions"),
         "plays_filtered": sessionized[_FILTERED] | "SumFilteredPlays" >> beam.CombineGlobally(sum),
         "users": _count(sessionized[_USERS], "CountUsers"),
@@ -318,6 +503,9 @@ def build_pipeline(pipeline: beam.Pipeline, paths: Sequence[str], output_uri: st
         "plays_per_split": (sessions
                             | "SessionPlays" >> beam.Map(lambda s: (s.split, len(s.track_keys)))
                             | "SumPerSplit" >> beam.CombinePerKey(sum)),
+        "dead_letters_per_reason": (dead_letters
+                                    | "ReasonKind" >> beam.Map(lambda dead: reason_template(dead.reason))
+                                    | "CountPerReason" >> beam.combiners.Count.PerElement()),
     }
     static = {"params": dataclasses.asdict(params), "inputs": list(paths),
               "files": [{"path": path, "format": fmt} for path, fmt in files],
@@ -353,7 +541,7 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
         build_pipeline(pipeline, paths, artifact.uri, settings)
     manifest = json.loads(read_text(artifact.path(MANIFEST_FILENAME)))
     artifact.properties.update({key: manifest[key] for key in (
-        "rows_in", "plays", "dead_letters", "plays_filtered", "sessions", "users", "vocab_size")})
+        "rows_in", "plays", "dead_letters", *DROPPED_PLAY_COUNTS, "sessions", "users", "vocab_size")})
     artifact.properties["splits"] = manifest["splits"]
 
 

@@ -1,6 +1,6 @@
 """Play-log readers: raw listening histories → :class:`Play` or :class:`DeadLetter`.
 
-Three formats are understood:
+Five formats are understood:
 
 - ``csv``: generic CSV with a header naming ``user_id``, ``timestamp``,
   ``track_id`` and optionally ``artist`` and ``ms_played`` (any column order;
@@ -13,6 +13,17 @@ Three formats are understood:
   ``{endTime "2021-10-06 01:44" UTC, artistName, trackName, msPlayed}``); the
   user is the parent folder's name and the key ``"<artist> - <track>"``
   (the export has no track ids). The timestamp is ``endTime``.
+- ``spotify_extended_json``: Spotify's extended streaming history
+  (``endsong_*.json`` / ``Streaming_History_Audio_*.json``), a JSON array of
+  ``{ts ISO-8601 UTC, username, ms_played, master_metadata_track_name,
+  master_metadata_album_artist_name, spotify_track_uri, skipped, ...}``. The
+  user is ``username`` (else the parent folder), the key the track URI (else
+  ``"<artist> - <track>"``). Podcast episodes and audiobook chapters have no
+  track and become dead letters (``not a music track``). The timestamp is
+  ``ts`` (the end of the play, like ``endTime``).
+- ``jsonl``: one JSON object per line with the generic CSV's fields
+  (``user_id``, ``timestamp`` ISO string or Unix seconds, ``track_id``,
+  optional ``artist`` and ``ms_played``).
 
 Every reader yields exactly one record per input row: a :class:`Play` or a
 :class:`DeadLetter` naming the source, the 1-based line (JSON: the 1-based
@@ -37,9 +48,13 @@ import posixpath
 import re
 from typing import Iterable, Iterator, Sequence
 
-FORMATS = ("csv", "lastfm_tsv", "spotify_json")
+FORMATS = ("csv", "jsonl", "lastfm_tsv", "spotify_json", "spotify_extended_json")
 AUTO = "auto"
 SPOTIFY_HISTORY_GLOB = "streaminghistory*.json"
+# The extended streaming history: older exports name files endsong_<n>.json,
+# newer ones Streaming_History_Audio_<years>_<n>.json (lower-cased here).
+SPOTIFY_EXTENDED_GLOBS = ("endsong*.json", "streaming_history_audio*.json")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
 CSV_REQUIRED_COLUMNS = ("user_id", "timestamp", "track_id")
 CSV_OPTIONAL_COLUMNS = ("artist", "ms_played")
 LASTFM_FIELDS = 6
@@ -253,19 +268,9 @@ def parse_spotify_json(data: bytes, source: str, user_id: str) -> Iterator[Playl
     A file that is not UTF-8, not JSON or not an array is one dead letter (at
     the line where the problem was found).
     """
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        yield DeadLetter(source, line, f"undecodable bytes: {exc.reason} at byte {exc.start}")
-        return
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as exc:
-        yield DeadLetter(source, exc.lineno, f"bad JSON: {exc.msg} (column {exc.colno})")
-        return
-    if not isinstance(records, list):
-        yield DeadLetter(source, 1, f"expected a JSON array, got {type(records).__name__}")
+    records = _json_array(data, source)
+    if isinstance(records, DeadLetter):
+        yield records
         return
     for index, record in enumerate(records, start=1):
         try:
@@ -293,6 +298,101 @@ def _spotify_play(record: object, source: str, index: int, user_id: str) -> Play
                 artist=names["artistName"].strip(), ms_played=ms_played, source=source, line=index)
 
 
+def parse_jsonl_lines(lines: Iterable[bytes], source: str) -> Iterator[PlaylogRecord]:
+    """Generic JSON lines (bytes per line) → a Play or DeadLetter per non-blank line."""
+    for number, text in _numbered_text_lines(lines, source):
+        if isinstance(text, DeadLetter):
+            yield text
+            continue
+        try:
+            yield _jsonl_play(text, source, number)
+        except RowError as exc:
+            yield DeadLetter(source, number, str(exc))
+
+
+def _text_field(record: dict, name: str) -> str:
+    value = record.get(name)
+    if isinstance(value, bool) or value is None:
+        return ""
+    if isinstance(value, (int, float)):
+        return str(value)
+    if not isinstance(value, str):
+        raise RowError(f"bad {name} {value!r}")
+    return value
+
+
+def _jsonl_play(text: str, source: str, number: int) -> Play:
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RowError(f"bad JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise RowError(f"expected a JSON object, got {type(record).__name__}")
+    ms_played = record.get("ms_played")
+    if ms_played is not None and (isinstance(ms_played, bool) or not isinstance(ms_played, int)
+                                  or ms_played < 0):
+        raise RowError(f"bad ms_played {ms_played!r}")
+    return Play(user_id=_required(_text_field(record, "user_id"), "user_id"),
+                timestamp=parse_timestamp(_text_field(record, "timestamp")),
+                track_key=normalize_track_id(_required(_text_field(record, "track_id"), "track_id")),
+                artist=_text_field(record, "artist").strip(), ms_played=ms_played,
+                source=source, line=number)
+
+
+def _json_array(data: bytes, source: str) -> list | DeadLetter:
+    """A whole-file JSON array, or the one dead letter that says why it is not one."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        return DeadLetter(source, line, f"undecodable bytes: {exc.reason} at byte {exc.start}")
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return DeadLetter(source, exc.lineno, f"bad JSON: {exc.msg} (column {exc.colno})")
+    if not isinstance(records, list):
+        return DeadLetter(source, 1, f"expected a JSON array, got {type(records).__name__}")
+    return records
+
+
+def parse_spotify_extended_json(data: bytes, source: str, folder_user_id: str) -> Iterator[PlaylogRecord]:
+    """An ``endsong_*.json`` file's bytes → a Play or DeadLetter per array element.
+
+    ``line`` is the 1-based record index, as for ``StreamingHistory*.json``.
+    """
+    records = _json_array(data, source)
+    if isinstance(records, DeadLetter):
+        yield records
+        return
+    for index, record in enumerate(records, start=1):
+        try:
+            yield _spotify_extended_play(record, source, index, folder_user_id)
+        except RowError as exc:
+            yield DeadLetter(source, index, str(exc))
+
+
+def _spotify_extended_play(record: object, source: str, index: int, folder_user_id: str) -> Play:
+    if not isinstance(record, dict):
+        raise RowError(f"expected a JSON object, got {type(record).__name__}")
+    track_name = _text_field(record, "master_metadata_track_name").strip()
+    artist = _text_field(record, "master_metadata_album_artist_name").strip()
+    uri = _text_field(record, "spotify_track_uri").strip()
+    if not (uri or (track_name and artist)):
+        if _text_field(record, "episode_name") or _text_field(record, "spotify_episode_uri") \
+                or _text_field(record, "audiobook_title"):
+            raise RowError("not a music track (podcast episode or audiobook)")
+        raise RowError("missing spotify_track_uri and master_metadata track and artist names")
+    ms_played = record.get("ms_played")
+    if ms_played is not None and (isinstance(ms_played, bool) or not isinstance(ms_played, int)
+                                  or ms_played < 0):
+        raise RowError(f"bad ms_played {ms_played!r}")
+    user_id = _text_field(record, "username").strip() or folder_user_id
+    return Play(user_id=_required(user_id, "username (or parent folder name)"),
+                timestamp=parse_timestamp(_text_field(record, "ts")),
+                track_key=normalize_track_id(uri) if uri else artist_track_key(artist, track_name),
+                artist=artist, ms_played=ms_played, source=source, line=index)
+
+
 def spotify_user_id(path: str) -> str:
     """The listener of a Spotify history file: its parent folder's name."""
     return posixpath.basename(posixpath.dirname(path.replace("\\", "/")))
@@ -306,8 +406,9 @@ def _uncompressed_name(path: str) -> str:
 def detect_format(path: str) -> str | None:
     """The reader for ``path`` by name (``.gz`` ignored), ``None`` when unrecognised.
 
-    ``*.csv`` → ``csv``, ``*.tsv`` → ``lastfm_tsv``, ``StreamingHistory*.json`` →
-    ``spotify_json``. Other JSON files are not guessed: Spotify exports hold
+    ``*.csv`` → ``csv``, ``*.tsv`` → ``lastfm_tsv``, ``*.jsonl``/``*.ndjson`` →
+    ``jsonl``, ``StreamingHistory*.json`` → ``spotify_json``, ``endsong*.json``
+    and ``Streaming_History_Audio*.json`` → ``spotify_extended_json``. Other JSON files are not guessed: Spotify exports hold
     several (``Userdata.json`` …) that are not play logs.
     """
     name = _uncompressed_name(path)
@@ -315,8 +416,12 @@ def detect_format(path: str) -> str | None:
         return "csv"
     if name.endswith(".tsv"):
         return "lastfm_tsv"
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
     if fnmatch.fnmatch(name, SPOTIFY_HISTORY_GLOB):
         return "spotify_json"
+    if any(fnmatch.fnmatch(name, pattern) for pattern in SPOTIFY_EXTENDED_GLOBS):
+        return "spotify_extended_json"
     return None
 
 
@@ -400,10 +505,15 @@ def read_playlog(path: str, format: str) -> Iterator[PlaylogRecord]:
     try:
         with tf.io.gfile.GFile(path, "rb") as raw:
             handle = gzip.GzipFile(fileobj=raw) if path.lower().endswith(_COMPRESSED_SUFFIX) else raw
+            # A Spotify export file is one JSON array (at most ~15 k plays).
             if format == "spotify_json":
                 yield from parse_spotify_json(handle.read(), path, spotify_user_id(path))
                 return
-            parse = parse_csv_lines if format == "csv" else parse_lastfm_lines
+            if format == "spotify_extended_json":
+                yield from parse_spotify_extended_json(handle.read(), path, spotify_user_id(path))
+                return
+            parse = {"csv": parse_csv_lines, "jsonl": parse_jsonl_lines,
+                     "lastfm_tsv": parse_lastfm_lines}[format]
             for record in parse(_iter_lines(handle), path):
                 last_line = record.line
                 yield record

@@ -1,10 +1,18 @@
 """Trainer: runs a model's ``run_fn`` on an examples artifact.
 
-Inputs: ``examples`` (AudioExamples or Sessions, by model kind).
+Inputs: ``examples`` (AudioExamples or Sessions, by model kind) and,
+optionally, ``base_model``: the latest blessed model of the same kind, which
+the runner resolves from ML Metadata, to warm-start from.
 Outputs: ``model`` (Model): ``serving/`` (SavedModel) and ``train_metrics.json``.
+
+Warm start is handed to the model code as ``TrainArgs.warm_start_dir`` (the
+base model's folder) when ``TrainArgs`` has that field; until the model code
+supports it, the trainer trains from scratch and says so in the model's
+``warm_start`` property.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from musicrec.components.base import Artifact, ComponentSpec
@@ -16,8 +24,9 @@ from musicrec.models.train_args import TrainArgs
 def spec(model_kind: str) -> ComponentSpec:
     """The Trainer's declaration for one model kind ("genre" or "next_track")."""
     return ComponentSpec(name=f"trainer[{model_kind}]",
-                         inputs={"examples": kind(model_kind).examples_type},
-                         outputs={"model": "Model"}, executor=run)
+                         inputs={"examples": kind(model_kind).examples_type, "base_model": "Model"},
+                         outputs={"model": "Model"}, executor=run,
+                         optional_inputs=frozenset({"base_model"}))
 
 
 def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
@@ -29,14 +38,26 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
     if not train_files:
         raise ValueError(f"no training shards under {examples.uri}/Split-train")
     features = params.get("features")
+    warm_start, extra_args = _warm_start(inputs.get("base_model"))
     args = TrainArgs(
         train_files=train_files, eval_files=split_files(examples, "eval"),
         examples_dir=examples.uri, model_dir=outputs["model"].uri,
         hparams=dict(params.get("hparams") or {}),
         feature_params=AudioFeatureParams.from_dict(features) if features else None,
-        seed=int(params.get("seed", 0)))
+        seed=int(params.get("seed", 0)), **extra_args)
     metrics = model_kind.run_fn()(args)
-    outputs["model"].properties.update(kind=model_kind.name, train_metrics=_scalars(metrics))
+    outputs["model"].properties.update(kind=model_kind.name, train_metrics=_scalars(metrics),
+                                       **({"warm_start": warm_start} if warm_start else {}))
+
+
+def _warm_start(base_model: Artifact | None) -> tuple[str, dict[str, Any]]:
+    """What to record about warm starting, and the extra ``TrainArgs`` for it."""
+    if base_model is None:
+        return "", {}
+    if "warm_start_dir" in {field.name for field in dataclasses.fields(TrainArgs)}:
+        return f"from {base_model.uri}", {"warm_start_dir": base_model.uri}
+    return (f"not supported by the model code yet: trained from scratch "
+            f"(latest blessed model {base_model.uri})"), {}
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,15 @@ def _generate(out_dir: str, seed: int, tiny: bool):
 
 
 def run(args: argparse.Namespace) -> int:
+    config = _checked_run_config(args)
+    result = run_pipeline(config, args.workdir, no_cache=args.no_cache, audio_dir=args.audio,
+                          metadata_csv=args.metadata, playlog_paths=args.playlogs)
+    print_run_summary(result)
+    return 0 if all(push.get("pushed") for push in pushes(result).values()) else 1
+
+
+def _checked_run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The config for ``run``/``schedule``, after checking that the inputs exist."""
     from musicrec.pipeline.config import ConfigError, load_config
 
     for path in [args.audio, args.metadata, args.config, *(args.playlogs or [])]:
@@ -53,19 +62,51 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise UserError(f"config {args.config}: {exc}") from exc
     config["beam_args"] = [*config["beam_args"], *args.beam_args]
-    result = run_pipeline(config, args.workdir, audio_dir=args.audio, metadata_csv=args.metadata,
-                          playlog_paths=args.playlogs)
-    print_run_summary(result)
-    return 0 if all(push.get("pushed") for push in pushes(result).values()) else 1
+    return config
 
 
-def run_pipeline(config, workdir: str, **sources):
+def schedule(args: argparse.Namespace) -> int:
+    from musicrec.pipeline import runs_cli
+
+    _checked_run_config(args)  # fail now, not at the first tick
+    return runs_cli.schedule(lambda: run(args), every=args.every, cron=args.cron,
+                             max_runs=args.max_runs, workdir=args.workdir)
+
+
+def runs(args: argparse.Namespace) -> int:
+    from musicrec.pipeline import runs_cli
+    from musicrec.pipeline.config import load_config
+
+    if args.action is None:
+        print(runs_cli.list_runs(args.workdir))
+        return 0
+    if not args.run_id:
+        raise UserError("runs show needs a RUN_ID (see `musicrec runs --workdir DIR`)")
+    try:
+        print(runs_cli.show_run(args.workdir, args.run_id, load_config(args.config)["metadata"]))
+    except LookupError as exc:
+        raise UserError(str(exc)) from exc
+    return 0
+
+
+def show_config(args: argparse.Namespace) -> int:
+    from musicrec.pipeline import runs_cli
+    from musicrec.pipeline.config import ConfigError
+
+    try:
+        print(runs_cli.show_config(args.config), end="")
+    except ConfigError as exc:
+        raise UserError(f"config {args.config}: {exc}") from exc
+    return 0
+
+
+def run_pipeline(config, workdir: str, no_cache: bool = False, **sources):
     from musicrec.pipeline.pipeline import create_pipeline
     from musicrec.pipeline.runner import LocalRunner, describe
 
     pipeline = create_pipeline(config, os.path.abspath(workdir), **sources)
     log.info("pipeline:\n%s", describe(pipeline.ordered()))
-    return LocalRunner().run(pipeline)
+    return LocalRunner(no_cache=no_cache).run(pipeline)
 
 
 def pushes(result) -> dict[str, dict[str, Any]]:
@@ -86,6 +127,9 @@ def evaluations(result) -> dict[str, dict[str, Any]]:
 
 def print_run_summary(result) -> None:
     print(f"run {result.run_id}: {result.run_dir}")
+    cached = [node for node, state in result.states.items() if state == "cached"]
+    if cached:
+        print(f"  cached (unchanged inputs and parameters): {', '.join(cached)}")
     for kind, report in sorted(evaluations(result).items()):
         metrics, blessing = report["metrics"], report["blessing"]
         if kind == "genre":
@@ -103,6 +147,8 @@ def print_run_summary(result) -> None:
             print(f"  pushed {name} version {push['version']} to {push['path']}")
         else:
             print(f"  did not push {name}: {push.get('reason')}")
+    if result.report_path:
+        print(f"  report: {result.report_path}")
 
 
 # ---------------------------------------------------------------------------- serving
@@ -120,27 +166,27 @@ def served_models(workdir: str) -> dict[str, str]:
 
 
 def serve(args: argparse.Namespace) -> int:
+    """Starts tensorflow_model_server when it is on PATH, else the built-in server.
+
+    TF Serving flags other than the ones ``musicrec serve`` defines arrive in
+    ``args.passthrough`` and are handed over unchanged.
+    """
     from musicrec.serving import config as serving_config
     from musicrec.serving import flags as serving_flags
 
-    config_file = args.model_config_file
+    flags = [f"--port={args.port}", f"--rest_api_port={args.rest_api_port}", *args.passthrough]
     if args.workdir:
         models = served_models(args.workdir)
         if not models:
             raise UserError(f"no pushed models under {args.workdir}/serving; run `musicrec run` first")
         config_file = os.path.join(os.path.abspath(args.workdir), "serving", "models.config")
         serving_config.write_model_config(config_file, models)
-    flags = [f"--port={args.port}", f"--rest_api_port={args.rest_api_port}",
-             f"--file_system_poll_wait_seconds={args.file_system_poll_wait_seconds}"]
-    if config_file:
         flags.append(f"--model_config_file={config_file}")
-    elif args.model_name and args.model_base_path:
-        flags += [f"--model_name={args.model_name}", f"--model_base_path={args.model_base_path}"]
-    else:
+    elif not any(f.startswith(("--model_config_file", "--model_base_path")) for f in args.passthrough):
         raise UserError("give --workdir, --model_config_file, or --model_name with --model_base_path")
     binary = None if args.local else serving_config.find_model_server()
     if binary:
-        # The real server binds every interface by default; it has no host flag.
+        # The real server binds every interface; it has no host flag.
         log.info("starting %s", binary)
         os.execv(binary, [binary, *flags])
     return serving_flags.main([*flags, f"--host={args.host}"])

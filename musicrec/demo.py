@@ -47,8 +47,9 @@ def serving_process(workdir: str, port: int, ready_models: list[str],
     """
     from musicrec.serving.client import PredictionClient
 
+    # The REST port would default to 8501, which a second server on this machine may hold.
     command = [sys.executable, "-m", "musicrec.cli", "serve", "--workdir", workdir,
-               f"--port={port}"]
+               f"--port={port}", f"--rest_api_port={free_port()}"]
     log.info("starting the server: %s", " ".join(command))
     process = subprocess.Popen(command)
     target = f"127.0.0.1:{port}"

@@ -34,19 +34,66 @@ DEFAULTS: dict[str, Any] = {
         "test_fraction": 0.1,
         "vocab_min_count": 1,
         "num_shards": 1,
+        # Drop plays shorter than skip_threshold_ms (skips) before sessionizing.
+        "skip_filter": False,
+        "skip_threshold_ms": 30000,
+        # Collapse immediate repeats of the same track into one play.
+        "collapse_repeats": False,
+        # Tracks with fewer plays are dropped before sessions are filtered by length.
+        "min_item_support": 1,
+        # "per_user" (each user's last fractions of time) or "global" (one cut for everyone).
+        "split_mode": "per_user",
+        # Write a per-play `skipped` feature list into each session.
+        "write_skip_flags": False,
+        # Seconds between progress lines of each ingestion worker.
+        "progress_seconds": 30.0,
     },
     "genre_model": {
         # Keys of models.genre.model.GenreHParams; empty means its defaults.
         "hparams": {},
         # Blessing: track accuracy must beat chance by this factor.
         "min_accuracy_over_chance": 1.5,
+        # Blessing against the latest blessed genre model, on the same new
+        # test data: the candidate's track accuracy may be at most this much
+        # (absolute) below the baseline's.
+        "baseline_tolerance": 0.02,
+        # Hand the latest blessed genre model (trained on other data) to the
+        # trainer to warm-start from.
+        "warm_start": True,
     },
     "next_track_model": {
         # Keys of models.next_track.model.NextTrackHParams.
         "hparams": {},
         # Blessing: HR@20 must be at least the popularity baseline's.
         "must_beat_popularity": True,
+        # Blessing against the latest blessed next-track model: MRR@20 may be
+        # at most this much (absolute) below the baseline's.
+        "baseline_tolerance": 0.01,
+        # As for genre; the model code must keep known tracks' ids and
+        # embeddings when the vocabulary grows.
+        "warm_start": True,
     },
+    "pusher": {
+        # Versions kept per model under <workdir>/serving/<model>/; older ones are deleted.
+        "keep_versions": 5,
+        # Write assets.extra/tf_serving_warmup_requests so the server warms the model up on load.
+        "warmup": True,
+    },
+    # Input spans: folders named span=<id> under an input (e.g. logs/span=2026-11-24/).
+    "spans": {
+        # "latest" (newest span), "window" (newest `window` spans) or "all".
+        "policy": "latest",
+        "window": 1,
+    },
+    # ML Metadata store. Default: SQLite at <workdir>/runs/metadata.sqlite.
+    # Shared use: mysql: {host: db.example, port: 3306, database: musicrec_mlmd,
+    #                     user: musicrec, password_env: MUSICREC_MLMD_PASSWORD}
+    "metadata": {
+        "sqlite_path": None,
+        "mysql": None,
+    },
+    # Each run writes <run dir>/report.html.
+    "report": True,
 }
 
 # Sections whose inner keys belong to another module, which validates them.
@@ -89,6 +136,23 @@ def make_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         AudioFeatureParams.from_dict(config["audio"]["features"])
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"audio.features: {exc}") from exc
+    from musicrec.pipeline.spans import POLICIES
+
+    if config["spans"]["policy"] not in POLICIES:
+        raise ConfigError(f"spans.policy: expected one of {', '.join(POLICIES)}, "
+                          f"got {config['spans']['policy']!r}")
+    if config["spans"]["window"] < 1:
+        raise ConfigError("spans.window: must be at least 1")
+    for model in ("genre_model", "next_track_model"):
+        if config[model]["baseline_tolerance"] < 0:
+            raise ConfigError(f"{model}.baseline_tolerance: must not be negative")
+    mysql = config["metadata"]["mysql"]
+    if mysql is not None:
+        allowed = {"host", "port", "database", "user", "password_env"}
+        if not isinstance(mysql, Mapping) or set(mysql) - allowed or not mysql.get("host") \
+                or not mysql.get("database"):
+            raise ConfigError("metadata.mysql: expected a mapping with host and database and "
+                              f"optionally port, user, password_env (known keys: {sorted(allowed)})")
     for section in ("audio", "playlogs"):
         fractions = config[section]["eval_fraction"] + config[section]["test_fraction"]
         if not 0 <= fractions < 1:

@@ -7,13 +7,16 @@ The config file is a text-format ``tensorflow.serving.ModelServerConfig``::
     }
 
 Both the real binary (``--model_config_file``) and ``LocalModelServer`` (via
-``musicrec.serving.flags``) read it.
+``musicrec.serving.flags``) read it, including each model's
+``model_version_policy`` (``latest { num_versions: N }``, ``specific {
+versions: ... }``, ``all {}``) and ``version_labels`` (``read_model_entries``).
 """
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from google.protobuf import text_format
@@ -69,37 +72,116 @@ def write_model_config(path: str | os.PathLike, models: Mapping[str, str]) -> st
     return path
 
 
-def parse_model_config(text: str, source: str = "<text>") -> dict[str, str]:
-    """Model name → base path from ModelServerConfig text.
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of a model to serve (TF Serving's ``ServableVersionPolicy``).
+
+    ``kind`` is ``"latest"`` (the ``num_versions`` highest), ``"specific"``
+    (exactly ``versions``) or ``"all"``.
+    """
+
+    kind: str = "latest"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    def select(self, available: list[int]) -> list[int]:
+        """Versions to serve out of the complete ``available`` ones (ascending)."""
+        if self.kind == "all":
+            return list(available)
+        if self.kind == "specific":
+            return [version for version in available if version in self.versions]
+        return list(available[-self.num_versions:]) if self.num_versions > 0 else []
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of a ModelServerConfig: where it lives and which versions to serve.
+
+    ``labels`` maps a version label (e.g. ``"stable"``) to a version number.
+    """
+
+    name: str
+    base_path: str
+    policy: VersionPolicy = VersionPolicy()
+    labels: Mapping[str, int] = field(default_factory=dict)
+
+
+def _policy_of(entry: model_server_config_pb2.ModelConfig, source: str) -> VersionPolicy:
+    policy = entry.model_version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice is None:
+        return VersionPolicy()
+    if choice == "latest":
+        # An unset num_versions means 1, as in TF Serving.
+        return VersionPolicy("latest", num_versions=policy.latest.num_versions or 1)
+    if choice == "specific":
+        if not policy.specific.versions:
+            raise ValueError(f"{source}: model {entry.name!r}: specific policy lists no versions")
+        return VersionPolicy("specific", versions=tuple(sorted(set(policy.specific.versions))))
+    return VersionPolicy("all")
+
+
+def model_entries_from_proto(
+    config: model_server_config_pb2.ModelServerConfig, source: str = "<config>"
+) -> list[ModelEntry]:
+    """Checked ``ModelEntry`` list from a ModelServerConfig proto.
 
     Raises
     ------
     ValueError
-        On a parse error, a ``custom_model_config``, an empty or duplicate
-        name, a missing base path or a platform other than ``tensorflow``.
+        On a ``custom_model_config``, an empty or duplicate name, a missing
+        base path, a platform other than ``tensorflow`` or an empty specific
+        version policy.
     """
-    config = model_server_config_pb2.ModelServerConfig()
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as error:
-        raise ValueError(f"{source}: not a ModelServerConfig text proto: {error}") from error
     if config.WhichOneof("config") != "model_config_list":
         raise ValueError(f"{source}: only model_config_list is supported")
-    models: dict[str, str] = {}
+    entries: dict[str, ModelEntry] = {}
     for entry in config.model_config_list.config:
         if not entry.name or not entry.base_path:
             raise ValueError(f"{source}: every model needs a name and a base_path: {entry}")
-        if entry.name in models:
+        if entry.name in entries:
             raise ValueError(f"{source}: model {entry.name!r} is listed twice")
         if entry.model_platform not in ("", MODEL_PLATFORM):
             raise ValueError(
                 f"{source}: model {entry.name!r} has platform {entry.model_platform!r}; "
                 f"only {MODEL_PLATFORM!r} is served"
             )
-        models[entry.name] = entry.base_path
-    if not models:
+        entries[entry.name] = ModelEntry(
+            name=entry.name,
+            base_path=entry.base_path,
+            policy=_policy_of(entry, source),
+            labels=dict(entry.version_labels),
+        )
+    if not entries:
         raise ValueError(f"{source}: no models configured")
-    return models
+    return list(entries.values())
+
+
+def parse_model_entries(text: str, source: str = "<text>") -> list[ModelEntry]:
+    """``ModelEntry`` list (policies and labels included) from ModelServerConfig text."""
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as error:
+        raise ValueError(f"{source}: not a ModelServerConfig text proto: {error}") from error
+    return model_entries_from_proto(config, source)
+
+
+def read_model_entries(path: str | os.PathLike) -> list[ModelEntry]:
+    """``ModelEntry`` list from a ModelServerConfig text file (see ``parse_model_entries``)."""
+    with open(path, encoding="utf-8") as config_file:
+        return parse_model_entries(config_file.read(), source=os.fspath(path))
+
+
+def parse_model_config(text: str, source: str = "<text>") -> dict[str, str]:
+    """Model name → base path from ModelServerConfig text.
+
+    Raises
+    ------
+    ValueError
+        As ``model_entries_from_proto``, or on a parse error.
+    """
+    return {entry.name: entry.base_path for entry in parse_model_entries(text, source)}
 
 
 def read_model_config(path: str | os.PathLike) -> dict[str, str]:

@@ -1,10 +1,13 @@
 """Command line of the local model server, with TF Serving's flag names.
 
-``python -m musicrec.serving --port=8500 --model_name=genre
---model_base_path=/srv/genre`` or ``--model_config_file=models.config``.
-Flags take ``--flag=value`` or ``--flag value``. ``--host`` is ours: the real
-binary always listens on all interfaces, the local server on loopback unless
-told otherwise.
+``python -m musicrec.serving --port=8500 --rest_api_port=8501 --model_name=genre
+--model_base_path=/srv/genre`` or ``--model_config_file=models.config``, plus
+``--enable_batching [--batching_parameters_file=batching.config]`` and
+``--monitoring_config_file=monitoring.config``. Flags take ``--flag=value``
+or ``--flag value``; boolean flags also ``--flag`` alone. ``--host`` is ours:
+the real binary always listens on all interfaces, the local server on
+loopback unless told otherwise. As in TF Serving, ``--rest_api_port=0`` (the
+default) serves no REST API.
 """
 from __future__ import annotations
 
@@ -15,8 +18,13 @@ import threading
 from dataclasses import dataclass
 from typing import Sequence
 
-from musicrec.serving.config import read_model_config
+from musicrec.serving.config import ModelEntry, read_model_entries
 from musicrec.serving.model_registry import DEFAULT_POLL_WAIT_SECONDS, ModelLoadError
+from musicrec.serving.server_options import (
+    BatchingOptions,
+    read_batching_parameters,
+    read_monitoring_config,
+)
 from musicrec.serving.server import (
     DEFAULT_HOST,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -32,7 +40,12 @@ STOP_GRACE_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class ServerFlags:
-    """Parsed server flags; ``models`` maps model name → base path."""
+    """Parsed server flags; ``models`` maps model name → base path.
+
+    ``model_entries`` holds the same models with their version policies and
+    labels; ``batching`` is None unless ``--enable_batching``;
+    ``metrics_path`` is None unless a monitoring config enables Prometheus.
+    """
 
     host: str
     port: int
@@ -40,6 +53,22 @@ class ServerFlags:
     models: dict[str, str]
     file_system_poll_wait_seconds: float
     max_message_bytes: int
+    model_entries: tuple[ModelEntry, ...] = ()
+    batching: BatchingOptions | None = None
+    metrics_path: str | None = None
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: float = 0.0
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="gRPC port (0 picks a free one)")
     parser.add_argument("--rest_api_port", type=int, default=0,
-                        help="REST port; accepted for compatibility, REST is not served yet")
+                        help="REST port (0, the default, serves no REST API)")
     parser.add_argument("--model_name", default=DEFAULT_MODEL_NAME,
                         help="name of the single model served from --model_base_path")
     parser.add_argument("--model_base_path", default="",
@@ -61,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--file_system_poll_wait_seconds", type=float,
                         default=DEFAULT_POLL_WAIT_SECONDS,
                         help="seconds between scans for new versions (0 disables)")
+    parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
+                        help="seconds between re-reads of --model_config_file (0 reads it once)")
+    parser.add_argument("--enable_batching", type=_parse_bool, nargs="?", const=True, default=False,
+                        help="batch concurrent Predict calls server-side")
+    parser.add_argument("--batching_parameters_file", default="",
+                        help="text BatchingParameters (max_batch_size, batch_timeout_micros, ...)")
+    parser.add_argument("--monitoring_config_file", default="",
+                        help="text MonitoringConfig; prometheus_config enables /monitoring/prometheus/metrics")
+    parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                        help="threads one TF op may use (0: TensorFlow's default, one per core)")
+    parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                        help="TF ops that may run at once (0: TensorFlow's default, one per core)")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="interface to bind (ours, not a TF Serving flag)")
     parser.add_argument("--max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
@@ -80,36 +121,106 @@ def parse_flags(argv: Sequence[str] | None = None) -> ServerFlags:
         if args.model_base_path:
             LOGGER.warning("--model_config_file overrides --model_base_path")
         try:
-            models = read_model_config(args.model_config_file)
+            entries = read_model_entries(args.model_config_file)
         except (OSError, ValueError) as error:
             parser.error(f"--model_config_file: {error}")
     elif args.model_base_path:
-        models = {args.model_name: args.model_base_path}
+        entries = [ModelEntry(args.model_name, args.model_base_path)]
     else:
         parser.error("give --model_base_path or --model_config_file")
+    batching = None
+    if args.enable_batching:
+        try:
+            batching = (read_batching_parameters(args.batching_parameters_file)
+                        if args.batching_parameters_file else BatchingOptions())
+        except (OSError, ValueError) as error:
+            parser.error(f"--batching_parameters_file: {error}")
+    elif args.batching_parameters_file:
+        LOGGER.warning("--batching_parameters_file is ignored without --enable_batching")
+    metrics_path = None
+    if args.monitoring_config_file:
+        try:
+            metrics_path = read_monitoring_config(args.monitoring_config_file)
+        except (OSError, ValueError) as error:
+            parser.error(f"--monitoring_config_file: {error}")
+        if metrics_path and not args.rest_api_port:
+            LOGGER.warning("Prometheus metrics are served on the REST port; give --rest_api_port")
     if args.port < 0 or args.rest_api_port < 0:
         parser.error("ports must be >= 0")
     if args.max_message_bytes <= 0:
         parser.error("--max_message_bytes must be positive")
+    if args.tensorflow_intra_op_parallelism < 0 or args.tensorflow_inter_op_parallelism < 0:
+        parser.error("TF parallelism flags must be >= 0")
     return ServerFlags(
         host=args.host,
         port=args.port,
         rest_api_port=args.rest_api_port,
-        models=models,
+        models={entry.name: entry.base_path for entry in entries},
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         max_message_bytes=args.max_message_bytes,
+        model_entries=tuple(entries),
+        batching=batching,
+        metrics_path=metrics_path,
+        model_config_file=args.model_config_file,
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+        tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
+        tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
     )
 
 
 def server_from_flags(flags: ServerFlags) -> LocalModelServer:
     """An unstarted ``LocalModelServer`` configured by ``flags``."""
     return LocalModelServer(
-        flags.models,
+        flags.model_entries or flags.models,
         host=flags.host,
         port=flags.port,
+        rest_port=flags.rest_api_port or None,
         max_message_bytes=flags.max_message_bytes,
         poll_wait_seconds=flags.file_system_poll_wait_seconds,
+        batching=flags.batching,
+        metrics_path=flags.metrics_path,
     )
+
+
+class _ConfigFileWatcher:
+    """Re-reads ``--model_config_file`` and reloads the server when its text changes."""
+
+    def __init__(self, server: LocalModelServer, path: str) -> None:
+        self._server = server
+        self._path = path
+        self._last_text = self._read()
+
+    def _read(self) -> str | None:
+        try:
+            with open(self._path, encoding="utf-8") as handle:
+                return handle.read()
+        except OSError as error:
+            LOGGER.error("cannot read %s: %s", self._path, error)
+            return None
+
+    def check(self) -> None:
+        text = self._read()
+        if text is None or text == self._last_text:
+            return
+        self._last_text = text
+        try:
+            entries = read_model_entries(self._path)
+        except (OSError, ValueError) as error:
+            LOGGER.error("not reloading %s: %s", self._path, error)
+            return
+        for error in self._server.registry.reload(entries):
+            LOGGER.error("reload of %s: %s", self._path, error)
+
+
+def _configure_tensorflow_threads(flags: ServerFlags) -> None:
+    """Apply the TF thread-pool flags; must run before the first model loads."""
+    if flags.tensorflow_intra_op_parallelism or flags.tensorflow_inter_op_parallelism:
+        import tensorflow as tf
+
+        if flags.tensorflow_intra_op_parallelism:
+            tf.config.threading.set_intra_op_parallelism_threads(flags.tensorflow_intra_op_parallelism)
+        if flags.tensorflow_inter_op_parallelism:
+            tf.config.threading.set_inter_op_parallelism_threads(flags.tensorflow_inter_op_parallelism)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,8 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flags = parse_flags(argv)
-    if flags.rest_api_port:
-        LOGGER.warning("--rest_api_port=%d accepted but REST is not served yet", flags.rest_api_port)
+    _configure_tensorflow_threads(flags)
     server = server_from_flags(flags)
     try:
         server.start()
@@ -138,10 +248,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_requested.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    watcher = None
+    if flags.model_config_file and flags.model_config_file_poll_wait_seconds > 0:
+        watcher = _ConfigFileWatcher(server, flags.model_config_file)
+    wait_seconds = min(0.5, flags.model_config_file_poll_wait_seconds or 0.5)
     try:
         # A timed wait keeps the main thread responsive to signals.
-        while not stop_requested.wait(0.5):
-            pass
+        while not stop_requested.wait(wait_seconds):
+            if watcher is not None:
+                watcher.check()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -22,11 +22,15 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from musicrec.serving.errors import ServingError
+from musicrec.serving.warmup import read_warmup_requests
 
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
 SERVE_TAG = "serve"
 DEFAULT_SIGNATURE_NAME = "serving_default"
+CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
+CLASSIFY_OUTPUT_CLASSES = "classes"
+CLASSIFY_OUTPUT_SCORES = "scores"
 
 _VERSION_NAME = re.compile(r"^[0-9]+$")
 
@@ -125,7 +129,7 @@ def _decode_input(
     spec: meta_graph_pb2.TensorInfo,
     max_decoded_bytes: int,
 ) -> np.ndarray:
-    """One request TensorProto → ndarray, checked against its signature entry."""
+    """One request TensorProto → ndarray, checked for dtype and size (shape later)."""
     if proto.dtype != spec.dtype:
         raise _invalid(
             f"Expects arg[{alias}] to be {dtype_name(spec.dtype)} "
@@ -144,9 +148,12 @@ def _decode_input(
             f"{num_elements * item_bytes} bytes, over the {max_decoded_bytes}-byte limit"
         )
     try:
-        array = tf.make_ndarray(proto)
+        return tf.make_ndarray(proto)
     except Exception as error:  # numpy/TF raise ValueError, TypeError, ...
         raise _invalid(f"tensor parsing error: {alias}: {error}") from error
+
+
+def _check_shape(alias: str, array: np.ndarray, spec: meta_graph_pb2.TensorInfo) -> None:
     expected = shape_dims(spec.tensor_shape)
     if expected is not None and (
         len(expected) != array.ndim
@@ -156,7 +163,6 @@ def _decode_input(
         raise _invalid(
             f"input {alias} has shape {list(array.shape)} but the signature expects {readable}"
         )
-    return array
 
 
 def _status_of(error: tf.errors.OpError) -> grpc.StatusCode:
@@ -202,6 +208,69 @@ class Servable:
             signature_map.signature_def[key].CopyFrom(signature)
         return signature_map
 
+    def signature(self, signature_name: str) -> meta_graph_pb2.SignatureDef:
+        """The SignatureDef of a callable signature ("" means ``serving_default``).
+
+        Raises
+        ------
+        ServingError
+            FAILED_PRECONDITION for an unknown signature, as TF Serving answers.
+        """
+        signature_name = signature_name or DEFAULT_SIGNATURE_NAME
+        if signature_name not in self.functions:
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f'Serving signature key "{signature_name}" not found. '
+                f"Available signatures: {sorted(self.functions)}",
+            )
+        return self.signature_defs[signature_name]
+
+    def prepare(
+        self,
+        signature_name: str,
+        inputs: Mapping[str, tensor_pb2.TensorProto],
+        output_filter: Sequence[str] = (),
+        max_decoded_bytes: int = 1 << 30,
+    ) -> "PreparedCall":
+        """Decode and check a Predict request's tensors (see ``predict``)."""
+        signature = self.signature(signature_name)
+        _check_input_names(signature, inputs)
+        arrays = {
+            alias: _decode_input(alias, proto, signature.inputs[alias], max_decoded_bytes)
+            for alias, proto in inputs.items()
+        }
+        return self.prepare_arrays(signature_name, arrays, output_filter)
+
+    def prepare_arrays(
+        self,
+        signature_name: str,
+        arrays: Mapping[str, np.ndarray],
+        output_filter: Sequence[str] = (),
+    ) -> "PreparedCall":
+        """Check already-typed input arrays (e.g. decoded from REST JSON) against a signature."""
+        signature_name = signature_name or DEFAULT_SIGNATURE_NAME
+        signature = self.signature(signature_name)
+        _check_input_names(signature, arrays)
+        output_aliases = _select_outputs(signature, output_filter)
+        for alias, array in arrays.items():
+            _check_shape(alias, array, signature.inputs[alias])
+        return PreparedCall(signature_name, dict(arrays), output_aliases)
+
+    def execute(self, signature_name: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a checked call; every output alias → array (strings as ``object`` bytes)."""
+        signature = self.signature_defs[signature_name]
+        tensors = {
+            alias: tf.convert_to_tensor(array, dtype=tf.dtypes.as_dtype(signature.inputs[alias].dtype))
+            for alias, array in arrays.items()
+        }
+        try:
+            results = self.functions[signature_name](**tensors)
+        except tf.errors.OpError as error:
+            raise ServingError(_status_of(error), error.message) from error
+        except (TypeError, ValueError) as error:
+            raise _invalid(f"signature {signature_name} rejected the inputs: {error}") from error
+        return {alias: np.asarray(value) for alias, value in results.items()}
+
     def predict(
         self,
         signature_name: str,
@@ -234,32 +303,53 @@ class Servable:
             INVALID_ARGUMENT for missing/extra inputs, wrong dtype or shape,
             unparsable tensors and unknown output aliases.
         """
+        call = self.prepare(signature_name, inputs, output_filter, max_decoded_bytes)
+        outputs = self.execute(call.signature_name, call.arrays)
+        return {alias: outputs[alias] for alias in call.output_aliases}
+
+    def classify(self, signature_name: str, model_input: Any) -> dict[str, np.ndarray]:
+        """Run a classification signature on a ``tensorflow.serving.Input`` of tf.Examples.
+
+        Returns
+        -------
+        dict[str, np.ndarray]
+            ``"classes"`` (bytes, ``[n, k]``) and/or ``"scores"`` (float, ``[n, k]``).
+
+        Raises
+        ------
+        ServingError
+            INVALID_ARGUMENT, with TF Serving's wording, when the signature's
+            method is not ``tensorflow/serving/classify`` or its inputs and
+            outputs are not a classification signature's.
+        """
         signature_name = signature_name or DEFAULT_SIGNATURE_NAME
-        function = self.functions.get(signature_name)
-        if function is None:
-            raise ServingError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f'Serving signature key "{signature_name}" not found. '
-                f"Available signatures: {sorted(self.functions)}",
+        signature = self.signature(signature_name)
+        if signature.method_name != CLASSIFY_METHOD_NAME:
+            raise _invalid(
+                f"Expected classification signature method_name to be {CLASSIFY_METHOD_NAME}. "
+                f"Was: {signature.method_name}"
             )
-        signature = self.signature_defs[signature_name]
-        _check_input_names(signature, inputs)
-        output_aliases = _select_outputs(signature, output_filter)
-        arrays = {
-            alias: _decode_input(alias, proto, signature.inputs[alias], max_decoded_bytes)
-            for alias, proto in inputs.items()
-        }
-        tensors = {
-            alias: tf.convert_to_tensor(array, dtype=tf.dtypes.as_dtype(signature.inputs[alias].dtype))
-            for alias, array in arrays.items()
-        }
-        try:
-            results = function(**tensors)
-        except tf.errors.OpError as error:
-            raise ServingError(_status_of(error), error.message) from error
-        except (TypeError, ValueError) as error:
-            raise _invalid(f"signature {signature_name} rejected the inputs: {error}") from error
-        return {alias: np.asarray(results[alias]) for alias in output_aliases}
+        if len(signature.inputs) != 1:
+            raise _invalid("Expected one input Tensor.")
+        present = [key for key in (CLASSIFY_OUTPUT_CLASSES, CLASSIFY_OUTPUT_SCORES) if key in signature.outputs]
+        if not present:
+            raise _invalid(
+                "Expected classification signature outputs to contain at least one of "
+                f"{CLASSIFY_OUTPUT_CLASSES} or {CLASSIFY_OUTPUT_SCORES}."
+            )
+        (alias,) = signature.inputs
+        examples = np.array(serialized_examples(model_input), dtype=object)
+        outputs = self.execute(signature_name, {alias: examples})
+        return {key: outputs[key] for key in present}
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    """A checked request: signature key, input alias → array, outputs to return."""
+
+    signature_name: str
+    arrays: Mapping[str, np.ndarray]
+    output_aliases: list[str]
 
 
 def _check_input_names(
@@ -316,7 +406,7 @@ def load_servable(name: str, version: int, path: str | os.PathLike) -> Servable:
         for key, function in saved_model.signatures.items()
         if key in signature_defs
     }
-    return Servable(
+    servable = Servable(
         name=name,
         version=version,
         path=path,
@@ -324,3 +414,56 @@ def load_servable(name: str, version: int, path: str | os.PathLike) -> Servable:
         functions=functions,
         saved_model=saved_model,
     )
+    replay_warmup(servable)
+    return servable
+
+
+def replay_warmup(servable: Servable) -> int:
+    """Run the export's warmup requests (``assets.extra``) once; return how many ran.
+
+    Raises
+    ------
+    ValueError
+        When the warmup file is corrupt, holds a request kind other than
+        Predict or Classify, or a request fails: TF Serving then fails the
+        whole load, and so does this server.
+    """
+    logs = read_warmup_requests(servable.path)
+    for index, log in enumerate(logs):
+        kind = log.WhichOneof("log_type")
+        try:
+            if kind == "predict_log":
+                request = log.predict_log.request
+                servable.predict(request.model_spec.signature_name, request.inputs,
+                                 output_filter=list(request.output_filter))
+            elif kind == "classify_log":
+                request = log.classify_log.request
+                servable.classify(request.model_spec.signature_name, request.input)
+            else:
+                raise ValueError(f"warmup request kind {kind!r} is not supported")
+        except ServingError as error:
+            raise ValueError(f"warmup request {index} of {servable.path} failed: {error}") from error
+    return len(logs)
+
+
+def serialized_examples(model_input) -> list[bytes]:
+    """A ClassificationRequest's ``tensorflow.serving.Input`` → serialized tf.Examples.
+
+    With ``example_list_with_context`` the context's features are merged into
+    every example (the example's own value wins), as TF Serving does.
+    """
+    kind = model_input.WhichOneof("kind")
+    if kind == "example_list":
+        return [example.SerializeToString() for example in model_input.example_list.examples]
+    if kind == "example_list_with_context":
+        with_context = model_input.example_list_with_context
+        merged = []
+        for example in with_context.examples:
+            combined = type(example)()
+            combined.CopyFrom(with_context.context)
+            combined.MergeFrom(example)
+            for key, feature in example.features.feature.items():
+                combined.features.feature[key].CopyFrom(feature)
+            merged.append(combined.SerializeToString())
+        return merged
+    raise _invalid("Input is empty")

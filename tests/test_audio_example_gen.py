@@ -32,11 +32,12 @@ GOOD_FILES = {
     "jazz/stereo44k.wav": CLIP_SECONDS,
     "jazz/tone.ogg": CLIP_SECONDS,
 }
-BAD_FILES = {  # file -> words its dead-letter reason must contain
-    "rock/corrupt.flac": "cannot decode",
+BAD_FILES = {  # file -> its exact dead-letter reason
+    "rock/corrupt.flac": "corrupt audio",
     "rock/empty.wav": "empty file",
-    "jazz/notes.wav": "cannot decode",
-    "jazz/short.wav": "shorter than one",
+    "jazz/notes.wav": "not audio",
+    "jazz/short.wav": "too short",
+    "jazz/silence.wav": "silent",
 }
 
 
@@ -60,6 +61,7 @@ def audio_dir(tmp_path_factory) -> str:
     sf.write(root / "jazz/tone.ogg", _sine(CLIP_SECONDS, SAMPLE_RATE, 660.0), SAMPLE_RATE,
              format="OGG", subtype="VORBIS")
     sf.write(root / "jazz/short.wav", _sine(1.0, SAMPLE_RATE, 440.0), SAMPLE_RATE)
+    sf.write(root / "jazz/silence.wav", np.zeros(int(CLIP_SECONDS * SAMPLE_RATE)), SAMPLE_RATE)
     flac_head = (root / "rock/noise.flac").read_bytes()[:200]
     (root / "rock/corrupt.flac").write_bytes(flac_head + rng.bytes(4000))
     (root / "rock/empty.wav").write_bytes(b"")
@@ -193,15 +195,14 @@ def test_pipeline_emits_examples_dead_letters_and_reconciled_manifest(audio_dir,
 
     def check_dead_letters(records):
         by_name = {os.path.relpath(r["path"], audio_dir): r["reason"] for r in records}
-        assert set(by_name) == set(BAD_FILES)
-        for name, words in BAD_FILES.items():
-            assert words in by_name[name], (name, by_name[name])
+        assert by_name == BAD_FILES
 
     def check_manifest(manifests):
         (manifest,) = manifests
         assert manifest["inputs"] == len(sources) == manifest["tracks"] + manifest["dead_letters"]
         assert manifest["tracks"] == len(GOOD_FILES)
         assert manifest["dead_letters"] == len(BAD_FILES)
+        assert manifest["dead_letters_per_reason"] == {reason: 1 for reason in BAD_FILES.values()}
         assert manifest["segments"] == expected_segments == sum(manifest["segments_per_split"].values())
         assert manifest["segment_shape"] == [params.frames_per_segment, params.n_mels]
 
@@ -225,8 +226,8 @@ def test_pipeline_turns_duplicate_track_ids_into_dead_letters(audio_dir, tmp_pat
     with TestPipeline(runner=beam_io.LOCAL_RUNNER) as pipeline:
         outputs = aeg.build_pipeline(pipeline, sources, ["rock"], str(tmp_path / "dup"))
         assert_that(outputs["dead_letters"]
-                    | beam.Map(lambda r: (r["path"], "duplicate track_id" in r["reason"])),
-                    equal_to([(sine, True)]), label="Dup")  # noise.flac sorts first and is kept
+                    | beam.Map(lambda r: (r["path"], r["reason"])),
+                    equal_to([(sine, "duplicate track_id")]), label="Dup")  # noise.flac sorts first and is kept
         assert_that(outputs["manifest"] | beam.Map(
             lambda m: (m["inputs"], m["tracks"], m["dead_letters"])), equal_to([(2, 1, 1)]), label="Counts")
 
@@ -291,7 +292,8 @@ def test_run_writes_contract_layout_matching_features(audio_dir, tmp_path):
 
     dead = list(beam_io.read_dead_letters(examples.path(aeg.DEAD_LETTERS_FILE)))
     assert len(dead) == manifest["dead_letters"] == len(BAD_FILES)
-    assert all(set(record) == {"path", "reason"} and record["reason"] for record in dead)
+    assert all(set(record) == {"path", "reason", "detail"} and record["detail"] for record in dead)
+    assert sorted(record["reason"] for record in dead) == sorted(BAD_FILES.values())
 
 
 def test_run_rejects_unknown_params(tmp_path):

@@ -94,3 +94,24 @@ def test_pusher_adds_increasing_versions_and_ignores_staging(tmp_path):
     assert existing_versions(str(base)) == [1, 2]
     with pytest.raises(FileNotFoundError):
         push(str(tmp_path / "missing"), str(base))
+
+
+def test_config_validates_spans_tolerances_and_the_metadata_store(tmp_path, monkeypatch):
+    from musicrec.pipeline.metadata import connection_config
+
+    with pytest.raises(ConfigError, match=r"spans\.policy: expected one of latest, window, all"):
+        make_config({"spans": {"policy": "newest"}})
+    with pytest.raises(ConfigError, match=r"spans\.window"):
+        make_config({"spans": {"window": 0}})
+    with pytest.raises(ConfigError, match=r"next_track_model\.baseline_tolerance"):
+        make_config({"next_track_model": {"baseline_tolerance": -0.1}})
+    with pytest.raises(ConfigError, match=r"metadata\.mysql"):
+        make_config({"metadata": {"mysql": {"host": "db", "pasword": "x"}}})
+    sqlite = connection_config(make_config()["metadata"], str(tmp_path))
+    assert sqlite.sqlite.filename_uri == str(tmp_path / "metadata.sqlite")
+    monkeypatch.setenv("MLMD_PW", "s3cret")
+    config = make_config({"metadata": {"mysql": {"host": "db.internal", "database": "mlmd",
+                                                 "user": "musicrec", "password_env": "MLMD_PW"}}})
+    mysql = connection_config(config["metadata"], str(tmp_path)).mysql
+    assert (mysql.host, mysql.port, mysql.database, mysql.user, mysql.password) == (
+        "db.internal", 3306, "mlmd", "musicrec", "s3cret")

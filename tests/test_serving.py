@@ -26,6 +26,7 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from musicrec.serving import flags
@@ -289,11 +290,16 @@ def test_metadata_field_other_than_signature_def_is_invalid(stub):
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_classify_is_unimplemented(stub):
+def test_classify_on_a_predict_signature_is_invalid_argument_and_regress_unimplemented(stub):
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = "scorer"
     with pytest.raises(grpc.RpcError) as raised:
         stub.Classify(request, timeout=10)
+    # TF Serving checks the signature's method before the input.
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Expected classification signature method_name" in raised.value.details()
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Regress(regression_pb2.RegressionRequest(), timeout=10)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

@@ -1,0 +1,291 @@
+"""Load on the local model server: 1, 8 and 32 concurrent gRPC clients, batching off and on.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_serving_load.py --duration 10          # stand-in models
+    .venv/bin/python benchmarks/bench_serving_load.py --workdir demo-run     # models a demo run pushed
+
+The server runs as ``python -m musicrec.serving`` in its own process (as
+users run it), serving the ``genre`` and ``next_track`` SavedModels; the
+clients are threads of this process, each sending one-example Predict
+requests back to back for ``--duration`` seconds per point. Each point
+reports p50/p99 latency, QPS and errors. Points: concurrency 1, 8 and 32
+without batching, then 32 again against a server started with
+``--enable_batching``.
+
+Reference, measured in this process on the same SavedModel and request: a
+direct call of the loaded ``serving_default`` signature, one at a time,
+alternating 1 s windows with one gRPC client so both see the same
+background load (``paired_overhead``). The ratios are (a) the gRPC p50 minus
+the in-process p50 at concurrency 1 (the serving overhead; target ≤ 2 ms)
+and (b) batched over unbatched QPS at concurrency 32 (target ≥ 1.5).
+
+Without ``--workdir``, untrained stand-ins are built with the real model
+code (``musicrec.models``) and the same signatures: latency does not depend
+on the weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from common import short_machine, write_result  # noqa: E402  (run as a script)
+from musicrec.serving.client import PredictionClient  # noqa: E402
+from musicrec.serving.config import write_model_config  # noqa: E402
+from musicrec.serving.errors import ServingError  # noqa: E402
+from musicrec.serving.servables import list_versions  # noqa: E402
+
+NAME = "serving_load"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUT = os.path.join(REPO_ROOT, "benchmarks", "results", "serving_load.json")
+MODELS = ("genre", "next_track")
+BATCHING_PARAMETERS = "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 2000 }\n" \
+                      "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 100 }\n"
+
+
+# ------------------------------------------------------------------------- models
+
+
+def build_stand_ins(serving_base: str, genres: int = 8, vocabulary_size: int = 2000) -> None:
+    """Untrained genre and next-track SavedModels with the real signatures, as version 1."""
+    from musicrec.models.export import export_serving_model
+    from musicrec.models.features import AudioFeatureParams
+    from musicrec.models.genre import model as genre_model
+    from musicrec.models.next_track import model as next_track_model
+
+    params = AudioFeatureParams()
+    normalization = genre_model.new_normalization()
+    normalization.adapt(np.random.default_rng(0).normal(size=(256, params.n_mels)).astype(np.float32))
+    classifier = genre_model.build_classifier(params.n_mels, genres, genre_model.GenreHParams(), normalization)
+    export_serving_model(genre_model.build_serving_model(classifier, [f"genre{i}" for i in range(genres)]),
+                         os.path.join(serving_base, "genre", "1"), ["log_mel"],
+                         ["probabilities", "classes", "genre", "embedding"])
+    hparams = next_track_model.NextTrackHParams()
+    vocabulary = [f"track{i}" for i in range(vocabulary_size)]
+    core = next_track_model.build_model(len(vocabulary), hparams)
+    export_serving_model(next_track_model.build_serving_model(core, vocabulary, hparams.top_k),
+                         os.path.join(serving_base, "next_track", "1"), ["track_keys"], ["track_keys", "scores"])
+
+
+def request_inputs(model: str, export_dir: str) -> dict[str, np.ndarray]:
+    """One example as the CLI sends it: a 3 s log-mel segment, or a 10-play session prefix."""
+    if model == "genre":
+        from musicrec.models.features import AudioFeatureParams
+
+        params = AudioFeatureParams()
+        segment = np.random.default_rng(1).normal(size=(1, params.frames_per_segment, params.n_mels))
+        return {"log_mel": segment.astype(np.float32)}
+    vocabulary_probe = tf.saved_model.load(export_dir).signatures["serving_default"](
+        track_keys=tf.constant([[""]]))["track_keys"].numpy()[0]
+    keys = [key for key in vocabulary_probe.tolist() if key != b"[UNK]"][:10] or [b"x"]
+    return {"track_keys": np.array([keys], dtype=object)}
+
+
+def paired_overhead(target: str, model: str, export_dir: str, inputs: dict[str, np.ndarray],
+                    seconds: float, window_seconds: float = 1.0) -> dict[str, float]:
+    """p50 of one-at-a-time calls in-process and over gRPC, in alternating windows.
+
+    Alternating ``window_seconds`` windows of each (``seconds`` of each in
+    all) exposes both to the same background load on a shared machine, so
+    their difference is the serving overhead rather than load drift. The
+    in-process side calls the loaded ``serving_default`` signature and copies
+    the outputs to numpy, as the server does.
+    """
+    signature = tf.saved_model.load(export_dir).signatures["serving_default"]
+    tensors = {alias: tf.constant(value) for alias, value in inputs.items()}
+    local_latencies: list[float] = []
+    grpc_latencies: list[float] = []
+    with PredictionClient(target, timeout_seconds=30, retries=0) as client:
+        calls = {
+            "in_process": (lambda: {alias: value.numpy() for alias, value in signature(**tensors).items()},
+                           local_latencies),
+            "grpc": (lambda: client.predict(model, inputs), grpc_latencies),
+        }
+        for call, _ in calls.values():
+            for _ in range(20):
+                call()
+        for _ in range(max(1, round(seconds / window_seconds))):
+            for call, latencies in calls.values():
+                window_end = time.perf_counter() + window_seconds
+                while time.perf_counter() < window_end:
+                    started = time.perf_counter()
+                    call()
+                    latencies.append(time.perf_counter() - started)
+    in_process, over_grpc = (float(np.percentile(values, 50) * 1e3) for values in (local_latencies, grpc_latencies))
+    return {"in_process_p50_ms": in_process, "grpc_p50_ms": over_grpc, "overhead_p50_ms": over_grpc - in_process,
+            "in_process_calls": len(local_latencies), "grpc_calls": len(grpc_latencies)}
+
+
+# ------------------------------------------------------------------------- server
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m musicrec.serving`` on a free port, stopped with SIGTERM."""
+
+    def __init__(self, config_path: str, batching_file: str | None, extra_flags: list[str] = ()) -> None:
+        self.port = free_port()
+        command = [sys.executable, "-m", "musicrec.serving", f"--port={self.port}",
+                   f"--model_config_file={config_path}", "--file_system_poll_wait_seconds=0", *extra_flags]
+        if batching_file:
+            command += ["--enable_batching", f"--batching_parameters_file={batching_file}"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        self.target = f"127.0.0.1:{self.port}"
+        with PredictionClient(self.target) as client:
+            for model in MODELS:
+                client.wait_until_ready(model, timeout_seconds=120)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def run_point(target: str, model: str, inputs: dict[str, np.ndarray], concurrency: int,
+              seconds: float) -> dict[str, Any]:
+    """``concurrency`` client threads (one channel each) sending requests for ``seconds``."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors: list[str] = []
+    start_barrier = threading.Barrier(concurrency + 1)
+    stop_at = [0.0]
+
+    def client_loop(index: int) -> None:
+        with PredictionClient(target, timeout_seconds=30, retries=0) as client:
+            for _ in range(3):  # warm the channel and the server's traced function
+                client.predict(model, inputs)
+            start_barrier.wait()
+            own = latencies[index]
+            while time.perf_counter() < stop_at[0]:
+                started = time.perf_counter()
+                try:
+                    client.predict(model, inputs)
+                except ServingError as error:
+                    errors.append(str(error))
+                    continue
+                own.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=client_loop, args=(index,)) for index in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    stop_at[0] = time.perf_counter() + 3600  # replaced once everyone is ready
+    start_barrier.wait()
+    began = time.perf_counter()
+    stop_at[0] = began + seconds
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    merged = np.concatenate([np.asarray(values) for values in latencies])
+    return {
+        "model": model,
+        "concurrency": concurrency,
+        "requests": int(merged.size),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "qps": merged.size / elapsed,
+        "p50_ms": float(np.percentile(merged, 50) * 1e3),
+        "p99_ms": float(np.percentile(merged, 99) * 1e3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", help="a musicrec workdir whose serving/ holds pushed genre and next_track")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per load point (default 60)")
+    parser.add_argument("--concurrency", default="1,8,32", help="client counts, comma separated")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="result JSON path")
+    args = parser.parse_args(argv)
+    levels = [int(value) for value in args.concurrency.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
+        if args.workdir:
+            serving_base = os.path.join(os.path.abspath(args.workdir), "serving")
+            source = "pushed by a demo run"
+        else:
+            serving_base = os.path.join(scratch, "serving")
+            build_stand_ins(serving_base)
+            source = "untrained stand-ins (musicrec.models, real signatures)"
+        export_dirs = {}
+        for model in MODELS:
+            versions = list_versions(os.path.join(serving_base, model))
+            if not versions:
+                parser.error(f"no version of {model} under {serving_base}")
+            export_dirs[model] = os.path.join(serving_base, model, str(versions[-1]))
+        config_path = write_model_config(os.path.join(scratch, "models.config"),
+                                         {model: os.path.join(serving_base, model) for model in MODELS})
+        batching_file = os.path.join(scratch, "batching.config")
+        with open(batching_file, "w", encoding="utf-8") as handle:
+            handle.write(BATCHING_PARAMETERS)
+        inputs = {model: request_inputs(model, export_dirs[model]) for model in MODELS}
+
+        points: list[dict[str, Any]] = []
+        overhead: dict[str, dict[str, float]] = {}
+        for batching in (False, True):
+            server = ServerProcess(config_path, batching_file if batching else None)
+            try:
+                for model in MODELS:
+                    if not batching:
+                        overhead[model] = paired_overhead(server.target, model, export_dirs[model],
+                                                          inputs[model], args.duration)
+                        print(json.dumps({"model": model, **{key: round(value, 3) for key, value
+                                                             in overhead[model].items()}}), flush=True)
+                    for concurrency in (levels if not batching else [max(levels)]):
+                        point = run_point(server.target, model, inputs[model], concurrency, args.duration)
+                        point["batching"] = batching
+                        points.append(point)
+                        print(json.dumps({key: (round(value, 3) if isinstance(value, float) else value)
+                                          for key, value in point.items() if key != "first_errors"}),
+                              flush=True)
+            finally:
+                server.stop()
+
+    summary: dict[str, Any] = {}
+    for model in MODELS:
+        by_key = {(point["concurrency"], point["batching"]): point for point in points if point["model"] == model}
+        top_off, top_on = by_key[(max(levels), False)], by_key[(max(levels), True)]
+        summary[model] = {
+            **overhead[model],
+            "batching_qps_ratio_at_max": top_on["qps"] / top_off["qps"],
+        }
+    total_errors = sum(point["errors"] for point in points)
+    result = write_result(args.out, NAME, {
+        "duration_seconds_per_point": args.duration,
+        "models": source,
+        "batching_parameters": BATCHING_PARAMETERS,
+        "points": points,
+        "summary": summary,
+        "total_errors": total_errors,
+    })
+    line = "; ".join(
+        f"{model}: overhead p50 {values['overhead_p50_ms']:.2f} ms at 1 client "
+        f"(in-process {values['in_process_p50_ms']:.2f} ms), batching ×{values['batching_qps_ratio_at_max']:.2f} "
+        f"QPS at {max(levels)}"
+        for model, values in summary.items()
+    )
+    print(f"{NAME}: {line}; errors {total_errors}; {args.duration:g} s per point; "
+          f"{short_machine(result['machine'])} -> {args.out}")
+    return 0 if total_errors == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""What the gRPC and REST front ends share: model lookup, batching, metrics.
+
+Both front ends call ``ServingCore`` so a request gets the same answer, the
+same status code and the same metrics whichever protocol carried it.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterator
+
+import grpc
+import numpy as np
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
+
+from musicrec.serving.batching import BatchScheduler
+from musicrec.serving.errors import ServingError
+from musicrec.serving.metrics import ServingMetrics
+from musicrec.serving.model_registry import ModelRegistry
+from musicrec.serving.servables import PreparedCall, Servable
+from musicrec.serving.server_options import BatchingOptions
+
+SIGNATURE_DEF_FIELD = "signature_def"  # the one GetModelMetadata field TF Serving knows
+
+
+class RequestOutcome:
+    """Mutable holder a front end fills with the model name it resolved."""
+
+    __slots__ = ("model_name",)
+
+    def __init__(self, model_name: str) -> None:
+        self.model_name = model_name
+
+
+class ServingCore:
+    """Registry, optional batch scheduler and metrics, used by every front end.
+
+    Parameters
+    ----------
+    registry : ModelRegistry
+        Served model versions.
+    max_decoded_bytes : int
+        Upper bound on one decoded input tensor, in bytes.
+    batching : BatchingOptions or None
+        Server-side batching settings; None runs every request on its own.
+    """
+
+    def __init__(self, registry: ModelRegistry, max_decoded_bytes: int,
+                 batching: BatchingOptions | None = None) -> None:
+        self.registry = registry
+        self.max_decoded_bytes = max_decoded_bytes
+        self.batcher = BatchScheduler(batching) if batching is not None else None
+        self.metrics = ServingMetrics(registry.available_versions)
+
+    def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """The servable a model spec asks for (see ``ModelRegistry.get``)."""
+        return self.registry.get(name, version=version, label=label)
+
+    def run(self, servable: Servable, call: PreparedCall) -> dict[str, np.ndarray]:
+        """Execute a checked call, batched with concurrent ones when batching is on.
+
+        Returns only the requested outputs (``call.output_aliases``).
+        """
+        if self.batcher is None:
+            outputs = servable.execute(call.signature_name, call.arrays)
+        else:
+            key = (servable.name, servable.version, call.signature_name, id(servable))
+            outputs = self.batcher.run(
+                key, lambda arrays: servable.execute(call.signature_name, arrays), call.arrays
+            )
+        return {alias: outputs[alias] for alias in call.output_aliases}
+
+    @contextlib.contextmanager
+    def observe(self, model_name: str, api: str, entrypoint: str) -> Iterator[RequestOutcome]:
+        """Time a request and count its outcome (the ServingError's code, or OK).
+
+        Any other exception counts as INTERNAL and propagates unchanged.
+        """
+        outcome = RequestOutcome(model_name)
+        start = time.perf_counter()
+        status = grpc.StatusCode.OK
+        try:
+            yield outcome
+        except ServingError as error:
+            status = error.code
+            raise
+        except BaseException:
+            status = grpc.StatusCode.INTERNAL
+            raise
+        finally:
+            self.metrics.record(outcome.model_name, api, entrypoint, status, time.perf_counter() - start)
+
+    def stop(self) -> None:
+        """Stop the batch scheduler (queued batches still finish)."""
+        if self.batcher is not None:
+            self.batcher.stop()
+
+
+def model_status_response(statuses) -> get_model_status_pb2.GetModelStatusResponse:
+    """``GetModelStatusResponse`` for ``ModelRegistry.status`` entries (gRPC and REST)."""
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for status in statuses:
+        entry = response.model_version_status.add()
+        entry.version = status.version
+        entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(status.state)
+        entry.status.error_code = status.error_code.value[0]
+        entry.status.error_message = status.error_message
+    return response
+
+
+def model_metadata_response(servable: Servable) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    """``GetModelMetadataResponse`` carrying the servable's ``signature_def`` map."""
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name = servable.name
+    response.model_spec.version.value = servable.version
+    response.metadata[SIGNATURE_DEF_FIELD].Pack(servable.signature_def_map())
+    return response
