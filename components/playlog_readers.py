@@ -46,7 +46,7 @@ import json
 import math
 import posixpath
 import re
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 FORMATS = ("csv", "jsonl", "lastfm_tsv", "spotify_json", "spotify_extended_json")
 AUTO = "auto"
@@ -236,12 +236,18 @@ def _csv_play(text: str, columns: dict[str, int], source: str, number: int) -> P
 
 def parse_lastfm_lines(lines: Iterable[bytes], source: str) -> Iterator[PlaylogRecord]:
     """Last.fm 1K TSV (bytes per line, no header) → a Play or DeadLetter per row."""
+    yield from _line_records(lines, source, _lastfm_play)
+
+
+def _line_records(lines: Iterable[bytes], source: str,
+                  to_play: Callable[[str, str, int], Play]) -> Iterator[PlaylogRecord]:
+    """Numbered text lines → ``to_play(text, source, line)`` or a DeadLetter each."""
     for number, text in _numbered_text_lines(lines, source):
         if isinstance(text, DeadLetter):
             yield text
             continue
         try:
-            yield _lastfm_play(text, source, number)
+            yield to_play(text, source, number)
         except RowError as exc:
             yield DeadLetter(source, number, str(exc))
 
@@ -268,13 +274,20 @@ def parse_spotify_json(data: bytes, source: str, user_id: str) -> Iterator[Playl
     A file that is not UTF-8, not JSON or not an array is one dead letter (at
     the line where the problem was found).
     """
+    yield from _json_records(data, source, lambda record, index: _spotify_play(
+        record, source, index, user_id))
+
+
+def _json_records(data: bytes, source: str,
+                  to_play: Callable[[object, int], Play]) -> Iterator[PlaylogRecord]:
+    """A JSON array's elements → ``to_play(element, 1-based index)`` or a DeadLetter each."""
     records = _json_array(data, source)
     if isinstance(records, DeadLetter):
         yield records
         return
     for index, record in enumerate(records, start=1):
         try:
-            yield _spotify_play(record, source, index, user_id)
+            yield to_play(record, index)
         except RowError as exc:
             yield DeadLetter(source, index, str(exc))
 
@@ -300,14 +313,7 @@ def _spotify_play(record: object, source: str, index: int, user_id: str) -> Play
 
 def parse_jsonl_lines(lines: Iterable[bytes], source: str) -> Iterator[PlaylogRecord]:
     """Generic JSON lines (bytes per line) → a Play or DeadLetter per non-blank line."""
-    for number, text in _numbered_text_lines(lines, source):
-        if isinstance(text, DeadLetter):
-            yield text
-            continue
-        try:
-            yield _jsonl_play(text, source, number)
-        except RowError as exc:
-            yield DeadLetter(source, number, str(exc))
+    yield from _line_records(lines, source, _jsonl_play)
 
 
 def _text_field(record: dict, name: str) -> str:
@@ -360,15 +366,8 @@ def parse_spotify_extended_json(data: bytes, source: str, folder_user_id: str) -
 
     ``line`` is the 1-based record index, as for ``StreamingHistory*.json``.
     """
-    records = _json_array(data, source)
-    if isinstance(records, DeadLetter):
-        yield records
-        return
-    for index, record in enumerate(records, start=1):
-        try:
-            yield _spotify_extended_play(record, source, index, folder_user_id)
-        except RowError as exc:
-            yield DeadLetter(source, index, str(exc))
+    yield from _json_records(data, source, lambda record, index: _spotify_extended_play(
+        record, source, index, folder_user_id))
 
 
 def _spotify_extended_play(record: object, source: str, index: int, folder_user_id: str) -> Play:

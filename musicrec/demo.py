@@ -68,14 +68,20 @@ def serving_process(workdir: str, port: int, ready_models: list[str],
                             raise
         yield target
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
         log.info("server stopped (exit code %s)", process.returncode)
+
+
+def stop_process(process: subprocess.Popen, timeout_seconds: float = 30.0) -> None:
+    """SIGTERM (graceful shutdown), then SIGKILL if it has not exited in time."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def held_out_tracks(examples_uri: str, count: int) -> list[tuple[str, str]]:

@@ -152,7 +152,7 @@ def lineage_text(workdir: str, model_name: str, version: int,
 
 def show_config(config_path: str | None) -> str:
     """``musicrec config show [--config FILE]``: the effective config as YAML (defaults merged)."""
-    header = (f"# effective configuration: defaults from musicrec/pipeline/config.py"
+    header = ("# effective configuration: defaults from musicrec/pipeline/config.py"
               + (f" overridden by {config_path}" if config_path else "") + "\n")
     return header + dump_config(load_config(config_path))
 

@@ -255,7 +255,7 @@ def test_runs_commands_list_runs_and_show_lineage(history):
     assert unchanged_line.split()[1] == "complete" and unchanged_line.split()[-3:] == ["0", "4", "-"]
     shown = show_run(history["workdir"], history["killed_run_id"])
     assert "trainer_next_track [trainer[next_track]]: complete" in shown
-    assert f"next_track v1 <- model" in shown and f"<- spans {SPAN_A}" in shown
+    assert "next_track v1 <- model" in shown and f"<- spans {SPAN_A}" in shown
     assert "report: " in shown
     with pytest.raises(LookupError, match="no run 'nope'"):
         show_run(history["workdir"], "nope")

@@ -41,6 +41,7 @@ from musicrec.serving.config import parse_model_entries
 from musicrec.serving.errors import ServingError
 from musicrec.serving.server import LocalModelServer
 from musicrec.serving.server_options import read_monitoring_config
+from musicrec.demo import stop_process
 
 MAX_MESSAGE_BYTES = 256 * 1024
 METRICS_PATH = "/monitoring/prometheus/metrics"
@@ -130,12 +131,7 @@ def start_tfs(config_path: str, poll_seconds: float = 0.0) -> RunningServer:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop() -> None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_seconds=20)
 
     target = f"127.0.0.1:{port}"
     with PredictionClient(target, timeout_seconds=2, retries=0) as client:

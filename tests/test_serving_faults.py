@@ -23,6 +23,7 @@ from test_serving import export_scorer  # noqa: E402
 from test_serving_contract import free_port  # noqa: E402
 
 from musicrec.serving.client import PredictionClient, RestClient
+from musicrec.demo import stop_process
 
 X = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
 REQUESTS_PER_CLIENT = 30
@@ -91,9 +92,4 @@ def test_clients_with_retries_survive_a_killed_and_restarted_server(command_for,
         assert completed == [REQUESTS_PER_CLIENT] * 4
         assert done_at_kill < 4 * REQUESTS_PER_CLIENT, "the kill came after all requests"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_seconds=20)
