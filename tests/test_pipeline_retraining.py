@@ -8,7 +8,7 @@ branch (the audio branch shares all of this machinery and costs more time):
 2. an unchanged rerun: every component is a cache hit;
 3. span B arrives: ingestion and training run again; the evaluator compares
    against the version-1 model;
-4. a deliberately degraded candidate (learning rate ~0: an untrained model)
+4. a deliberately degraded candidate (learning rate ~0 and no warm start: an untrained model)
    is not blessed and the serving versions stay as they were.
 """
 import csv
@@ -36,8 +36,9 @@ SPAN_A, SPAN_B = "2026-01-10", "2026-01-25"
 OVERRIDES = {"seed": 3, "spans": {"policy": "all"},
              "next_track_model": {**TINY_OVERRIDES["next_track_model"],
                                   "must_beat_popularity": False}}
+# Warm start would hand it the serving model's weights, so it is turned off here.
 DEGRADED = {**OVERRIDES, "next_track_model": {
-    **OVERRIDES["next_track_model"],
+    **OVERRIDES["next_track_model"], "warm_start": False,
     "hparams": {**TINY_OVERRIDES["next_track_model"]["hparams"], "learning_rate": 1e-9}}}
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from musicrec.atomic import write_json_atomic
+from musicrec.models import warm_start
 from musicrec.models.export import export_serving_model
 from musicrec.models.features import AudioFeatureParams
 from musicrec.models.genre.data import make_dataset, parsed_dataset, read_labels
@@ -88,6 +89,10 @@ def validation_setup(eval_files: list[str], n_mels: int, batch_size: int
     return None, "loss"
 
 
+# Hyperparameters that change weight shapes: a checkpoint with other values cannot seed this model.
+SHAPE_HPARAMS = ("lstm_units", "embedding_dim")
+
+
 def run_fn(args: TrainArgs) -> dict[str, Any]:
     """Trains, exports and checks the genre model.
 
@@ -121,6 +126,16 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
 
     normalization = adapt_normalization(args.train_files, n_mels)
     model = build_classifier(n_mels, len(labels), hparams, normalization)
+    checkpoint = warm_start.load_checkpoint(args.warm_start_dir)
+    if checkpoint and (checkpoint.tokens != labels or warm_start.shape_mismatch(
+            checkpoint, hparams.to_dict(), SHAPE_HPARAMS)):
+        logger.warning("genre warm start skipped: the labels or %s differ from the checkpoint's",
+                       SHAPE_HPARAMS)
+        checkpoint = None
+    if checkpoint:
+        # The checkpoint's Normalization statistics come too: its LSTM learned on them.
+        model.load_weights(checkpoint.weights_path)
+        logger.info("genre warm start from %s", args.warm_start_dir)
     train_data = make_dataset(args.train_files, n_mels, hparams.batch_size, shuffle=True,
                               seed=args.seed)
     eval_data, monitor = validation_setup(args.eval_files, n_mels, hparams.batch_size)
@@ -147,12 +162,14 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
         "hparams": hparams.to_dict(),
         "labels": labels,
         "serving_dir": args.serving_dir,
+        "warm_started_from": args.warm_start_dir if checkpoint else None,
     }
     logger.info("genre training done: best epoch %d of %d, %s", metrics["best_epoch"],
                 metrics["epochs_run"], metrics["best"])
 
     export_serving_model(build_serving_model(model, labels), args.serving_dir,
                          inputs={SERVING_INPUT}, outputs=SERVING_OUTPUTS)
+    warm_start.save_checkpoint(model, args.model_dir, labels, hparams.to_dict())
     write_json_atomic(os.path.join(args.model_dir, METRICS_FILE), metrics)
     return metrics
 

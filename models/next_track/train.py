@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 from musicrec.atomic import write_json_atomic
+from musicrec.models import warm_start
 from musicrec.models.export import export_serving_model
 from musicrec.models.next_track import data
 from musicrec.models.next_track.model import (
@@ -52,6 +53,35 @@ def _compile(model: keras.Model, hparams: NextTrackHParams, top_k: int) -> None:
                  keras.metrics.SparseTopKCategoricalAccuracy(k=top_k, name=f"hr@{top_k}")])
 
 
+# Hyperparameters that change weight shapes: a checkpoint with other values cannot seed this model.
+SHAPE_HPARAMS = ("embedding_dim", "lstm_units")
+
+
+def grow_from_checkpoint(model: keras.Model, checkpoint: warm_start.Checkpoint,
+                         hparams: NextTrackHParams) -> None:
+    """Loads a checkpoint into ``model``, whose vocabulary extends the checkpoint's.
+
+    The embedding rows and output-layer columns of the checkpoint's ids
+    (padding, OOV and its tracks) are copied; rows for new tracks keep their
+    fresh initialisation. The LSTM's weights are copied whole.
+    """
+    known = build_model(len(checkpoint.tokens), hparams)
+    known.load_weights(checkpoint.weights_path)
+    for layer in model.layers:
+        old_weights = known.get_layer(layer.name).get_weights()
+        if layer.name == "track_embedding":
+            layer.set_weights([warm_start.copy_leading_rows(old_weights[0], layer.get_weights()[0], 0)])
+        elif layer.name == "next_track_logits":
+            kernel, bias = layer.get_weights()
+            layer.set_weights([warm_start.copy_leading_rows(old_weights[0], kernel, 1),
+                               warm_start.copy_leading_rows(old_weights[1], bias, 0)])
+        else:
+            layer.set_weights(old_weights)
+    logger.info("next_track warm start: %d known tracks kept, %d new",
+                len(checkpoint.tokens), model.get_layer("track_embedding").input_dim - 2
+                - len(checkpoint.tokens))
+
+
 def run_fn(args: TrainArgs) -> dict:
     """Trains on ``args.train_files``, early-stops on ``args.eval_files``, exports.
 
@@ -66,7 +96,15 @@ def run_fn(args: TrainArgs) -> dict:
     """
     hparams = NextTrackHParams.from_dict(args.hparams)
     keras.utils.set_random_seed(args.seed)
+    checkpoint = warm_start.load_checkpoint(args.warm_start_dir)
+    if checkpoint and warm_start.shape_mismatch(checkpoint, hparams.to_dict(), SHAPE_HPARAMS):
+        logger.warning("next_track warm start skipped: %s differ from the checkpoint's",
+                       warm_start.shape_mismatch(checkpoint, hparams.to_dict(), SHAPE_HPARAMS))
+        checkpoint = None
     vocabulary = data.read_vocabulary(args.examples_dir)
+    if checkpoint:
+        # Known tracks keep their ids (and so their embeddings); new tracks are appended.
+        vocabulary = warm_start.merge_vocabulary(checkpoint.tokens, vocabulary)
     top_k = min(hparams.top_k, len(vocabulary))
 
     train_pairs = data.pairs_dataset(args.train_files, vocabulary, hparams.max_prefix_length,
@@ -82,6 +120,8 @@ def run_fn(args: TrainArgs) -> dict:
         logger.warning("next_track: the eval split has no pairs; early stopping on the training loss")
 
     model = build_model(len(vocabulary), hparams)
+    if checkpoint:
+        grow_from_checkpoint(model, checkpoint, hparams)
     _compile(model, hparams, top_k)
     epoch_logger = EpochLogger()
     history = model.fit(
@@ -94,6 +134,7 @@ def run_fn(args: TrainArgs) -> dict:
     os.makedirs(args.model_dir, exist_ok=True)
     export_serving_model(build_serving_model(model, vocabulary, top_k), args.serving_dir,
                          inputs=SIGNATURE_INPUTS, outputs=SIGNATURE_OUTPUTS)
+    warm_start.save_checkpoint(model, args.model_dir, vocabulary, hparams.to_dict())
 
     # Evaluated after restore_best_weights, so these are the exported weights' metrics.
     metrics = {
@@ -109,6 +150,8 @@ def run_fn(args: TrainArgs) -> dict:
         "top_k": top_k,
         "hparams": hparams.to_dict(),
         "seed": args.seed,
+        "warm_started_from": args.warm_start_dir if checkpoint else None,
+        "new_tracks": len(vocabulary) - len(checkpoint.tokens) if checkpoint else None,
     }
     metrics["train"] = {name: float(v) for name, v in metrics["train"].items()}
     if metrics["validation"] is not None:
