@@ -11,7 +11,6 @@ state.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Callable, Mapping
 
@@ -58,8 +57,3 @@ class ComponentSpec:
         unknown = set(inputs) - set(self.inputs)
         if unknown:
             raise ValueError(f"{self.name}: unknown inputs {sorted(unknown)}")
-
-
-def read_json(path: str) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)

@@ -211,15 +211,6 @@ def peak_dbfs(waveform: np.ndarray) -> float:
     return 20.0 * float(np.log10(peak)) if peak > 0 else float("-inf")
 
 
-def mel_filterbank(params: AudioFeatureParams) -> np.ndarray:
-    """Slaney mel filters, float32 ``[1 + n_fft // 2, n_mels]`` (linear bins to mels)."""
-    import librosa
-
-    filters = librosa.filters.mel(sr=params.sample_rate, n_fft=params.n_fft, n_mels=params.n_mels,
-                                  fmin=params.fmin, fmax=params.fmax)
-    return filters.T.astype(np.float32)
-
-
 def log_mel(waveform: np.ndarray, params: AudioFeatureParams) -> np.ndarray:
     """Log-mel spectrogram of a mono waveform.
 
@@ -296,7 +287,7 @@ def expected_segments(duration_seconds: float, params: AudioFeatureParams) -> in
 
 
 __all__ = [
-    "AudioDecodeError", "AudioFeatureParams", "load_audio", "log_mel", "mel_filterbank",
+    "AudioDecodeError", "AudioFeatureParams", "load_audio", "log_mel",
     "segment", "track_segments", "expected_segments", "peak_dbfs", "DECODE_REASONS",
     "REASON_EMPTY", "REASON_UNREADABLE", "REASON_NOT_AUDIO", "REASON_CORRUPT", "REASON_TOO_SHORT",
     "REASON_SILENT", "SILENCE_PEAK_DBFS",

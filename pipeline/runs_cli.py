@@ -142,14 +142,6 @@ def _lineage_lines(workdir: str, record: Mapping[str, Any],
     return lines
 
 
-def lineage_text(workdir: str, model_name: str, version: int,
-                 metadata: Mapping[str, Any] | None = None) -> str:
-    """Which span and model produced serving version ``version`` of ``model_name`` (JSON)."""
-    from musicrec.pipeline import metadata as md
-
-    return json.dumps(md.lineage_of_version(_store(workdir, metadata), model_name, version), indent=2)
-
-
 def show_config(config_path: str | None) -> str:
     """``musicrec config show [--config FILE]``: the effective config as YAML (defaults merged)."""
     header = ("# effective configuration: defaults from musicrec/pipeline/config.py"
