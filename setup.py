@@ -26,13 +26,16 @@ INSTALL_REQUIRES = [
     "grpcio>=1.60,<2",
     "ml-metadata==1.17.1",
     "pyyaml>=6,<7",
+    # Classical genre baseline (logistic regression) and the evaluation plots.
+    "scikit-learn>=1.5,<2",
+    "matplotlib>=3.8,<3.11",
+    # Catalogue-tagging summaries an analyst opens in pandas; pandas 3 needs numpy 2.
+    "pandas>=2.1,<3",
 ]
 
 TEST_REQUIRES = [
     "pytest>=8,<10",
     "pytest-timeout>=2.3,<3",
-    # Independent reference sessionizer in tests and benchmarks; pandas 3 needs numpy 2.
-    "pandas>=2.1,<3",
 ]
 
 PACKAGES = {

@@ -6,6 +6,8 @@
     musicrec serve --workdir DIR       TF Serving (or the local gRPC server) on :8500
     musicrec classify FILE...          top genres per file, over gRPC
     musicrec recommend TRACK...        next tracks for a session, over gRPC
+    musicrec playlist --seed TRACK...  continue seed tracks into a playlist, over gRPC
+    musicrec batch ...                 batch inference with Beam RunInference
     musicrec runs --workdir DIR [show RUN_ID]   past runs, their stages, metrics and lineage
     musicrec schedule --every 24h ...  run the pipeline repeatedly in the foreground
     musicrec config show [--config FILE]        the effective configuration
@@ -13,19 +15,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from typing import Sequence
 
-DEFAULT_SERVER = "127.0.0.1:8500"
-
-
-def _add_server_flags(parser: argparse.ArgumentParser, model_name: str) -> None:
-    parser.add_argument("--server", default=DEFAULT_SERVER, help="gRPC host:port (default %(default)s)")
-    parser.add_argument("--model", default=model_name, help="served model name (default %(default)s)")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    parser.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
+# Commands with a module of their own: name → (module, help). Each module has
+# add_arguments(parser) and run(args) and imports nothing heavy at module level.
+CLIENT_COMMANDS = {
+    "classify": ("musicrec.classify_command", "genre of audio files, from the server"),
+    "recommend": ("musicrec.recommend_command", "next tracks for a session, from the server"),
+    "playlist": ("musicrec.playlist_command", "continue seed tracks into a playlist, from the server"),
+    "batch": ("musicrec.batch_command", "batch inference with Beam RunInference over pushed models"),
+}
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -93,16 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--local", action="store_true",
                        help="use the built-in server even when tensorflow_model_server is on PATH")
 
-    classify = commands.add_parser("classify", help="genre of audio files, from the server")
-    classify.add_argument("files", nargs="+")
-    classify.add_argument("--config", help="the pipeline config the model was trained with")
-    classify.add_argument("--top", type=int, default=3)
-    _add_server_flags(classify, "genre")
-
-    recommend = commands.add_parser("recommend", help="next tracks for a session, from the server")
-    recommend.add_argument("tracks", nargs="+", help="track keys of the session so far, oldest first")
-    recommend.add_argument("--k", type=int, default=10, help="how many tracks (at most the exported k)")
-    _add_server_flags(recommend, "next_track")
+    for name, (module, help_text) in CLIENT_COMMANDS.items():
+        importlib.import_module(module).add_arguments(commands.add_parser(name, help=help_text))
     return parser
 
 
@@ -122,10 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from musicrec.pipeline.lock import PipelineLockedError
     from musicrec.serving.errors import ServingError
 
-    handler = {"demo": commands.demo, "generate-data": commands.generate_data, "run": commands.run,
-               "serve": commands.serve, "classify": commands.classify,
-               "recommend": commands.recommend, "schedule": commands.schedule,
-               "runs": commands.runs, "config": commands.show_config}[args.command]
+    handlers = {"demo": commands.demo, "generate-data": commands.generate_data, "run": commands.run,
+                "serve": commands.serve, "schedule": commands.schedule,
+                "runs": commands.runs, "config": commands.show_config}
+    for name, (module, _) in CLIENT_COMMANDS.items():
+        handlers[name] = importlib.import_module(module).run
+    handler = handlers[args.command]
     try:
         return handler(args) or 0
     except commands.UserError as exc:

@@ -11,10 +11,7 @@ import csv
 import json
 import logging
 import os
-import sys
-from typing import Any, Sequence
-
-import numpy as np
+from typing import Any
 
 log = logging.getLogger("musicrec")
 
@@ -190,66 +187,6 @@ def serve(args: argparse.Namespace) -> int:
         log.info("starting %s", binary)
         os.execv(binary, [binary, *flags])
     return serving_flags.main([*flags, f"--host={args.host}"])
-
-
-def _client(args: argparse.Namespace):
-    from musicrec.serving.client import PredictionClient
-
-    return PredictionClient(args.server, timeout_seconds=args.timeout)
-
-
-def classify(args: argparse.Namespace) -> int:
-    from musicrec.models.features import AudioDecodeError
-    from musicrec.pipeline.config import feature_params, load_config
-    from musicrec.serving.errors import ServingError
-
-    params = feature_params(load_config(args.config))
-    failures = 0
-    with _client(args) as client:
-        for index, path in enumerate(args.files, start=1):
-            if len(args.files) > 1 and not args.json:
-                print(f"[{index}/{len(args.files)}] {path}", file=sys.stderr)
-            try:
-                top = classify_file(client, args.model, path, params, args.top)
-            except (AudioDecodeError, ServingError) as exc:
-                failures += 1
-                _emit(args.json, {"path": path, "error": str(exc)}, f"{path}: error: {exc}")
-                continue
-            text = f"{path}: " + ", ".join(f"{g['genre']} {g['probability']:.3f}" for g in top)
-            _emit(args.json, {"path": path, "top_genres": top}, text)
-    return 1 if failures else 0
-
-
-def classify_file(client, model_name: str, path: str, params, top: int) -> list[dict[str, Any]]:
-    """Top genres of one file: segment probabilities from the server, averaged per track."""
-    from musicrec.models.features import track_segments
-
-    outputs = client.predict(model_name, {"log_mel": track_segments(path, params)},
-                             output_filter=["probabilities", "classes"])
-    probabilities = outputs["probabilities"].mean(axis=0)
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in outputs["classes"][0]]
-    order = np.argsort(-probabilities, kind="stable")[:top]
-    return [{"genre": classes[i], "probability": round(float(probabilities[i]), 6)} for i in order]
-
-
-def recommend(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        ranked = recommend_tracks(client, args.model, args.tracks, args.k)
-    text = "\n".join(f"{rank:3d}. {r['track']}  {r['score']:.4f}" for rank, r in
-                     enumerate(ranked, start=1))
-    _emit(args.json, {"tracks": list(args.tracks), "recommendations": ranked}, text)
-    return 0
-
-
-def recommend_tracks(client, model_name: str, tracks: Sequence[str], k: int) -> list[dict[str, Any]]:
-    outputs = client.predict(model_name, {"track_keys": np.array([list(tracks)], dtype=object)})
-    keys, scores = outputs["track_keys"][0], outputs["scores"][0]
-    return [{"track": key.decode() if isinstance(key, bytes) else str(key), "score": round(float(s), 6)}
-            for key, s in list(zip(keys, scores))[:k]]
-
-
-def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
-    print(json.dumps(payload) if as_json else text, flush=True)
 
 
 # ---------------------------------------------------------------------------- demo

@@ -120,7 +120,9 @@ def held_out_sessions(sessions_uri: str, count: int, min_length: int = 4) -> lis
 
 def run_demo(workdir: str, seed: int = 0, port: int = 8500, tiny: bool = False) -> int:
     from musicrec import commands
+    from musicrec.classify_command import classify_file
     from musicrec.pipeline.config import feature_params, make_config
+    from musicrec.recommend_command import recommend_tracks
     from musicrec.serving.client import PredictionClient
 
     started = time.monotonic()
@@ -154,7 +156,7 @@ def run_demo(workdir: str, seed: int = 0, port: int = 8500, tiny: bool = False) 
         print("   genre of held-out tracks (true → predicted):")
         correct = 0
         for track_id, genre in tracks:
-            top = commands.classify_file(client, "genre", metadata[track_id]["path"], features, 3)
+            top = classify_file(client, "genre", metadata[track_id]["path"], features, 3)
             correct += top[0]["genre"] == genre
             ranked = ", ".join(f"{g['genre']} {g['probability']:.2f}" for g in top)
             print(f"   {track_id}  {genre:>10} → {ranked}")
@@ -162,7 +164,7 @@ def run_demo(workdir: str, seed: int = 0, port: int = 8500, tiny: bool = False) 
         print("   next tracks for held-out session prefixes:")
         for keys in sessions:
             prefix, actual = keys[:3], keys[3]
-            ranked = commands.recommend_tracks(client, "next_track", prefix, 20)
+            ranked = recommend_tracks(client, "next_track", prefix, 20)
             names = [r["track"] for r in ranked]
             rank = names.index(actual) + 1 if actual in names else None
             print(f"   {' → '.join(prefix)} ⇒ {', '.join(names[:5])}"
