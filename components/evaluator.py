@@ -38,7 +38,7 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
     """
     model_kind = kind(params["kind"])
     examples, model = inputs["examples"], inputs["model"]
-    metrics = evaluate_model(model_kind, model, examples)
+    metrics = evaluate_model(model_kind, model, examples, outputs["evaluation"].uri)
     blessed, reason = model_kind.blessing_rule(metrics, params)
     report: dict[str, Any] = {"kind": model_kind.name, "metrics": metrics}
     blessing: dict[str, Any] = {"blessed": blessed, "reason": reason,
@@ -62,16 +62,22 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
            if baseline is not None else {}))
 
 
-def evaluate_model(model_kind: ModelKind, model: Artifact, examples: Artifact) -> dict[str, Any]:
-    """The kind's offline metrics of ``model``'s SavedModel on ``examples``' test split."""
+def evaluate_model(model_kind: ModelKind, model: Artifact, examples: Artifact,
+                   output_dir: str | None = None) -> dict[str, Any]:
+    """The kind's offline metrics of ``model``'s SavedModel on ``examples``' test split.
+
+    ``output_dir``, when given, receives the kind's plots (PNG) next to
+    ``metrics.json``; the previous blessed model's evaluation writes none.
+    """
     test_files = split_files(examples, "test")
     if not test_files:
         raise ValueError(f"no test shards under {examples.uri}/Split-test")
     saved_model_dir = os.path.join(model.uri, "serving")
     evaluate = model_kind.evaluate_fn()
     if model_kind.name == "next_track":
-        return evaluate(saved_model_dir, test_files, split_files(examples, "train"), examples.uri)
-    metrics = evaluate(saved_model_dir, test_files, examples.uri)
+        return evaluate(saved_model_dir, test_files, split_files(examples, "train"), examples.uri,
+                        output_dir=output_dir)
+    metrics = evaluate(saved_model_dir, test_files, examples.uri, output_dir=output_dir)
     if "confusion_matrix" not in metrics:
         metrics["confusion_matrix"] = genre_confusion_matrix(saved_model_dir, test_files,
                                                              len(metrics["labels"]))

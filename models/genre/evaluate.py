@@ -43,6 +43,7 @@ def predict_segments(signature_fn: SignatureFn, segments: np.ndarray | Sequence[
         segments: raw log-mel, ``[n, frames, n_mels]`` or a list of
             ``[frames_i, n_mels]`` arrays.
         batch_size: segments per signature call.
+        output_dir: where plots go (PNG); ``None`` writes none.
 
     Returns:
         float32 ``[n, n_genres]``.
@@ -76,7 +77,7 @@ def predict_track(signature_fn: SignatureFn, segments: np.ndarray | Sequence[np.
 
 
 def evaluate(saved_model_dir: str, test_files: Sequence[str], examples_dir: str,
-             batch_size: int = 64) -> dict[str, Any]:
+             batch_size: int = 64, output_dir: str | None = None) -> dict[str, Any]:
     """Segment- and track-level accuracy of a served genre model.
 
     Args:

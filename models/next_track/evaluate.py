@@ -76,7 +76,8 @@ def next_item_cases(sessions: Iterable[list[str]],
 
 def evaluate(saved_model_dir: str, test_files: Sequence[str], train_files: Sequence[str],
              examples_dir: str, k: int = 20, batch_size: int = 256,
-             max_prefix_length: int = NextTrackHParams.max_prefix_length) -> dict:
+             max_prefix_length: int = NextTrackHParams.max_prefix_length,
+             output_dir: str | None = None) -> dict:
     """HR and MRR at 1, 5, 10 and ``k`` of the SavedModel and the baselines.
 
     Args:
@@ -88,6 +89,7 @@ def evaluate(saved_model_dir: str, test_files: Sequence[str], train_files: Seque
         k: the main cutoff.
         batch_size: prefixes per signature call.
         max_prefix_length: plays kept per prefix; use the value the model trained with.
+        output_dir: where plots go (PNG); ``None`` writes none.
 
     Returns:
         ``{"model": {"hr@k": ..., "mrr@k": ...}, "baselines": {"popularity": {...}},
