@@ -13,7 +13,7 @@ install: $(STAMP)
 # or protobuf past what TensorFlow 2.17 accepts.
 $(STAMP): setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=70" wheel
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=70,<81" wheel
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	@touch $(STAMP)
 

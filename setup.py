@@ -14,6 +14,9 @@ INSTALL_REQUIRES = [
     "tensorflow-io==0.37.1",
     "tensorflow-serving-api==2.17.1",
     "tensorflow-hub==0.16.1",
+    # tensorflow_hub (imported by Beam's TensorFlow RunInference handler) calls
+    # pkg_resources, which setuptools 81 and later no longer ship.
+    "setuptools>=70,<81",
     "keras>=3.4,<3.7",
     "apache-beam[tfrecord]==2.77.0",
     # Beam's TFRecord writer falls back to a slow pure-Python CRC without it.

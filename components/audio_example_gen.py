@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import posixpath
+import zlib
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
@@ -434,12 +435,29 @@ def build_pipeline(pipeline: beam.Pipeline, sources: Sequence[AudioSource], labe
                    num_shards: int = 1) -> dict[str, Any]:
     """Adds the audio-to-examples steps to ``pipeline``; nothing runs until it does.
 
+    Few, fused steps on purpose (a Beam job's fixed cost grows with its
+    transforms, and on a few thousand files it is most of the job):
+
+    1. duplicate track ids are found while listing (here, in the driver,
+       which holds the list anyway) and become dead letters;
+    2. ``Create`` spreads the files over the workers;
+    3. one DoFn per file decodes, computes the log-mels, cuts segments,
+       assigns the split and serialises each segment's ``tf.train.Example``
+       (:class:`TrackToExamples`); it also emits the track's counts and
+       per-band sums, and dead letters;
+    4. examples are grouped by ``(split, shard)`` and each shard is written
+       once (``beam_io.WriteSplitShards``);
+    5. one combine gathers every count, dead letter and written shard; the
+       last step writes the empty shards, ``dead_letters.jsonl``,
+       ``statistics.json``, ``labels.txt`` and ``manifest.json``, after every
+       shard is on disk.
+
     Args:
         pipeline: a Beam pipeline (``TestPipeline`` in tests).
         sources: the files, from :func:`list_sources`.
         labels: label names; a source's genre must be one of them.
         output_uri: the ``AudioExamples`` artifact URI; gets ``Split-*/``,
-            ``labels.txt``, ``manifest.json`` and ``dead_letters.jsonl``.
+            ``labels.txt``, ``manifest.json``, ``statistics.json`` and ``dead_letters.jsonl``.
         params: log-mel parameters (defaults when ``None``).
         split_fractions: ``{"train", "eval", "test"}`` fractions summing to 1.
         num_shards: TFRecord shards per split.
@@ -460,46 +478,142 @@ def build_pipeline(pipeline: beam.Pipeline, sources: Sequence[AudioSource], labe
     if unknown:
         raise ValueError(f"genres missing from labels: {unknown}")
 
-    listed = pipeline | "ListSources" >> beam.Create(list(sources))
-    unique = (listed
-              | "KeyByTrackId" >> beam.Map(lambda source: (source.track_id, source))
-              | "GroupByTrackId" >> beam.GroupByKey()
-              | "DropDuplicateIds" >> beam.FlatMap(_keep_first_per_track_id).with_outputs(DEAD, main="kept"))
-    # Decoding dominates the cost: the reshuffle lets a runner spread files over workers.
-    decoded = (unique.kept
-               | "SpreadFiles" >> beam.Reshuffle()
-               | "Decode" >> beam.ParDo(DecodeTrack(params)).with_outputs(DEAD, main="tracks"))
-    split_tracks = decoded.tracks | "AssignSplit" >> beam.Map(
-        lambda track: (assign_split(track[0], fractions), track[0], track[1]))
+    kept, duplicates = drop_duplicate_track_ids(sources)
+    tracks = (pipeline
+              | "ListSources" >> beam.Create(kept)
+              | "ToExamples" >> beam.ParDo(TrackToExamples(params, label_ids, fractions, num_shards))
+              .with_outputs(DEAD, SUMMARY, main="examples"))
+    written = tracks.examples | "WriteSplits" >> beam_io.WriteSplitShards(output_uri, num_shards)
+    examples = tracks.examples | "DropShard" >> beam.Map(lambda keyed: (keyed[0][0], keyed[1]))
 
-    examples = split_tracks | "ToExamples" >> beam.FlatMap(_to_examples, label_ids)
-    examples | "WriteSplits" >> beam_io.WriteSplits(output_uri, num_shards=num_shards)
-
-    dead_letters = (unique[DEAD], decoded[DEAD]) | "AllDeadLetters" >> beam.Flatten()
-    dead_letters | "WriteDeadLetters" >> beam_io.WriteDeadLetters(f"{output_uri}/{DEAD_LETTERS_FILE}")
-
-    input_count = listed | "CountInputs" >> beam.combiners.Count.Globally()
-    dead_count = dead_letters | "CountDeadLetters" >> beam.combiners.Count.Globally()
-    dead_per_reason = (dead_letters
-                       | "DeadReason" >> beam.Map(lambda record: record["reason"])
-                       | "CountPerReason" >> beam.combiners.Count.PerElement())
-    track_counts = (split_tracks
-                    | "TrackSummary" >> beam.Map(lambda t: (t[0], t[1].genre, int(t[2].shape[0])))
-                    | "CountTracks" >> beam.CombineGlobally(CountTracksFn()))
-    manifest = (pipeline
-                | "ManifestTrigger" >> beam.Create([None])
-                | "BuildManifest" >> beam.Map(
-                    lambda _, inputs, dead, counts, reasons: build_manifest(
-                        inputs, dead, counts, labels, params, fractions, num_shards, reasons),
-                    reasons=beam.pvalue.AsDict(dead_per_reason),
-                    inputs=beam.pvalue.AsSingleton(input_count),
-                    dead=beam.pvalue.AsSingleton(dead_count),
-                    counts=beam.pvalue.AsSingleton(track_counts)))
-    band_sums = (split_tracks
-                 | "BandSums" >> beam.Map(_band_sums)
-                 | "SumPerSplit" >> beam.CombinePerKey(_add_band_sums))
-    manifest | "WriteManifest" >> beam.Map(_write_metadata, output_uri, beam.pvalue.AsDict(band_sums))
+    dead_letters = ((pipeline | "DuplicateIds" >> beam.Create(duplicates), tracks[DEAD])
+                    | "AllDeadLetters" >> beam.Flatten())
+    facts = ((tracks[SUMMARY],
+              dead_letters | "DeadFacts" >> beam.Map(lambda record: (DEAD, record)),
+              written | "ShardFacts" >> beam.Map(lambda shard: (WRITTEN, shard)))
+             | "AllFacts" >> beam.Flatten()
+             | "Summarise" >> beam.CombineGlobally(IngestSummaryFn()))
+    manifest = facts | "WriteMetadata" >> beam.Map(
+        _finish, output_uri, len(sources), labels, params, fractions, num_shards)
     return {"examples": examples, "dead_letters": dead_letters, "manifest": manifest}
+
+
+SUMMARY = "summary"
+WRITTEN = "written"
+
+
+def drop_duplicate_track_ids(sources: Sequence[AudioSource]) -> tuple[list[AudioSource], list[dict[str, str]]]:
+    """``(kept, dead_letters)``: the first source (by path) of each track id, and one
+    ``REASON_DUPLICATE`` dead letter for every other one."""
+    by_track_id: dict[str, list[AudioSource]] = {}
+    for source in sources:
+        by_track_id.setdefault(source.track_id, []).append(source)
+    kept, dead = [], []
+    for keyed in by_track_id.items():
+        for output in _keep_first_per_track_id(keyed):
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                dead.append(output.value)
+            else:
+                kept.append(output)
+    kept.sort(key=lambda source: source.path)
+    return kept, dead
+
+
+class TrackToExamples(DecodeTrack):
+    """One file to its serialised examples, keyed by ``(split, shard)``, in one step.
+
+    Main output: ``((split, shard), serialized tf.train.Example)`` per segment;
+    segment ``i`` of a track goes to shard ``(crc32(track_id) + i) % num_shards``,
+    so shards fill evenly and the same input always writes the same files.
+    ``summary`` output: per track, ``(SUMMARY, (split, genre, n_segments,
+    (frames, band sums, band sums of squares)))``. ``dead``: as :class:`DecodeTrack`.
+    """
+
+    def __init__(self, params: features.AudioFeatureParams, label_ids: Mapping[str, int],
+                 fractions: Mapping[str, float], num_shards: int, progress_seconds: float = 30.0):
+        super().__init__(params, progress_seconds)
+        self._label_ids = dict(label_ids)
+        self._fractions = dict(fractions)
+        self._num_shards = num_shards
+
+    def process(self, source: AudioSource):
+        for output in super().process(source):
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield output
+                continue
+            source, segments = output
+            split_track = (assign_split(source, self._fractions), source, segments)
+            first_shard = zlib.crc32(source.track_id.encode("utf-8"))
+            for index, (split, payload) in enumerate(_to_examples(split_track, self._label_ids)):
+                yield (split, (first_shard + index) % self._num_shards), payload
+            split, band_sums = _band_sums(split_track)
+            yield beam.pvalue.TaggedOutput(
+                SUMMARY, (SUMMARY, (split, source.genre, int(segments.shape[0]), band_sums)))
+
+
+class IngestSummaryFn(beam.CombineFn):
+    """Gathers the job's facts into one accumulator for the manifest.
+
+    Input elements: ``(SUMMARY, (split, genre, n_segments, band_sums))`` per
+    track, ``(DEAD, record)`` per dead letter and ``(WRITTEN, (split, shard,
+    records))`` per shard written. Output: ``{"tracks": CountTracksFn's
+    counts, "band_sums": {split: (frames, sum, sum of squares)},
+    "dead_letters": [record, ...], "written": [(split, shard), ...]}``.
+    Dead letters are kept whole: they are what the job could not use, a
+    small fraction of its input, and the file lists them all.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._tracks = CountTracksFn()
+
+    def create_accumulator(self) -> dict:
+        return {"tracks": self._tracks.create_accumulator(), "band_sums": {}, "dead_letters": [], "written": []}
+
+    def add_input(self, accumulator: dict, element: tuple[str, Any]) -> dict:
+        kind, value = element
+        if kind == SUMMARY:
+            split, genre, n_segments, band_sums = value
+            self._tracks.add_input(accumulator["tracks"], (split, genre, n_segments))
+            previous = accumulator["band_sums"].get(split)
+            accumulator["band_sums"][split] = band_sums if previous is None else _add_band_sums(
+                [previous, band_sums])
+        elif kind == DEAD:
+            accumulator["dead_letters"].append(value)
+        else:
+            split, shard, _records = value
+            accumulator["written"].append((split, shard))
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
+        accumulators = list(accumulators)
+        merged = self.create_accumulator()
+        merged["tracks"] = self._tracks.merge_accumulators(a["tracks"] for a in accumulators)
+        for accumulator in accumulators:
+            for split, sums in accumulator["band_sums"].items():
+                previous = merged["band_sums"].get(split)
+                merged["band_sums"][split] = sums if previous is None else _add_band_sums([previous, sums])
+            merged["dead_letters"].extend(accumulator["dead_letters"])
+            merged["written"].extend(accumulator["written"])
+        return merged
+
+    def extract_output(self, accumulator: dict) -> dict:
+        return accumulator
+
+
+def _finish(summary: Mapping[str, Any], output_uri: str, inputs: int, labels: Sequence[str],
+            params: features.AudioFeatureParams, fractions: Mapping[str, float], num_shards: int) -> dict:
+    """Writes what follows the shards (see :func:`build_pipeline`); returns the manifest."""
+    dead_letters = summary["dead_letters"]
+    reasons: dict[str, int] = {}
+    for record in dead_letters:
+        reasons[record["reason"]] = reasons.get(record["reason"], 0) + 1
+    manifest = build_manifest(inputs, len(dead_letters), summary["tracks"], labels, params, fractions,
+                              num_shards, reasons)
+    beam_io.write_empty_shards(output_uri, num_shards, summary["written"])
+    beam_io.write_dead_letter_records(f"{output_uri}/{DEAD_LETTERS_FILE}", dead_letters)
+    _write_metadata(manifest, output_uri, summary["band_sums"])
+    return manifest
 
 
 def _write_metadata(manifest: Mapping[str, Any], output_uri: str,
@@ -547,6 +661,7 @@ SPEC = ComponentSpec(name="audio_example_gen", inputs={}, outputs={"examples": "
 __all__ = [
     "AudioSource", "SPEC", "run", "build_pipeline", "list_sources", "assign_split", "split_key",
     "check_split_fractions", "segment_example", "feature_spec", "build_manifest", "DecodeTrack",
-    "CountTracksFn", "DEFAULT_SPLIT_FRACTIONS", "DEAD_LETTER_REASONS", "REASON_DUPLICATE",
+    "CountTracksFn", "TrackToExamples", "IngestSummaryFn", "drop_duplicate_track_ids",
+    "DEFAULT_SPLIT_FRACTIONS", "DEAD_LETTER_REASONS", "REASON_DUPLICATE",
     "REASON_UNEXPECTED", "LABELS_FILE", "MANIFEST_FILE", "STATISTICS_FILE", "DEAD_LETTERS_FILE",
 ]

@@ -4,7 +4,10 @@ Inputs: ``examples`` (the same artifact the model trained on), ``model`` and,
 optionally, ``baseline_model``: the latest blessed model of the same kind,
 which the runner resolves from ML Metadata.
 Outputs: ``evaluation`` (ModelEvaluation): ``metrics.json`` with the model's
-and the baselines' metrics and the blessing decision with its reason.
+and the baselines' metrics and the blessing decision with its reason; for
+genre also the classical baseline fitted and scored on the same split, side
+by side with the model (``classical_baseline``, ``side_by_side``), and
+``confusion_matrix.png`` / ``baseline_confusion_matrix.png``.
 
 Blessing: the kind's fixed thresholds (beat chance / the popularity
 baseline) and, when a previous blessed model exists, the candidate's
@@ -14,11 +17,15 @@ be below the previous model's, measured on the same test data, by more than
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 from typing import Any, Mapping
 
 from musicrec.components.base import Artifact, ComponentSpec, write_json_atomic
 from musicrec.components.model_kinds import ModelKind, compare_with_baseline, kind, split_files
+
+logger = logging.getLogger(__name__)
 
 
 def spec(model_kind: str) -> ComponentSpec:
@@ -41,6 +48,8 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
     metrics = evaluate_model(model_kind, model, examples, outputs["evaluation"].uri)
     blessed, reason = model_kind.blessing_rule(metrics, params)
     report: dict[str, Any] = {"kind": model_kind.name, "metrics": metrics}
+    if model_kind.name == "genre":
+        report.update(genre_classical_baseline(examples, metrics, outputs["evaluation"].uri))
     blessing: dict[str, Any] = {"blessed": blessed, "reason": reason,
                                 "rule": "thresholds", "candidate_model": model.uri}
     baseline = inputs.get("baseline_model")
@@ -75,38 +84,50 @@ def evaluate_model(model_kind: ModelKind, model: Artifact, examples: Artifact,
     saved_model_dir = os.path.join(model.uri, "serving")
     evaluate = model_kind.evaluate_fn()
     if model_kind.name == "next_track":
-        return evaluate(saved_model_dir, test_files, split_files(examples, "train"), examples.uri,
-                        output_dir=output_dir)
-    metrics = evaluate(saved_model_dir, test_files, examples.uri, output_dir=output_dir)
-    if "confusion_matrix" not in metrics:
-        metrics["confusion_matrix"] = genre_confusion_matrix(saved_model_dir, test_files,
-                                                             len(metrics["labels"]))
-    return metrics
+        metrics = evaluate(saved_model_dir, test_files, split_files(examples, "train"), examples.uri,
+                           output_dir=output_dir)
+        # A cold-start model (components/cold_start.py) also carries held-out cold-track cases.
+        from musicrec.models.next_track.cold_start import evaluate_extended
+
+        cold_start = evaluate_extended(model.uri, metrics["model"])
+        return {**metrics, "cold_start": cold_start} if cold_start else metrics
+    return evaluate(saved_model_dir, test_files, examples.uri, output_dir=output_dir)
 
 
-def genre_confusion_matrix(saved_model_dir: str, test_files: list[str], n_labels: int) -> list[list[int]]:
-    """Track-level confusion counts ``[n_labels][n_labels]``: rows true label, columns predicted.
+# Scores shown side by side for the Keras genre model and the classical baseline.
+SIDE_BY_SIDE = ("track_accuracy", "macro_f1")
 
-    A track's prediction is the argmax of its mean segment probabilities, as
-    in the genre evaluation's track accuracy.
+
+def genre_classical_baseline(examples: Artifact, metrics: Mapping[str, Any],
+                             output_dir: str) -> dict[str, Any]:
+    """The classical genre baseline on the same split, and the side-by-side table.
+
+    It is fitted on the examples' train split and scored on their test split
+    (the split the Keras model is scored on), from the log-mel segments: the
+    examples artifact records no audio paths (see
+    ``musicrec.models.genre.evaluate.evaluate_classical_baseline``).
+
+    Returns:
+        ``{"classical_baseline": metrics, "side_by_side": {score: {"model":
+        x, "classical_baseline": y}}}`` for ``metrics.json``.
     """
-    import tensorflow as tf
+    from musicrec.models.features import AudioFeatureParams
+    from musicrec.models.genre.evaluate import evaluate_classical_baseline
 
-    from musicrec.models.genre.data import iterate_segments
-    from musicrec.models.genre.evaluate import predict_track
-
-    signature_fn = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
-    n_mels = int(signature_fn.structured_input_signature[1]["log_mel"].shape[-1])
-    segments: dict[str, list] = {}
-    labels: dict[str, int] = {}
-    for log_mel, label, track_id in iterate_segments(test_files, n_mels):
-        segments.setdefault(track_id, []).append(log_mel)
-        labels[track_id] = label
-    matrix = [[0] * n_labels for _ in range(n_labels)]
-    for track_id, track_segments in segments.items():
-        predicted = int(predict_track(signature_fn, track_segments).argmax())
-        matrix[labels[track_id]][predicted] += 1
-    return matrix
+    try:
+        with open(os.path.join(examples.uri, "manifest.json"), encoding="utf-8") as handle:
+            feature_params = json.load(handle).get("feature_params") or {}
+        baseline = evaluate_classical_baseline(
+            split_files(examples, "train"), split_files(examples, "test"), examples.uri,
+            AudioFeatureParams.from_dict(feature_params), output_dir=output_dir)
+    except (OSError, ValueError) as exc:
+        # The baseline informs people and never blocks blessing: a train split of
+        # one genre, say, leaves the model's own evaluation standing, with the reason.
+        logger.warning("genre classical baseline not computed: %s", exc)
+        return {"classical_baseline": {"error": f"{type(exc).__name__}: {exc}"}}
+    return {"classical_baseline": baseline,
+            "side_by_side": {score: {"model": metrics[score], "classical_baseline": baseline[score]}
+                             for score in SIDE_BY_SIDE}}
 
 
 def is_blessed(evaluation: Artifact) -> bool:

@@ -7,8 +7,10 @@ Every baseline shares one interface:
 - ``recommend(prefix, k) -> list[str]``: at most ``k`` track keys, best first,
   for a session prefix (track keys in play order, no padding).
 
-Only :class:`PopularityBaseline` exists so far; Markov-chain and session-kNN
-baselines are meant to join it behind the same interface.
+:class:`PopularityBaseline` serves callers that want ranked keys. The
+evaluation harness's baselines (popularity, the listener's popularity,
+Markov, sequential rules, session-kNN, V-SKNN) score the whole catalogue
+and live in :mod:`musicrec.models.session_baselines`.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Collection
+from typing import Callable, Collection
 
 import keras
 import tensorflow as tf
@@ -32,6 +32,20 @@ def export_serving_model(serving_model: keras.Model, serving_dir: str, inputs: C
         RuntimeError: the exported ``serving_default`` breaks the contract;
             ``serving_dir`` is then left as it was.
     """
+    export_staged(
+        lambda path: serving_model.export(path, format="tf_saved_model", verbose=False),
+        lambda path: check_signature(path, inputs, outputs), serving_dir)
+    logger.info("exported %s to %s", serving_model.name, serving_dir)
+
+
+def export_staged(write_out: Callable[[str], None], check: Callable[[str], None],
+                  serving_dir: str) -> None:
+    """Writes a SavedModel with ``write_out(path)`` into a staging folder beside
+    ``serving_dir``, runs ``check(path)``, then renames it to ``serving_dir``.
+
+    A reader of ``serving_dir`` never sees half a model, and a model that
+    fails ``check`` (which raises) never replaces the one there.
+    """
     parent = os.path.dirname(os.path.abspath(serving_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tmp-serving-", dir=parent)
@@ -41,14 +55,13 @@ def export_serving_model(serving_model: keras.Model, serving_dir: str, inputs: C
         interactive = keras.config.is_interactive_logging_enabled()
         keras.config.disable_interactive_logging()
         try:
-            serving_model.export(export_path, format="tf_saved_model", verbose=False)
+            write_out(export_path)
         finally:
             if interactive:
                 keras.config.enable_interactive_logging()
-        check_signature(export_path, inputs, outputs)
+        check(export_path)
         if os.path.exists(serving_dir):
             shutil.rmtree(serving_dir)
         os.replace(export_path, serving_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("exported %s to %s", serving_model.name, serving_dir)

@@ -235,6 +235,25 @@ def log_mel(waveform: np.ndarray, params: AudioFeatureParams) -> np.ndarray:
     return np.log(power + params.log_floor).T.astype(np.float32)
 
 
+def mel_filterbank(params: AudioFeatureParams) -> np.ndarray:
+    """The mel filters :func:`log_mel` applies, as a matrix for in-graph front ends.
+
+    librosa's Slaney-style filters (``htk=False``, ``norm="slaney"``), the
+    ones ``librosa.feature.melspectrogram`` builds from the same parameters,
+    so a ``tf.signal`` front end multiplying its STFT power by this matrix
+    reproduces :func:`log_mel`.
+
+    Returns:
+        float32 ``[1 + n_fft // 2, n_mels]``: STFT power ``[frames, bins]``
+        times this matrix is mel power ``[frames, n_mels]``.
+    """
+    import librosa
+
+    filters = librosa.filters.mel(sr=params.sample_rate, n_fft=params.n_fft, n_mels=params.n_mels,
+                                  fmin=params.fmin, fmax=params.fmax, htk=False, norm="slaney")
+    return np.ascontiguousarray(filters.T, dtype=np.float32)
+
+
 def segment(features: np.ndarray, params: AudioFeatureParams) -> np.ndarray:
     """Cuts a log-mel spectrogram into fixed-length segments.
 
@@ -287,7 +306,7 @@ def expected_segments(duration_seconds: float, params: AudioFeatureParams) -> in
 
 
 __all__ = [
-    "AudioDecodeError", "AudioFeatureParams", "load_audio", "log_mel",
+    "AudioDecodeError", "AudioFeatureParams", "load_audio", "log_mel", "mel_filterbank",
     "segment", "track_segments", "expected_segments", "peak_dbfs", "DECODE_REASONS",
     "REASON_EMPTY", "REASON_UNREADABLE", "REASON_NOT_AUDIO", "REASON_CORRUPT", "REASON_TOO_SHORT",
     "REASON_SILENT", "SILENCE_PEAK_DBFS",

@@ -1,14 +1,144 @@
-"""``musicrec batch``: catalogue tagging, precomputed recommendations and embedding export on Beam."""
+"""``musicrec batch``: catalogue tagging, precomputed recommendations and embedding export on Beam.
+
+    musicrec batch tag --workdir W --audio DIR --out OUT          # or --metadata CSV
+    musicrec batch recommend --workdir W --playlogs PATH... --out OUT
+    musicrec batch embeddings --workdir W --out OUT [--keys FILE]
+
+Each runs the ``bulk_inferrer`` component's executor
+(:mod:`musicrec.components.bulk_inferrer`) on the model the workdir serves
+(``<workdir>/serving/<model>/<latest version>``) or on ``--saved-model PATH``.
+The output folder is written under a temporary name and renamed when the job
+succeeds; ``--beam-arg`` passes flags to Apache Beam as ``musicrec run`` does.
+Formats: docs/batch.md.
+"""
 from __future__ import annotations
 
 import argparse
 
+JOB_HELP = {
+    "tag": "genres and audio embedding of every file in a catalogue (genre model)",
+    "recommend": "top-N next tracks for every user of a play log (next_track model)",
+    "embeddings": "the next_track model's track-embedding table as .npy + keys (next_track model)",
+}
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--workdir", help="pipeline workdir: use the model it serves (latest pushed version)")
+    model.add_argument("--saved-model", help="an explicit SavedModel folder instead")
+    parser.add_argument("--out", required=True, help="output folder (must not exist yet)")
+    parser.add_argument("--num-shards", type=int, default=1, help="TFRecord shards (0: the runner picks)")
+    parser.add_argument("--min-batch-size", type=int, help="elements per model call, at least")
+    parser.add_argument("--max-batch-size", type=int, help="elements per model call, at most")
+    parser.add_argument("--progress-seconds", type=float, default=30.0,
+                        help="each worker logs its counts at most this often (default %(default)s)")
+    parser.add_argument("--beam-arg", action="append", default=[], dest="beam_args",
+                        help="pass-through Beam flag, repeatable (e.g. --beam-arg=--direct_num_workers=2)")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", help="a pipeline workdir whose pushed models to use")
+    jobs = parser.add_subparsers(dest="job", required=True)
+    tag = jobs.add_parser("tag", help=JOB_HELP["tag"])
+    source = tag.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audio", help="a folder: <dir>/<genre>/<file> or audio files directly in it")
+    source.add_argument("--metadata", help="CSV with path,genre[,artist][,track_id]")
+    tag.add_argument("--top-genres", type=int, default=3, help="genres kept per track (default %(default)s)")
+    tag.add_argument("--config", help="the pipeline config the model was trained with (audio features)")
+    _add_common(tag)
+
+    recommend = jobs.add_parser("recommend", help=JOB_HELP["recommend"])
+    recommend.add_argument("--playlogs", nargs="+", required=True, help="play-log files or folders")
+    recommend.add_argument("--top-n", type=int, default=10, help="tracks per user (default %(default)s)")
+    recommend.add_argument("--exclude", choices=["history", "session", "none"], default="history",
+                           help="tracks never recommended to a user: all they played in the input, "
+                                "their latest session's, or none (default %(default)s)")
+    recommend.add_argument("--max-prefix-length", type=int, default=20,
+                           help="most recent plays of the latest session given to the model")
+    recommend.add_argument("--max-history-length", type=int, default=100,
+                           help="earlier plays given to a model with the 'recommend' signature")
+    recommend.add_argument("--signature", choices=["recommend", "serving_default"],
+                           help="next_track signature (default: recommend when the model has it)")
+    recommend.add_argument("--session-gap-seconds", type=int, default=1800,
+                           help="a longer pause starts a new session (default %(default)s)")
+    recommend.add_argument("--format", default="auto", help="play-log format (default: by file name)")
+    _add_common(recommend)
+
+    embeddings = jobs.add_parser("embeddings", help=JOB_HELP["embeddings"])
+    embeddings.add_argument("--keys", help="track keys to embed, one per line (default: the model's "
+                                           "vocabulary, cold-start tracks included)")
+    _add_common(embeddings)
+
+
+def _saved_model(args: argparse.Namespace, model_name: str) -> str:
+    from musicrec.commands import UserError
+    from musicrec.components.bulk_inferrer import pushed_model_dir
+
+    if args.saved_model:
+        import os
+
+        if not os.path.isfile(os.path.join(args.saved_model, "saved_model.pb")):
+            raise UserError(f"{args.saved_model} holds no saved_model.pb")
+        return args.saved_model
+    try:
+        return pushed_model_dir(args.workdir, model_name)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def job_params(args: argparse.Namespace) -> dict:
+    """The ``bulk_inferrer`` params for the parsed command line."""
+    from musicrec.components.bulk_inferrer import MODEL_FOR_JOB
+
+    params = {"job": args.job, "saved_model": _saved_model(args, MODEL_FOR_JOB[args.job]),
+              "num_shards": args.num_shards, "progress_seconds": args.progress_seconds,
+              "beam_args": list(args.beam_args)}
+    for name in ("min_batch_size", "max_batch_size"):
+        if getattr(args, name):
+            params[name] = getattr(args, name)
+    if args.job == "tag":
+        from musicrec.pipeline.config import feature_params, load_config
+
+        params.update(audio_dir=args.audio, metadata_csv=args.metadata, top_genres=args.top_genres,
+                      feature_params=feature_params(load_config(args.config)).to_dict())
+    elif args.job == "recommend":
+        params.update(playlog_paths=list(args.playlogs), top_n=args.top_n, exclude=args.exclude,
+                      max_prefix_length=args.max_prefix_length, max_history_length=args.max_history_length,
+                      signature=args.signature, session_gap_seconds=args.session_gap_seconds, playlog_format=args.format)
+    elif args.keys:
+        params["track_keys"] = args.keys
+    return params
 
 
 def run(args: argparse.Namespace) -> int:
-    from musicrec.commands import UserError
+    import os
+    import shutil
 
-    raise UserError("batch is not implemented yet")
+    from musicrec.commands import UserError
+    from musicrec.components import bulk_inferrer
+    from musicrec.components.base import Artifact
+
+    out = os.path.abspath(args.out)
+    if os.path.exists(out):
+        raise UserError(f"{args.out} already exists; give a new --out folder")
+    for path in [getattr(args, "audio", None), getattr(args, "metadata", None), getattr(args, "keys", None),
+                 *(getattr(args, "playlogs", None) or [])]:
+        if path and "://" not in path and not os.path.exists(path):
+            raise UserError(f"{path} does not exist")
+    params = job_params(args)
+    staging = f"{out}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    result = Artifact("InferenceResult", staging)
+    try:
+        bulk_inferrer.run({}, {"inference_result": result}, params)
+    except (ValueError, FileNotFoundError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(str(exc)) from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    os.replace(staging, out)
+    counts = {key: result.properties[key] for key in ("inputs", "tracks", "users", "users_recommended",
+                                                       "dead_letters") if key in result.properties}
+    print(f"batch {args.job}: {' '.join(f'{k}={v}' for k, v in counts.items())} -> {args.out}")
+    return 0

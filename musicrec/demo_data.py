@@ -7,6 +7,7 @@ exercises the whole pipeline without downloading anything:
 <out>/audio/<genre>/<track_id>.wav   16-bit PCM mono, folder per genre (GTZAN layout)
 <out>/metadata.csv                   path,genre,artist,track_id (path relative to <out>)
 <out>/playlogs/plays.csv             user_id,timestamp,track_id,artist,ms_played
+<out>/holdout/cold_plays.csv         the sessions that played a cold track (see below)
 <out>/generation.json                the config and the counts (written last)
 ```
 
@@ -19,6 +20,16 @@ playlists, and within a session a listener usually moves on to the current
 track's playlist successor, otherwise jumps to a popular track of a genre they
 like. Sessions are separated by gaps far longer than 30 minutes and plays inside
 a session by the length of a real song.
+
+Cold-start tracks: ``cold_track_fraction`` of the catalogue, drawn uniformly at
+random (never picked by genre, popularity or playlist), have audio and metadata
+but no play in ``playlogs/``. The plays are generated for the whole catalogue
+first, so cold tracks are listened to exactly like warm ones; then every play of
+a cold track is moved out of the play log. ``holdout/cold_plays.csv`` keeps,
+for evaluation, every session that played a cold track, in full:
+``user_id,timestamp,track_id,artist,ms_played,session_id,held_out``, where
+``held_out`` is 1 for the plays removed from ``playlogs/`` and 0 for the plays
+that stayed there (the context a recommender sees before a cold track).
 
 Every random draw comes from ``numpy.random.Generator`` seeded from
 ``config.seed`` (per track and per user), and every file is written through a
@@ -42,8 +53,10 @@ ProgressFn = Callable[[str], None]
 
 METADATA_HEADER = ("path", "genre", "artist", "track_id")
 PLAYLOG_HEADER = ("user_id", "timestamp", "track_id", "artist", "ms_played")
+HOLDOUT_HEADER = PLAYLOG_HEADER + ("session_id", "held_out")
+HOLDOUT_PLAYS_PATH = "holdout/cold_plays.csv"
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-GENERATION_FORMAT_VERSION = 1
+GENERATION_FORMAT_VERSION = 2
 
 
 # --------------------------------------------------------------------------- config
@@ -81,6 +94,9 @@ class DemoDataConfig:
             well above the 30-minute session break used downstream).
         start_date: first day of the log, ``YYYY-MM-DD`` (UTC).
         span_days: days over which sessions are spread.
+        cold_track_fraction: share of the catalogue held out of the play log
+            (cold-start tracks, drawn uniformly); 0 holds out none, any
+            positive share holds out at least one track.
     """
 
     seed: int = 0
@@ -103,6 +119,7 @@ class DemoDataConfig:
     min_session_gap_minutes: float = 90.0
     start_date: str = "2026-01-01"
     span_days: int = 90
+    cold_track_fraction: float = 0.1
 
     def __post_init__(self):
         # JSON round trips turn tuples into lists; store tuples so equality holds.
@@ -127,9 +144,12 @@ class DemoDataConfig:
             problems.append("sessions_per_user_mean must be positive")
         if self.session_length_mean < 2 or self.session_length_max < 2:
             problems.append("session_length_mean and session_length_max must be at least 2")
-        for name in ("follow_probability", "favourite_genre_share", "skip_probability"):
+        for name in ("follow_probability", "favourite_genre_share", "skip_probability",
+                     "cold_track_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name}={getattr(self, name)} must be in [0, 1]")
+        if self.cold_track_fraction >= 1.0:
+            problems.append("cold_track_fraction must leave some tracks with plays")
         if self.popularity_exponent < 0:
             problems.append("popularity_exponent must not be negative")
         for name in ("song_seconds_range", "skip_seconds_range"):
@@ -165,7 +185,12 @@ def tiny_config(seed: int = 0) -> DemoDataConfig:
 
 @dataclasses.dataclass
 class DemoDataSummary:
-    """Where :func:`generate` wrote its files and how much it wrote."""
+    """Where :func:`generate` wrote its files and how much it wrote.
+
+    ``n_plays`` counts the plays in ``playlog_paths`` (cold tracks' plays
+    excluded), ``n_held_out_plays`` the cold tracks' plays, moved to
+    ``cold_plays_csv``; ``n_sessions`` counts every generated session.
+    """
 
     out_dir: str
     audio_dir: str
@@ -176,6 +201,9 @@ class DemoDataSummary:
     n_plays: int
     n_sessions: int
     genres: list[str]
+    cold_tracks: list[str] = dataclasses.field(default_factory=list)
+    cold_plays_csv: str | None = None
+    n_held_out_plays: int = 0
 
 
 # --------------------------------------------------------------------------- genre recipes
@@ -524,7 +552,7 @@ def _seed_sequence(config: DemoDataConfig, *stream: int) -> np.random.Generator:
     return np.random.default_rng([config.seed, *stream])
 
 
-_STREAM_CATALOGUE, _STREAM_AUDIO, _STREAM_USER = 1, 2, 3
+_STREAM_CATALOGUE, _STREAM_AUDIO, _STREAM_USER, _STREAM_HOLDOUT = 1, 2, 3, 4
 
 
 def build_catalogue(config: DemoDataConfig) -> list[Track]:
@@ -553,6 +581,7 @@ class Play:
     timestamp: int  # Unix seconds, UTC
     track_index: int
     ms_played: int
+    session_index: int = 0  # the user's session, counted from 0 in time order
 
 
 def _draw(rng: np.random.Generator, cumulative_weights: np.ndarray) -> int:
@@ -616,7 +645,7 @@ def _user_plays(user_index: int, user_id: str, config: DemoDataConfig, tracks: S
 
     plays: list[Play] = []
     last_end = None
-    for session_start in session_starts:
+    for session_index, session_start in enumerate(session_starts):
         clock = int(session_start)
         if last_end is not None and clock - last_end < min_gap_s:
             # Sessions drawn too close together: push this one past the break, by hours.
@@ -637,7 +666,7 @@ def _user_plays(user_index: int, user_id: str, config: DemoDataConfig, tracks: S
                 ms_played = int(1000 * rng.uniform(*config.skip_seconds_range))
             else:
                 ms_played = song_ms
-            plays.append(Play(user_id, clock, current, ms_played))
+            plays.append(Play(user_id, clock, current, ms_played, session_index))
             # The next play starts when this one stops, after a short pause.
             clock += int(np.ceil(ms_played / 1000)) + int(rng.integers(0, 6))
         last_end = plays[-1].timestamp + int(np.ceil(plays[-1].ms_played / 1000))
@@ -658,6 +687,36 @@ def generate_plays(config: DemoDataConfig, tracks: Sequence[Track]) -> tuple[lis
         plays.extend(user_plays)
         n_sessions += user_sessions
     return plays, n_sessions
+
+
+def choose_cold_tracks(config: DemoDataConfig, n_tracks: int) -> np.ndarray:
+    """Catalogue indices of the cold-start tracks, sorted: a uniform draw without replacement.
+
+    ``round(cold_track_fraction * n_tracks)`` tracks (at least one when the
+    fraction is positive). The draw has its own random stream, so the audio
+    and the plays do not change with the fraction.
+    """
+    if config.cold_track_fraction <= 0:
+        return np.zeros(0, dtype=np.int64)
+    count = min(n_tracks - 1, max(1, round(config.cold_track_fraction * n_tracks)))
+    rng = _seed_sequence(config, _STREAM_HOLDOUT)
+    return np.sort(rng.choice(n_tracks, size=count, replace=False))
+
+
+def hold_out_cold_plays(plays: Sequence[Play], cold: np.ndarray) -> tuple[list[Play], list[tuple[Play, bool]]]:
+    """Splits the play log for cold start.
+
+    Returns:
+        the plays that stay in the play log (no cold track), and every play of
+        each session that played a cold track, in order, paired with whether it
+        was held out (a cold track's play).
+    """
+    cold_set = set(int(i) for i in cold)
+    sessions_with_cold = {(p.user_id, p.session_index) for p in plays if p.track_index in cold_set}
+    kept = [p for p in plays if p.track_index not in cold_set]
+    context = [(p, p.track_index in cold_set) for p in plays
+               if (p.user_id, p.session_index) in sessions_with_cold]
+    return kept, context
 
 
 def format_timestamp(unix_seconds: int) -> str:
@@ -740,24 +799,44 @@ def generate(out_dir: str, config: DemoDataConfig = DemoDataConfig(),
     write_text_atomic(metadata_csv, _csv_text(
         METADATA_HEADER, [(t.relative_path, t.genre, t.artist, t.track_id) for t in tracks]))
 
-    plays, n_sessions = generate_plays(config, tracks)
+    all_plays, n_sessions = generate_plays(config, tracks)
+    cold = choose_cold_tracks(config, len(tracks))
+    plays, held_out_sessions = hold_out_cold_plays(all_plays, cold)
+
+    def row(play: Play) -> tuple:
+        track = tracks[play.track_index]
+        return (play.user_id, format_timestamp(play.timestamp), track.track_id, track.artist,
+                play.ms_played)
+
     plays_csv = os.path.join(out_dir, "playlogs", "plays.csv")
-    write_text_atomic(plays_csv, _csv_text(PLAYLOG_HEADER, [
-        (p.user_id, format_timestamp(p.timestamp), tracks[p.track_index].track_id,
-         tracks[p.track_index].artist, p.ms_played) for p in plays]))
+    write_text_atomic(plays_csv, _csv_text(PLAYLOG_HEADER, [row(p) for p in plays]))
     report(f"playlogs: {len(plays)} plays in {n_sessions} sessions by {config.n_users} users")
+    cold_plays_csv = os.path.join(out_dir, *HOLDOUT_PLAYS_PATH.split("/"))
+    write_text_atomic(cold_plays_csv, _csv_text(HOLDOUT_HEADER, [
+        (*row(p), f"{p.user_id}/{p.session_index}", int(held_out))
+        for p, held_out in held_out_sessions]))
+    n_held_out = len(all_plays) - len(plays)
+    report(f"holdout: {len(cold)} cold-start tracks without plays; their {n_held_out} plays "
+           f"in {HOLDOUT_PLAYS_PATH}")
 
     summary = DemoDataSummary(
         out_dir=out_dir, audio_dir=os.path.join(out_dir, "audio"), metadata_csv=metadata_csv,
         playlog_paths=[plays_csv], n_tracks=len(tracks), n_users=config.n_users,
-        n_plays=len(plays), n_sessions=n_sessions, genres=genres)
+        n_plays=len(plays), n_sessions=n_sessions, genres=genres,
+        cold_tracks=[tracks[i].track_id for i in cold], cold_plays_csv=cold_plays_csv,
+        n_held_out_plays=n_held_out)
     generation = {
         "format_version": GENERATION_FORMAT_VERSION,
         "config": config.to_dict(),
         "counts": {"tracks": summary.n_tracks, "users": summary.n_users, "plays": summary.n_plays,
-                   "sessions": summary.n_sessions, "artists": len({t.artist for t in tracks})},
+                   "sessions": summary.n_sessions, "artists": len({t.artist for t in tracks}),
+                   "cold_tracks": len(cold), "held_out_plays": n_held_out},
         "genres": genres,
-        "files": {"audio": "audio", "metadata": "metadata.csv", "playlogs": ["playlogs/plays.csv"]},
+        "files": {"audio": "audio", "metadata": "metadata.csv", "playlogs": ["playlogs/plays.csv"],
+                  "holdout": {"cold_plays": HOLDOUT_PLAYS_PATH}},
+        # Tracks with audio and metadata but no plays in playlogs/; their plays,
+        # with the sessions around them, are in files.holdout.cold_plays.
+        "cold_tracks": summary.cold_tracks,
     }
     write_text_atomic(os.path.join(out_dir, "generation.json"),
                        json.dumps(generation, indent=2, sort_keys=True) + "\n")
@@ -768,5 +847,6 @@ def generate(out_dir: str, config: DemoDataConfig = DemoDataConfig(),
 __all__ = [
     "DemoDataConfig", "DemoDataSummary", "GENRE_RECIPES", "GenreRecipe", "Voice", "generate",
     "tiny_config", "genre_names", "synthesize_track", "build_catalogue", "generate_plays",
-    "format_timestamp", "METADATA_HEADER", "PLAYLOG_HEADER",
+    "format_timestamp", "METADATA_HEADER", "PLAYLOG_HEADER", "HOLDOUT_HEADER",
+    "HOLDOUT_PLAYS_PATH", "choose_cold_tracks", "hold_out_cold_plays",
 ]

@@ -49,7 +49,14 @@ DEFAULTS: dict[str, Any] = {
         "progress_seconds": 30.0,
     },
     "genre_model": {
-        # Keys of models.genre.model.GenreHParams; empty means its defaults.
+        # Keys of models.genre.model.GenreHParams (validated by it when the
+        # trainer starts; docs/genre.md lists them); empty means its defaults:
+        # architecture lstm|crnn, lstm_units, lstm_layers, bidirectional,
+        # crnn_recurrent gru|lstm, conv_filters, embedding_dim, dropout,
+        # learning_rate, lr_schedule constant|cosine|plateau, clipnorm,
+        # epochs, batch_size, early_stopping_patience, class_weights,
+        # time_mask_frames, freq_mask_bands (SpecAugment), std_pooling,
+        # input_statistics.
         "hparams": {},
         # Blessing: track accuracy must beat chance by this factor.
         "min_accuracy_over_chance": 1.5,
@@ -62,7 +69,8 @@ DEFAULTS: dict[str, Any] = {
         "warm_start": True,
     },
     "next_track_model": {
-        # Keys of models.next_track.model.NextTrackHParams.
+        # Keys of models.next_track.model.NextTrackHParams (defaults and meaning:
+        # docs/recommender.md), e.g. history_length, rnn, tied_embeddings, softmax.
         "hparams": {},
         # Blessing: HR@20 must be at least the popularity baseline's.
         "must_beat_popularity": True,
@@ -72,6 +80,20 @@ DEFAULTS: dict[str, Any] = {
         # As for genre; the model code must keep known tracks' ids and
         # embeddings when the vocabulary grows.
         "warm_start": True,
+    },
+    # Cold start (docs/cold_start.md): with both audio and play logs, append the tracks
+    # that have audio but no plays to the next-track model, their weights predicted
+    # from the genre model's audio embedding by ridge regression fitted on warm tracks.
+    "cold_start": {
+        "enabled": False,
+        # Held-out plays CSV (session_id,timestamp,track_id,held_out,...) for the
+        # cold-start metric in the next-track evaluation; null: no metric.
+        "eval_plays": None,
+        # Ridge penalties to choose from by leave-one-out error.
+        "ridge_alphas": [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0],
+        # Scale predicted track vectors to the warm tracks' mean length (ranking is by
+        # dot product; ridge's conditional mean is much shorter than any trained vector).
+        "warm_norm": True,
     },
     "pusher": {
         # Versions kept per model under <workdir>/serving/<model>/; older ones are deleted.

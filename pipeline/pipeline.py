@@ -3,6 +3,12 @@
     audio  ─► audio_example_gen ─► trainer[genre] ─► evaluator[genre] ─► pusher[genre]
     logs   ─► playlog_example_gen ─► trainer[next_track] ─► evaluator[next_track] ─► pusher[next_track]
 
+With both inputs and ``cold_start.enabled``, the next-track branch gains a
+stage that appends tracks with audio but no plays (docs/cold_start.md):
+
+    trainer[next_track] + trainer[genre] + audio examples ─► cold_start ─► evaluator[next_track]
+                                                                         ─► pusher[next_track]
+
 Either branch runs alone when only its input is given. Inputs organised in
 ``span=<id>`` folders are narrowed to the spans the config's ``spans`` policy
 picks (:mod:`musicrec.pipeline.spans`); the ExampleGens get the chosen
@@ -13,10 +19,10 @@ Metadata when they run: the latest blessed model of the same kind.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from musicrec.components import (audio_example_gen, evaluator, playlog_example_gen, pusher,
-                                 trainer)
+from musicrec.components import (audio_example_gen, cold_start, evaluator, playlog_example_gen,
+                                 pusher, trainer)
 from musicrec.components.base import Artifact
 from musicrec.components.model_kinds import kind
 from musicrec.pipeline.metadata import MetadataStore
@@ -49,8 +55,35 @@ def latest_blessed_base_model(model_kind: str) -> Resolver:
     return resolve
 
 
+# Model code the cold_start stage imports inside functions (so the fingerprint must name it).
+COLD_START_CODE = ["musicrec.models.next_track.cold_start", "musicrec.models.next_track.train",
+                   "musicrec.models.next_track.evaluate", "musicrec.models.genre.evaluate"]
+
+# Builds the stage between a trainer and its evaluator (the cold-start extension), given the trainer.
+Extension = Callable[[Node], Node]
+
+
+def _cold_start_extension(config: Mapping[str, Any], genre_train: Node,
+                          audio_gen: Node) -> Extension:
+    section = config["cold_start"]
+    eval_plays = os.path.abspath(section["eval_plays"]) if section["eval_plays"] else None
+
+    def extend(next_track_train: Node) -> Node:
+        return Node("cold_start", cold_start.SPEC,
+                    inputs={"examples": next_track_train.inputs["examples"],
+                            "model": next_track_train.outputs["model"],
+                            "genre_model": genre_train.outputs["model"],
+                            "audio_examples": audio_gen.outputs[_examples_output(audio_gen)]},
+                    params={"ridge_alphas": list(section["ridge_alphas"]), "eval_plays": eval_plays,
+                            "warm_norm": section["warm_norm"]},
+                    data_paths=[eval_plays] if eval_plays else [],
+                    code_modules=COLD_START_CODE)
+    return extend
+
+
 def _model_branch(model_kind: str, examples_node: Node, config: Mapping[str, Any],
-                  workdir: str) -> list[Node]:
+                  workdir: str, extension: Extension | None = None) -> list[Node]:
+    """Trainer → [extension] → Evaluator → Pusher for one model kind."""
     section = config[f"{model_kind}_model"]
     # Trainer and Evaluator import the model code by name (model_kinds).
     model_code = [kind(model_kind).train_module, kind(model_kind).evaluate_module]
@@ -61,17 +94,20 @@ def _model_branch(model_kind: str, examples_node: Node, config: Mapping[str, Any
                  resolvers=({"base_model": latest_blessed_base_model(model_kind)}
                             if section["warm_start"] else {}),
                  code_modules=model_code)
+    # The evaluator and pusher take the extended model when there is an extension.
+    extended = [extension(train)] if extension else []
+    candidate = extended[0] if extended else train
     evaluate = Node(f"evaluator_{model_kind}", evaluator.spec(model_kind),
-                    inputs={"examples": train.inputs["examples"], "model": train.outputs["model"]},
+                    inputs={"examples": train.inputs["examples"], "model": candidate.outputs["model"]},
                     params={"kind": model_kind,
                             **{k: v for k, v in section.items() if k not in ("hparams", "warm_start")}},
                     resolvers={"baseline_model": latest_blessed_baseline(model_kind)},
-                    code_modules=model_code)
+                    code_modules=model_code + (COLD_START_CODE[:1] if extended else []))
     push = Node(f"pusher_{model_kind}", pusher.SPEC,
-                inputs={"model": train.outputs["model"], "evaluation": evaluate.outputs["evaluation"]},
+                inputs={"model": candidate.outputs["model"], "evaluation": evaluate.outputs["evaluation"]},
                 params={"serving_base": serving_base(workdir), "model_name": model_kind,
                         **config["pusher"]})
-    return [train, evaluate, push]
+    return [train, *extended, evaluate, push]
 
 
 def _examples_output(node: Node) -> str:
@@ -98,6 +134,10 @@ def create_pipeline(config: Mapping[str, Any], workdir: str, *, audio_dir: str |
         metadata_csv: alternative to ``audio_dir``: ``path,genre[,artist][,track_id]``.
         playlog_paths: play-log files or folders (folders may hold ``span=<id>`` folders).
 
+    With audio, play logs and ``config["cold_start"]["enabled"]``, a
+    ``cold_start`` stage sits between ``trainer_next_track`` and
+    ``evaluator_next_track``; with one input alone it is left out.
+
     Raises:
         ValueError: no input, or a spanned audio tree with a multi-span policy.
     """
@@ -105,6 +145,7 @@ def create_pipeline(config: Mapping[str, Any], workdir: str, *, audio_dir: str |
         raise ValueError("give audio (a folder or a metadata CSV), play logs, or both")
     spans = config["spans"]
     nodes: list[Node] = []
+    extension: Extension | None = None
     if audio_dir or metadata_csv:
         audio = config["audio"]
         audio_spans = select_spans([audio_dir] if audio_dir else [], "latest")
@@ -121,13 +162,16 @@ def create_pipeline(config: Mapping[str, Any], workdir: str, *, audio_dir: str |
             "num_shards": audio["num_shards"], "beam_args": config["beam_args"]},
             data_paths=[p for p in (resolved_audio_dir, metadata_csv) if p],
             output_properties=_span_properties(audio_spans.span_ids))
-        nodes += [audio_gen, *_model_branch("genre", audio_gen, config, workdir)]
+        genre_branch = _model_branch("genre", audio_gen, config, workdir)
+        nodes += [audio_gen, *genre_branch]
+        if config["cold_start"]["enabled"]:
+            extension = _cold_start_extension(config, genre_branch[0], audio_gen)
     if playlog_paths:
         logs = config["playlogs"]
         selection = select_spans(list(playlog_paths), spans["policy"], spans["window"])
         log_gen = Node("playlog_example_gen", playlog_example_gen.SPEC, params={
             "playlog_paths": selection.paths, **logs, "beam_args": config["beam_args"]},
             data_paths=selection.paths, output_properties=_span_properties(selection.span_ids))
-        nodes += [log_gen, *_model_branch("next_track", log_gen, config, workdir)]
+        nodes += [log_gen, *_model_branch("next_track", log_gen, config, workdir, extension)]
     return Pipeline(PIPELINE_NAME, os.path.join(workdir, "runs"), nodes,
                     metadata=config.get("metadata"), write_report=config.get("report", True))

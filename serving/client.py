@@ -25,7 +25,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import grpc
 import numpy as np
-import tensorflow as tf
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -38,6 +37,7 @@ from tensorflow_serving.apis import (
 
 from musicrec.serving.errors import ServingError
 from musicrec.serving.servables import DEFAULT_SIGNATURE_NAME, dtype_name, shape_dims
+from musicrec.serving.tensor_proto import make_tensor_proto, to_ndarray
 
 DEFAULT_TARGET = "127.0.0.1:8500"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -47,21 +47,18 @@ _INTERNAL_SIGNATURE_PREFIX = "__"  # e.g. __saved_model_init_op, not callable
 
 def to_tensor_proto(value: Any) -> Any:
     """ndarray-like → TensorProto; str/bytes arrays become DT_STRING (UTF-8)."""
-    array = np.asarray(value)
-    if array.dtype.kind in "USO":
-        return tf.make_tensor_proto(array, dtype=tf.string)
-    return tf.make_tensor_proto(array)
+    return make_tensor_proto(value)
 
 
 def from_tensor_proto(proto: Any) -> np.ndarray:
-    """TensorProto → ndarray; string tensors become numpy bytes (``S``) arrays.
+    """TensorProto → ndarray (writable); string tensors become numpy bytes (``S``) arrays.
 
     Note: numpy ``S`` arrays drop trailing NUL bytes of each element.
     """
-    array = tf.make_ndarray(proto)
+    array = to_ndarray(proto)
     if array.dtype == object:
         return array.astype(np.bytes_)
-    return array
+    return array if array.flags.writeable else array.copy()
 
 
 class PredictionClient:

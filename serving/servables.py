@@ -22,6 +22,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from musicrec.serving.errors import ServingError
+from musicrec.serving.tensor_proto import shape_of, to_ndarray
 from musicrec.serving.warmup import read_warmup_requests
 
 SAVED_MODEL_PB = "saved_model.pb"
@@ -135,7 +136,7 @@ def _decode_input(
             f"Expects arg[{alias}] to be {dtype_name(spec.dtype)} "
             f"but {dtype_name(proto.dtype)} is provided"
         )
-    dims = [dim.size for dim in proto.tensor_shape.dim]
+    dims = shape_of(proto)
     if any(size < 0 for size in dims):
         raise _invalid(f"tensor parsing error: {alias}: negative dimension in shape {dims}")
     num_elements = int(np.prod(dims, dtype=np.int64))
@@ -148,13 +149,12 @@ def _decode_input(
             f"{num_elements * item_bytes} bytes, over the {max_decoded_bytes}-byte limit"
         )
     try:
-        return tf.make_ndarray(proto)
+        return to_ndarray(proto)
     except Exception as error:  # numpy/TF raise ValueError, TypeError, ...
         raise _invalid(f"tensor parsing error: {alias}: {error}") from error
 
 
-def _check_shape(alias: str, array: np.ndarray, spec: meta_graph_pb2.TensorInfo) -> None:
-    expected = shape_dims(spec.tensor_shape)
+def _check_shape(alias: str, array: np.ndarray, expected: tuple[int | None, ...] | None) -> None:
     if expected is not None and (
         len(expected) != array.ndim
         or any(want is not None and want != got for want, got in zip(expected, array.shape))
@@ -198,6 +198,9 @@ class Servable:
     functions: Mapping[str, Any] = field(repr=False)
     # Keeps the restored object (and its variables) alive with the functions.
     saved_model: Any = field(repr=False, default=None)
+    # Signature key → _SignaturePlan, filled on first use: the protos are
+    # immutable once loaded, so a request never re-reads them.
+    _plans: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def signature_def_map(self) -> Any:
         """The ``tensorflow.serving.SignatureDefMap`` GetModelMetadata packs."""
@@ -216,14 +219,21 @@ class Servable:
         ServingError
             FAILED_PRECONDITION for an unknown signature, as TF Serving answers.
         """
+        return self._plan(signature_name).signature
+
+    def _plan(self, signature_name: str) -> "_SignaturePlan":
         signature_name = signature_name or DEFAULT_SIGNATURE_NAME
+        plan = self._plans.get(signature_name)
+        if plan is not None:
+            return plan
         if signature_name not in self.functions:
             raise ServingError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f'Serving signature key "{signature_name}" not found. '
                 f"Available signatures: {sorted(self.functions)}",
             )
-        return self.signature_defs[signature_name]
+        plan = self._plans[signature_name] = _SignaturePlan(self.signature_defs[signature_name])
+        return plan
 
     def prepare(
         self,
@@ -233,10 +243,10 @@ class Servable:
         max_decoded_bytes: int = 1 << 30,
     ) -> "PreparedCall":
         """Decode and check a Predict request's tensors (see ``predict``)."""
-        signature = self.signature(signature_name)
-        _check_input_names(signature, inputs)
+        plan = self._plan(signature_name)
+        plan.check_input_names(inputs)
         arrays = {
-            alias: _decode_input(alias, proto, signature.inputs[alias], max_decoded_bytes)
+            alias: _decode_input(alias, proto, plan.signature.inputs[alias], max_decoded_bytes)
             for alias, proto in inputs.items()
         }
         return self.prepare_arrays(signature_name, arrays, output_filter)
@@ -249,20 +259,18 @@ class Servable:
     ) -> "PreparedCall":
         """Check already-typed input arrays (e.g. decoded from REST JSON) against a signature."""
         signature_name = signature_name or DEFAULT_SIGNATURE_NAME
-        signature = self.signature(signature_name)
-        _check_input_names(signature, arrays)
-        output_aliases = _select_outputs(signature, output_filter)
+        plan = self._plan(signature_name)
+        plan.check_input_names(arrays)
+        output_aliases = (_select_outputs(plan.signature, output_filter) if output_filter
+                          else list(plan.output_aliases))
         for alias, array in arrays.items():
-            _check_shape(alias, array, signature.inputs[alias])
+            _check_shape(alias, array, plan.input_shapes[alias])
         return PreparedCall(signature_name, dict(arrays), output_aliases)
 
     def execute(self, signature_name: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run a checked call; every output alias → array (strings as ``object`` bytes)."""
-        signature = self.signature_defs[signature_name]
-        tensors = {
-            alias: tf.convert_to_tensor(array, dtype=tf.dtypes.as_dtype(signature.inputs[alias].dtype))
-            for alias, array in arrays.items()
-        }
+        input_dtypes = self._plan(signature_name).input_dtypes
+        tensors = {alias: tf.convert_to_tensor(array, dtype=input_dtypes[alias]) for alias, array in arrays.items()}
         try:
             results = self.functions[signature_name](**tensors)
         except tf.errors.OpError as error:
@@ -341,6 +349,23 @@ class Servable:
         examples = np.array(serialized_examples(model_input), dtype=object)
         outputs = self.execute(signature_name, {alias: examples})
         return {key: outputs[key] for key in present}
+
+
+class _SignaturePlan:
+    """What a request against one SignatureDef is checked and converted with, read once."""
+
+    __slots__ = ("signature", "input_names", "input_shapes", "input_dtypes", "output_aliases")
+
+    def __init__(self, signature: meta_graph_pb2.SignatureDef) -> None:
+        self.signature = signature
+        self.input_names = frozenset(signature.inputs)
+        self.input_shapes = {alias: shape_dims(info.tensor_shape) for alias, info in signature.inputs.items()}
+        self.input_dtypes = {alias: tf.dtypes.as_dtype(info.dtype) for alias, info in signature.inputs.items()}
+        self.output_aliases = list(signature.outputs)
+
+    def check_input_names(self, inputs: Mapping[str, Any]) -> None:
+        if len(inputs) != len(self.input_names) or any(alias not in self.input_names for alias in inputs):
+            _check_input_names(self.signature, inputs)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from concurrent import futures
 from typing import Iterable, Mapping
 
 import grpc
-import tensorflow as tf
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -38,6 +37,7 @@ from musicrec.serving.model_registry import DEFAULT_POLL_WAIT_SECONDS, ModelRegi
 from musicrec.serving.rest import RestServer
 from musicrec.serving.servables import DEFAULT_SIGNATURE_NAME, Servable
 from musicrec.serving.server_options import BatchingOptions
+from musicrec.serving.tensor_proto import fill_tensor_proto
 
 LOGGER = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = signature_name
         for alias, array in outputs.items():
-            response.outputs[alias].CopyFrom(tf.make_tensor_proto(array))
+            fill_tensor_proto(response.outputs[alias], array)
         return response
 
     def _classify(

@@ -232,6 +232,37 @@ def test_pipeline_turns_duplicate_track_ids_into_dead_letters(audio_dir, tmp_pat
             lambda m: (m["inputs"], m["tracks"], m["dead_letters"])), equal_to([(2, 1, 1)]), label="Counts")
 
 
+def test_duplicate_track_ids_are_found_while_listing():
+    first = aeg.AudioSource("/a/1.wav", "rock", "same")
+    second = aeg.AudioSource("/b/2.wav", "rock", "same")
+    other = aeg.AudioSource("/c/3.wav", "jazz", "other")
+
+    kept, dead = aeg.drop_duplicate_track_ids([other, second, first])
+
+    assert kept == [first, other]
+    assert [(r["path"], r["reason"]) for r in dead] == [("/b/2.wav", aeg.REASON_DUPLICATE)]
+    assert "/a/1.wav" in dead[0]["detail"]
+
+
+def test_shard_writer_writes_readable_gzip_records_atomically(tmp_path):
+    records = [bytes([i]) * (i * 100) for i in range(1, 30)]
+    path = beam_io.shard_path(str(tmp_path), "eval", 1, 3)
+
+    assert beam_io.write_tfrecord_shard(path, iter(records)) == len(records)
+    beam_io.write_empty_shards(str(tmp_path), 3, [("eval", 1)])
+
+    assert path.endswith("Split-eval/data-00001-of-00003.tfrecord.gz")
+    assert [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")] == records
+    with open(path, "rb") as handle:
+        assert handle.read(2) == b"\x1f\x8b"  # a GZIP file, whatever the zlib strategy
+    for split in beam_io.SPLITS:
+        shards = sorted(tf.io.gfile.glob(beam_io.split_files_pattern(str(tmp_path), split)))
+        assert len(shards) == 3
+        assert sum(1 for shard in shards for _ in tf.data.TFRecordDataset(shard, compression_type="GZIP")) == (
+            len(records) if split == "eval" else 0)
+    assert not [name for name in os.listdir(tmp_path / "Split-eval") if name.startswith(".tmp")]
+
+
 def test_build_pipeline_rejects_genre_without_label(tmp_path):
     source = aeg.AudioSource("/x/a.wav", "pop", "a")
     with pytest.raises(ValueError, match="missing from labels"):

@@ -158,12 +158,19 @@ def test_plays_are_sorted_well_formed_and_mostly_full(tiny):
     assert 0.8 < full_share < 1.0  # mostly full plays, and some skips
 
 
+def _full_log(summary, plays):
+    """The play log before the cold tracks' plays were held out, sorted by user and time."""
+    _, holdout = _read_csv(summary.cold_plays_csv)
+    held_out = [{k: row[k] for k in demo_data.PLAYLOG_HEADER} for row in holdout if row["held_out"] == "1"]
+    return sorted(plays + held_out, key=lambda p: (p["user_id"], _unix(p["timestamp"])))
+
+
 def test_sessions_are_separated_by_long_gaps_only(tiny):
     config, summary, _, plays, _ = tiny
     within_limit_s = config.song_seconds_range[1] + 10
     between_limit_s = config.min_session_gap_minutes * 60
     n_sessions = 0
-    for user_plays in _plays_by_user(plays).values():
+    for user_plays in _plays_by_user(_full_log(summary, plays)).values():
         times = np.array([_unix(p["timestamp"]) for p in user_plays])
         gaps = np.diff(times)
         # No gap falls in between a song's length and the session break: sessions are unambiguous.
@@ -246,6 +253,56 @@ def test_generation_json_round_trips_config_and_counts(tiny):
     assert generation["counts"]["sessions"] == summary.n_sessions
     assert generation["counts"]["tracks"] == summary.n_tracks
     assert generation["genres"] == summary.genres
+    assert generation["counts"]["held_out_plays"] == summary.n_held_out_plays
+    assert generation["cold_tracks"] == summary.cold_tracks
+    assert os.path.join(summary.out_dir, generation["files"]["holdout"]["cold_plays"]) \
+        == summary.cold_plays_csv
+
+
+def test_cold_tracks_have_audio_and_metadata_but_no_plays(tiny):
+    config, summary, metadata, plays, _ = tiny
+    assert len(summary.cold_tracks) == round(config.cold_track_fraction * summary.n_tracks) >= 1
+    assert set(summary.cold_tracks) <= {row["track_id"] for row in metadata}
+    assert set(summary.cold_tracks).isdisjoint(p["track_id"] for p in plays)
+    header, holdout = _read_csv(summary.cold_plays_csv)
+    assert header == list(demo_data.HOLDOUT_HEADER)
+    held_out = [row for row in holdout if row["held_out"] == "1"]
+    assert len(held_out) == summary.n_held_out_plays > 0
+    assert {row["track_id"] for row in held_out} <= set(summary.cold_tracks)
+    # Counts reconcile: every generated play is in the play log or held out, never both.
+    all_plays, n_sessions = demo_data.generate_plays(config, demo_data.build_catalogue(config))
+    assert len(all_plays) == summary.n_plays + summary.n_held_out_plays
+    assert n_sessions == summary.n_sessions
+    # Context plays are the ones that stayed in the play log, and each held-out session has a cold play.
+    in_log = {(p["user_id"], p["timestamp"], p["track_id"]) for p in plays}
+    context = [row for row in holdout if row["held_out"] == "0"]
+    assert all((r["user_id"], r["timestamp"], r["track_id"]) in in_log for r in context)
+    by_session = collections.defaultdict(list)
+    for row in holdout:
+        by_session[row["session_id"]].append(row["held_out"])
+    assert all("1" in flags for flags in by_session.values())
+    # Every held-out play of a cold track is in the file, each with its whole session.
+    full = _full_log(summary, plays)
+    assert sum(p["track_id"] in summary.cold_tracks for p in full) == len(held_out)
+
+
+def test_cold_tracks_are_a_uniform_draw_independent_of_listening(tiny):
+    config, summary, _, _, _ = tiny
+    # The draw has its own random stream: other listening behaviour, same cold tracks.
+    other = dataclasses.replace(config, follow_probability=0.2, n_users=3)
+    n_tracks = config.n_genres * config.tracks_per_genre
+    assert list(demo_data.choose_cold_tracks(other, n_tracks)) == \
+        list(demo_data.choose_cold_tracks(config, n_tracks))
+    # Over many seeds every track is drawn about equally often (no genre or position is favoured).
+    big = demo_data.DemoDataConfig()
+    counts = np.zeros(240)
+    for seed in range(400):
+        counts[demo_data.choose_cold_tracks(dataclasses.replace(big, seed=seed), 240)] += 1
+    expected = 400 * 24 / 240
+    assert abs(counts.mean() - expected) < 1e-9
+    per_genre = counts.reshape(6, 40).sum(axis=1)
+    assert np.all(np.abs(per_genre - per_genre.mean()) < 0.15 * per_genre.mean())
+    assert demo_data.choose_cold_tracks(dataclasses.replace(big, cold_track_fraction=0.0), 240).size == 0
 
 
 def test_default_config_gives_tens_of_thousands_of_plays():
@@ -259,7 +316,7 @@ def test_default_config_gives_tens_of_thousands_of_plays():
 @pytest.mark.parametrize("change", [
     {"n_genres": 3}, {"n_genres": len(demo_data.GENRE_RECIPES) + 1}, {"tracks_per_genre": 0},
     {"follow_probability": 1.5}, {"min_session_gap_minutes": 20}, {"start_date": "Jan 1"},
-    {"artists_per_genre": 50},
+    {"artists_per_genre": 50}, {"cold_track_fraction": 1.0}, {"cold_track_fraction": -0.1},
 ])
 def test_invalid_config_is_rejected_with_a_reason(change):
     with pytest.raises(ValueError, match=next(iter(change))):

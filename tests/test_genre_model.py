@@ -126,8 +126,9 @@ def test_run_fn_exports_the_genre_signature_contract(trained):
         LABELS[i] for i in probabilities.argmax(axis=1)]
     assert outputs["embedding"].shape == (SEGMENTS_PER_TRACK, TEST_HPARAMS["embedding_dim"])
 
-    # Only the SavedModel and the metrics are left in model_dir, no staging folders.
-    assert sorted(os.listdir(args.model_dir)) == ["checkpoint", "serving", "train_metrics.json"]
+    # Only the SavedModel, checkpoint, logs, curves and metrics are left in model_dir, no staging folders.
+    assert sorted(os.listdir(args.model_dir)) == ["checkpoint", "logs", "serving",
+                                                  "train_metrics.json", "training_curves.png"]
     with open(os.path.join(args.model_dir, "train_metrics.json"), encoding="utf-8") as handle:
         written = json.load(handle)
     assert written["monitor"] == "val_loss"
@@ -247,3 +248,33 @@ def test_without_eval_files_early_stopping_watches_training_loss(trained, caplog
     assert monitor == "val_loss"
     assert sum(int(labels.shape[0]) for _, labels in eval_data) == (
         sum(TRACKS["eval"]) * SEGMENTS_PER_TRACK)
+
+
+def test_the_evaluator_scores_model_and_classical_baseline_side_by_side(trained, tmp_path):
+    from musicrec.components import evaluator
+    from musicrec.components.base import Artifact
+
+    args = trained["args"]
+    with open(os.path.join(args.examples_dir, "manifest.json"), "w", encoding="utf-8") as handle:
+        json.dump({"feature_params": args.feature_params.to_dict()}, handle)
+    evaluation = Artifact("ModelEvaluation", str(tmp_path / "evaluation"))
+    os.makedirs(evaluation.uri)
+    evaluator.run({"examples": Artifact("AudioExamples", args.examples_dir),
+                   "model": Artifact("Model", args.model_dir)},
+                  {"evaluation": evaluation}, {"kind": "genre", "min_accuracy_over_chance": 1.5})
+    report = json.load(open(evaluation.path("metrics.json"), encoding="utf-8"))
+    metrics, baseline = report["metrics"], report["classical_baseline"]
+    n_test = sum(TRACKS["test"])
+    assert metrics["n_tracks"] == baseline["n_tracks"] == n_test
+    assert baseline["n_train_tracks"] == sum(TRACKS["train"]) + len(LABELS)  # + the short tracks
+    for scores in (metrics, baseline):
+        assert sum(map(sum, scores["confusion_matrix"])) == n_test
+        assert 0.0 <= scores["macro_f1"] <= 1.0
+        assert set(scores["per_class"]) == set(LABELS)
+    assert report["side_by_side"] == {
+        "track_accuracy": {"model": metrics["track_accuracy"],
+                           "classical_baseline": baseline["track_accuracy"]},
+        "macro_f1": {"model": metrics["macro_f1"], "classical_baseline": baseline["macro_f1"]}}
+    for png in ("confusion_matrix.png", "baseline_confusion_matrix.png"):
+        assert open(evaluation.path(png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert report["blessing"]["blessed"] == (metrics["track_accuracy"] >= 0.5)

@@ -1,4 +1,4 @@
-"""Next-track LSTM: training pairs, training + export, the serving contract, evaluation."""
+"""Next-track LSTM: training examples, training + export, the serving contract, evaluation."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,7 @@ import tensorflow as tf
 from musicrec.models.baselines import PopularityBaseline
 from musicrec.models.export_check import non_core_ops
 from musicrec.models.next_track import data
+from musicrec.models.next_track.history import ListeningHistory, SessionRecord
 from musicrec.models.next_track.evaluate import RankingMetrics, evaluate
 from musicrec.models.next_track.model import (
     NextTrackHParams, build_model, build_serving_model, make_track_lookup)
@@ -23,7 +24,7 @@ TOP_K = 20
 UNKNOWN_KEY = "never-in-train"
 FAST_HPARAMS = {"embedding_dim": 16, "lstm_units": 32, "learning_rate": 0.01, "epochs": 12,
                 "batch_size": 64, "early_stopping_patience": 2, "max_prefix_length": 6,
-                "top_k": TOP_K}
+                "history_length": 6, "rnn_history_length": 2, "top_k": TOP_K}
 
 
 def track(index: int) -> str:
@@ -108,14 +109,16 @@ def test_training_pairs_cover_every_position_with_truncated_right_padded_prefixe
     assert lone_prefixes.shape == (0, 3) and lone_targets.shape == (0,)
 
 
-def test_pairs_dataset_uses_contract_ids_and_drops_oov_targets(tmp_path):
-    path = write_sessions(str(tmp_path / "s.tfrecord.gz"), [["a", "x", "b"], ["b", "a"], ["a"]])
-    batches = list(data.pairs_dataset([path], ["a", "b"], max_prefix_length=3, batch_size=10))
-    prefixes = np.concatenate([p.numpy() for p, _ in batches])
-    targets = np.concatenate([t.numpy() for _, t in batches])
-    # a -> 2, b -> 3 (vocabulary order after padding 0 and OOV 1); (a -> x) is dropped.
-    np.testing.assert_array_equal(prefixes, [[2, 1, 0], [3, 0, 0]])
-    np.testing.assert_array_equal(targets, [3, 2])
+def test_build_examples_use_contract_ids_history_and_drop_oov_targets():
+    hparams = NextTrackHParams(history_length=2, rnn_history_length=1, max_prefix_length=2)
+    earlier = SessionRecord("u", "u-1", 100, ("b", "a", "b"), (100, 160, 220))
+    session = SessionRecord("u", "u-2", 1000, ("a", "x", "b"), (1000, 1060, 1120))
+    examples = data.build_examples([session], ListeningHistory([earlier]), ["a", "b"], hparams)
+    inputs, targets = examples.inputs(), examples.targets
+    # a -> 2, b -> 3 (after padding 0 and OOV 1); (a -> x) is dropped, x stays as OOV.
+    # Layout: [history (2, right-aligned) | boundary (-1) | session prefix (2, right-aligned)].
+    np.testing.assert_array_equal(inputs, [[2, 3, -1, 2, 1]])
+    np.testing.assert_array_equal(targets, [3])
 
 
 def test_hparams_reject_unknown_names_and_lookup_rejects_padding_key():
@@ -134,10 +137,11 @@ def test_run_fn_writes_metrics_and_serving_model(trained):
     args, metrics = trained["args"], trained["metrics"]
     on_disk = json.load(open(os.path.join(args.model_dir, "train_metrics.json"), encoding="utf-8"))
     assert on_disk == metrics
-    assert metrics["monitor"] == "val_loss"
+    assert metrics["monitor"] == f"val_hr@{TOP_K}"
     assert 1 <= metrics["epochs_run"] == len(metrics["history"]["val_loss"]) <= FAST_HPARAMS["epochs"]
-    # restore_best_weights: the final validation loss is the best one seen.
-    assert metrics["validation"]["loss"] == pytest.approx(min(metrics["history"]["val_loss"]), rel=1e-4)
+    # restore_best_weights: the final validation HR@20 is the best one seen.
+    assert metrics["validation"][f"hr@{TOP_K}"] == pytest.approx(
+        max(metrics["history"][f"val_hr@{TOP_K}"]), rel=1e-4)
     assert metrics["vocab_size"] == NUM_TRACKS and metrics["top_k"] == TOP_K
     assert os.path.exists(os.path.join(args.serving_dir, "saved_model.pb"))
     assert not os.path.exists(f"{args.serving_dir}.tmp")
@@ -164,9 +168,9 @@ def test_serving_signature_follows_the_contract(signature, trained):
 def test_model_never_returns_padding_or_oov_even_when_they_score_highest():
     vocabulary = ["a", "b", "c"]
     core = build_model(len(vocabulary), NextTrackHParams(embedding_dim=4, lstm_units=4))
-    kernel, bias = core.get_layer("next_track_logits").get_weights()
-    bias[:2] = 50.0  # padding and OOV would win every ranking without suppression
-    core.get_layer("next_track_logits").set_weights([kernel, bias])
+    weights = core.get_layer("next_track_logits").get_weights()
+    weights[-1][:2] = 50.0  # padding and OOV would win every ranking without suppression
+    core.get_layer("next_track_logits").set_weights(weights)
     serving = build_serving_model(core, vocabulary, top_k=10)  # k is capped at 3
     result = serving(tf.constant([["a", ""], ["zzz", "zzz"], ["", ""]]))
     keys = result["track_keys"].numpy()
@@ -189,24 +193,47 @@ def test_saved_model_has_only_core_ops(trained):
 
 def test_lstm_beats_popularity_on_structured_sessions(trained):
     args = trained["args"]
+    output_dir = os.path.join(os.path.dirname(args.model_dir), "evaluation")
     report = evaluate(args.serving_dir, [trained["test_file"]], args.train_files,
                       args.examples_dir, k=TOP_K, batch_size=32,
-                      max_prefix_length=FAST_HPARAMS["max_prefix_length"])
+                      max_prefix_length=FAST_HPARAMS["max_prefix_length"], output_dir=output_dir)
+    comparison = json.load(open(os.path.join(output_dir, "comparison.json"), encoding="utf-8"))
+    assert set(comparison["recommenders"]) == {"model", *report["baselines"]}
+    with open(os.path.join(output_dir, "comparison.png"), "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
     expected_cases = sum(len(plays) - 1 for plays in trained["test_sessions"] if len(plays) >= 2)
     assert report["skipped_oov_targets"] == 1
     assert report["n_predictions"] == expected_cases - 1
-    assert set(report["model"]) == {f"{name}@{k}" for name in ("hr", "mrr") for k in (1, 5, 10, 20)}
+    assert set(report["model"]) == ({f"{name}@{k}" for name in ("hr", "mrr", "ndcg") for k in (1, 5, 10, 20)}
+                                     | {"coverage@20", "popularity_bias@20", "cases"})
+    assert set(report["baselines"]) == {"popularity", "user_popularity", "markov", "sequential_rules",
+                                        "sknn", "vsknn"}
+    assert report["personalised"] is True
     model, popularity = report["model"], report["baselines"]["popularity"]
     assert model["hr@20"] > popularity["hr@20"] and model["mrr@20"] > popularity["mrr@20"]
     assert model["hr@1"] > 0.5  # the successor rule is learnable
     assert "prefix = plays[:i]" in report["protocol"]
 
 
-def test_evaluate_refuses_k_beyond_the_exported_width(trained):
+def test_models_without_recommend_are_evaluated_through_serving_default(trained, tmp_path):
+    # A model exported before the recommend signature existed (serving_default only, k fixed).
+    from musicrec.models import warm_start
+    from musicrec.models.export import export_serving_model
+
     args = trained["args"]
+    checkpoint = warm_start.load_checkpoint(args.model_dir)
+    hparams = NextTrackHParams.from_dict(checkpoint.hparams)
+    core = build_model(len(checkpoint.tokens), hparams)
+    core.load_weights(checkpoint.weights_path)
+    old_style = str(tmp_path / "serving")
+    export_serving_model(build_serving_model(core, checkpoint.tokens, TOP_K), old_style,
+                         inputs={"track_keys"}, outputs={"track_keys", "scores"})
+    report = evaluate(old_style, [trained["test_file"]], args.train_files, args.examples_dir, k=TOP_K,
+                      baselines=[])
+    assert report["personalised"] is False and report["baselines"] == {}
+    assert report["model"]["hr@1"] > 0.5
     with pytest.raises(ValueError, match="fewer than k"):
-        evaluate(args.serving_dir, [trained["test_file"]], args.train_files, args.examples_dir,
-                 k=TOP_K + 1)
+        evaluate(old_style, [trained["test_file"]], args.train_files, args.examples_dir, k=TOP_K + 1)
 
 
 def test_ranking_metrics_on_a_hand_made_ranking():
@@ -234,14 +261,22 @@ def test_popularity_ranks_by_count_and_ties_never_favour_the_target():
         PopularityBaseline().recommend([], 1)
 
 
-def test_run_fn_falls_back_to_training_loss_without_eval_pairs(tmp_path):
+@pytest.mark.parametrize("validation_share", [0.2, 0.0])
+def test_run_fn_without_eval_pairs_holds_out_training_sessions_or_watches_the_training_loss(
+        tmp_path, validation_share):
     examples_dir = str(tmp_path / "examples")
     sessions = successor_sessions(random.Random(3), 20)
     train_file = write_sessions(f"{examples_dir}/Split-train/d.tfrecord.gz", sessions)
     eval_file = write_sessions(f"{examples_dir}/Split-eval/d.tfrecord.gz", [[track(1)]])
     write_vocabulary(examples_dir, sessions)
     args = TrainArgs([train_file], [eval_file], examples_dir, str(tmp_path / "model"),
-                     hparams={**FAST_HPARAMS, "epochs": 1}, seed=0)
+                     hparams={**FAST_HPARAMS, "epochs": 1, "validation_share": validation_share}, seed=0)
     metrics = run_fn(args)
-    assert metrics["monitor"] == "loss" and metrics["validation"] is None
+    all_examples = sum(len(plays) - 1 for plays in sessions)
+    assert metrics["examples"]["train"] + metrics["examples"]["validation"] == all_examples
+    if validation_share:
+        assert metrics["monitor"] == f"val_hr@{TOP_K}" and metrics["examples"]["validation"] > 0
+        assert metrics["validation_source"] == "20% of training sessions"
+    else:
+        assert metrics["monitor"] == f"hr@{TOP_K}" and metrics["validation"] is None
     assert os.path.exists(os.path.join(args.serving_dir, "saved_model.pb"))

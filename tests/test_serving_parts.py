@@ -319,3 +319,47 @@ def test_config_file_watcher_reloads_changed_models(tmp_path):
             with pytest.raises(ServingError) as raised:
                 client.predict("scorer", {"x": X})
             assert raised.value.code == grpc.StatusCode.NOT_FOUND
+
+
+# --------------------------------------------------------------------------- TensorProto conversions
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
+    np.arange(6, dtype=np.int64).reshape(1, 2, 3) - 3,
+    np.array([[True, False]]),
+    np.arange(4, dtype=np.float64),
+    np.arange(4, dtype=np.uint8),
+    np.array([[b"a", b""], [b"\xff\x00", "é".encode()]], dtype=object),
+    np.array([["x", "é"]]),
+    np.zeros((0, 3), np.float32),
+])
+def test_tensor_proto_fast_paths_match_tensorflow(array):
+    from musicrec.serving.tensor_proto import make_tensor_proto, to_ndarray
+
+    ours = make_tensor_proto(array)
+    reference = tf.make_tensor_proto(array, dtype=tf.string if array.dtype.kind in "OSU" else None)
+
+    assert ours == reference  # same wire encoding as TensorFlow's
+    for proto in (ours, reference):
+        decoded, expected = to_ndarray(proto), tf.make_ndarray(proto)
+        assert decoded.dtype == expected.dtype and decoded.shape == expected.shape
+        assert decoded.tolist() == expected.tolist()
+
+
+def test_tensor_proto_decoding_refuses_a_content_size_mismatch_and_broadcasts_like_tf():
+    from tensorflow.core.framework import tensor_pb2
+
+    from musicrec.serving.tensor_proto import make_tensor_proto, to_ndarray
+
+    truncated = make_tensor_proto(np.ones((2, 3), np.float32))
+    truncated.tensor_content = truncated.tensor_content[:-4]
+    with pytest.raises(ValueError, match="tensor_content holds 20 bytes"):
+        to_ndarray(truncated)
+
+    one_value = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[2.5])
+    one_value.tensor_shape.dim.add().size = 3
+    np.testing.assert_array_equal(to_ndarray(one_value), [2.5, 2.5, 2.5])  # TF's fallback path
+    one_string = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[b"k"])
+    one_string.tensor_shape.dim.add().size = 2
+    assert to_ndarray(one_string).tolist() == [b"k", b"k"]

@@ -7,7 +7,7 @@ row-major ``log_mel`` float list of ``frames * n_mels`` values.
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -95,7 +95,9 @@ def parsed_dataset(files: Sequence[str], n_mels: int) -> tf.data.Dataset:
 
 
 def make_dataset(files: Sequence[str], n_mels: int, batch_size: int, shuffle: bool,
-                 seed: int | None = None) -> tf.data.Dataset:
+                 seed: int | None = None,
+                 augment: Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None = None,
+                 cache: bool = False) -> tf.data.Dataset:
     """Training/validation batches ``(log_mel, label)``.
 
     Args:
@@ -104,6 +106,12 @@ def make_dataset(files: Sequence[str], n_mels: int, batch_size: int, shuffle: bo
         batch_size: segments per batch; the last batch may be smaller.
         shuffle: shuffle segments (buffer of 2048, reshuffled each epoch).
         seed: shuffle seed, for a repeatable order.
+        augment: a map of one unbatched ``(log_mel [frames, n_mels], label)``
+            applied after shuffling and before padding, each epoch anew
+            (SpecAugment, :mod:`musicrec.models.genre.augment`).
+        cache: keep the parsed segments in memory after the first epoch
+            (decompressing and parsing GZIP records every epoch costs more
+            than a small model's step).
 
     Returns:
         A dataset of ``log_mel`` float32 ``[batch, frames, n_mels]`` (segments
@@ -113,12 +121,26 @@ def make_dataset(files: Sequence[str], n_mels: int, batch_size: int, shuffle: bo
     """
     dataset = parsed_dataset(files, n_mels).map(
         lambda example: (example["log_mel"], example["label"]))
+    if cache:
+        dataset = dataset.cache()
     if shuffle:
         dataset = dataset.shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    if augment is not None:
+        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.padded_batch(
         batch_size, padded_shapes=([None, n_mels], []),
         padding_values=(tf.constant(PADDING_VALUE, tf.float32), tf.constant(0, tf.int64)))
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def label_counts(files: Sequence[str], n_mels: int) -> dict[int, int]:
+    """Segments per label id in ``files`` (for class weights and steps per epoch)."""
+    labels = parsed_dataset(files, n_mels).map(lambda example: example["label"])
+    counts: dict[int, int] = {}
+    for batch in labels.batch(4096).as_numpy_iterator():
+        for label, count in zip(*np.unique(batch, return_counts=True)):
+            counts[int(label)] = counts.get(int(label), 0) + int(count)
+    return counts
 
 
 def iterate_segments(files: Sequence[str], n_mels: int) -> Iterator[tuple[np.ndarray, int, str]]:
@@ -132,4 +154,4 @@ def iterate_segments(files: Sequence[str], n_mels: int) -> Iterator[tuple[np.nda
 
 
 __all__ = ["LABELS_FILE", "read_labels", "parse_example", "parsed_dataset", "make_dataset",
-           "iterate_segments"]
+           "label_counts", "iterate_segments"]

@@ -2,16 +2,20 @@
 
 The model is loaded with ``tf.saved_model.load`` and called through its
 ``serving_default`` signature, so the numbers describe exactly what TF
-Serving will serve, label lookup included.
+Serving will serve, label lookup included. The classical baseline
+(:mod:`musicrec.models.genre_baseline`) is scored here too, on the same
+split and with the same track-level scores (:func:`classification_metrics`).
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from musicrec.models.features import AudioFeatureParams
 from musicrec.models.genre.data import iterate_segments, read_labels
 from musicrec.models.genre.model import PADDING_VALUE
 
@@ -43,7 +47,6 @@ def predict_segments(signature_fn: SignatureFn, segments: np.ndarray | Sequence[
         segments: raw log-mel, ``[n, frames, n_mels]`` or a list of
             ``[frames_i, n_mels]`` arrays.
         batch_size: segments per signature call.
-        output_dir: where plots go (PNG); ``None`` writes none.
 
     Returns:
         float32 ``[n, n_genres]``.
@@ -76,21 +79,69 @@ def predict_track(signature_fn: SignatureFn, segments: np.ndarray | Sequence[np.
     return average_segment_probabilities(predict_segments(signature_fn, segments, batch_size))
 
 
+def classification_metrics(true_labels: Sequence[int], predicted: Sequence[int],
+                           labels: Sequence[str]) -> dict[str, Any]:
+    """Track-level scores shared by the Keras model and the classical baseline.
+
+    Args:
+        true_labels: label id per track.
+        predicted: predicted label id per track, same order.
+        labels: genre names, index = label id.
+
+    Returns:
+        ``accuracy``; ``macro_f1`` (mean F1 over the genres present in
+        ``true_labels``: a genre with no test track has no recall to score);
+        ``per_class`` ``{genre: {"precision", "recall", "f1", "support"}}``
+        (``None`` scores for a genre with no track and no prediction);
+        ``confusion_matrix`` ``[n_labels][n_labels]`` counts, rows true,
+        columns predicted.
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    ids = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true_labels, predicted, labels=ids, zero_division=0)
+    predicted_counts = Counter(predicted)
+    per_class = {}
+    for index, name in enumerate(labels):
+        scored = support[index] or predicted_counts[index]
+        per_class[name] = {
+            "precision": float(precision[index]) if predicted_counts[index] else None,
+            "recall": float(recall[index]) if support[index] else None,
+            "f1": float(f1[index]) if scored else None,
+            "support": int(support[index]),
+        }
+    present = [index for index in ids if support[index]]
+    return {
+        "accuracy": float(np.mean(np.asarray(true_labels) == np.asarray(predicted))),
+        "macro_f1": float(np.mean([f1[index] for index in present])),
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(true_labels, predicted, labels=ids).tolist(),
+    }
+
+
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+
+
 def evaluate(saved_model_dir: str, test_files: Sequence[str], examples_dir: str,
              batch_size: int = 64, output_dir: str | None = None) -> dict[str, Any]:
-    """Segment- and track-level accuracy of a served genre model.
+    """Segment- and track-level scores of a served genre model.
 
     Args:
         saved_model_dir: the exported SavedModel.
         test_files: GZIP TFRecords of the test split.
         examples_dir: the examples artifact (``labels.txt``).
         batch_size: segments per signature call.
+        output_dir: where ``confusion_matrix.png`` goes; ``None`` writes none.
 
     Returns:
         ``segment_accuracy`` and ``track_accuracy`` (a track's class is the
-        argmax of its mean segment probabilities), ``per_class_accuracy``
-        (track level, by genre name; ``None`` for a genre absent from the
-        test split), ``chance_accuracy`` (1 / n_genres),
+        argmax of its mean segment probabilities), ``macro_f1`` and
+        ``per_class`` precision/recall/F1/support (track level, see
+        :func:`classification_metrics`), ``confusion_matrix`` (track level,
+        rows true, columns predicted), ``per_class_accuracy`` (track-level
+        recall by genre name; ``None`` for a genre absent from the test
+        split), ``chance_accuracy`` (1 / n_genres),
         ``majority_class_accuracy`` (track level: always guessing the most
         common test genre) and ``segment_majority_class_accuracy``,
         ``n_segments``, ``n_tracks``, ``tracks_per_class``, ``labels``.
@@ -102,41 +153,35 @@ def evaluate(saved_model_dir: str, test_files: Sequence[str], examples_dir: str,
     labels = read_labels(examples_dir)
     signature_fn = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
     n_mels = int(signature_fn.structured_input_signature[1]["log_mel"].shape[-1])
-
-    segments_by_track: dict[str, list[np.ndarray]] = {}
-    label_by_track: dict[str, int] = {}
-    for log_mel, label, track_id in iterate_segments(test_files, n_mels):
-        if not 0 <= label < len(labels):
-            raise ValueError(f"track {track_id!r} has label {label}, outside the "
-                             f"{len(labels)} labels of labels.txt")
-        if label_by_track.setdefault(track_id, label) != label:
-            raise ValueError(f"track {track_id!r} has segments labelled "
-                             f"{label_by_track[track_id]} and {label}")
-        segments_by_track.setdefault(track_id, []).append(log_mel)
-    if not segments_by_track:
-        raise ValueError(f"no test segments in {list(test_files)}")
+    segments_by_track, label_by_track = read_tracks(test_files, n_mels, len(labels))
 
     segment_hits = 0
     segment_labels: list[int] = []
-    track_hits_by_class: Counter[int] = Counter()
-    tracks_by_class: Counter[int] = Counter()
+    track_labels: list[int] = []
+    track_predictions: list[int] = []
     for track_id, segments in segments_by_track.items():
         label = label_by_track[track_id]
         probabilities = predict_segments(signature_fn, segments, batch_size)
         segment_hits += int(np.sum(probabilities.argmax(axis=1) == label))
         segment_labels.extend([label] * len(segments))
-        tracks_by_class[label] += 1
-        track_hits_by_class[label] += int(
-            average_segment_probabilities(probabilities).argmax() == label)
+        track_labels.append(label)
+        track_predictions.append(int(average_segment_probabilities(probabilities).argmax()))
 
-    n_segments, n_tracks = len(segment_labels), len(segments_by_track)
+    scores = classification_metrics(track_labels, track_predictions, labels)
+    if output_dir is not None:
+        from musicrec.models.genre.plots import save_confusion_matrix
+
+        save_confusion_matrix(scores["confusion_matrix"], labels,
+                              os.path.join(output_dir, CONFUSION_MATRIX_FILE))
+    tracks_by_class = Counter(track_labels)
+    n_segments, n_tracks = len(segment_labels), len(track_labels)
     return {
         "segment_accuracy": segment_hits / n_segments,
-        "track_accuracy": sum(track_hits_by_class.values()) / n_tracks,
-        "per_class_accuracy": {
-            name: (track_hits_by_class[index] / tracks_by_class[index]
-                   if tracks_by_class[index] else None)
-            for index, name in enumerate(labels)},
+        "track_accuracy": scores["accuracy"],
+        "macro_f1": scores["macro_f1"],
+        "per_class": scores["per_class"],
+        "confusion_matrix": scores["confusion_matrix"],
+        "per_class_accuracy": {name: scores["per_class"][name]["recall"] for name in labels},
         "chance_accuracy": 1.0 / len(labels),
         "majority_class_accuracy": max(tracks_by_class.values()) / n_tracks,
         "segment_majority_class_accuracy":
@@ -148,5 +193,99 @@ def evaluate(saved_model_dir: str, test_files: Sequence[str], examples_dir: str,
     }
 
 
+BASELINE_CONFUSION_MATRIX_FILE = "baseline_confusion_matrix.png"
+
+
+def _clip_features(files: Sequence[str], params: AudioFeatureParams, n_labels: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Classical clip vectors from log-mel segments: ``(features [tracks, 56], labels [tracks])``."""
+    from musicrec.models.genre_baseline import ClipStatistics, frame_features_from_log_mel
+
+    statistics = ClipStatistics()
+    label_by_track: dict[str, int] = {}
+    for log_mel, label, track_id in iterate_segments(files, params.n_mels):
+        if not 0 <= label < n_labels:
+            raise ValueError(f"track {track_id!r} has label {label}, outside the "
+                             f"{n_labels} labels of labels.txt")
+        label_by_track[track_id] = label
+        statistics.add(track_id, frame_features_from_log_mel(log_mel, params))
+    track_ids = statistics.clip_ids()
+    if not track_ids:
+        raise ValueError(f"no segments in {list(files)}")
+    return (np.stack([statistics.vector(t) for t in track_ids]),
+            np.array([label_by_track[t] for t in track_ids]))
+
+
+def evaluate_classical_baseline(train_files: Sequence[str], test_files: Sequence[str],
+                                examples_dir: str, params: AudioFeatureParams,
+                                output_dir: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """The classical baseline (:mod:`musicrec.models.genre_baseline`) fitted on train, scored on test.
+
+    Its features come from the examples' log-mel segments (the artifact has
+    no audio paths), so it sees exactly the tracks and split the Keras model
+    does.
+
+    Args:
+        train_files / test_files: GZIP TFRecords of those splits.
+        examples_dir: the examples artifact (``labels.txt``).
+        params: the feature parameters the examples were made with.
+        output_dir: where ``baseline_confusion_matrix.png`` goes; ``None`` writes none.
+        seed: solver seed.
+
+    Returns:
+        ``track_accuracy``, ``macro_f1``, ``per_class``, ``confusion_matrix``
+        (as :func:`classification_metrics`), ``n_train_tracks``,
+        ``n_tracks``, ``features`` (what it was computed from) and ``model``.
+    """
+    from musicrec.models.genre_baseline import ClassicalGenreBaseline
+
+    labels = read_labels(examples_dir)
+    train_x, train_y = _clip_features(train_files, params, len(labels))
+    test_x, test_y = _clip_features(test_files, params, len(labels))
+    predicted = ClassicalGenreBaseline(seed=seed).fit(train_x, train_y).predict(test_x)
+    scores = classification_metrics(test_y.tolist(), predicted.tolist(), labels)
+    if output_dir is not None:
+        from musicrec.models.genre.plots import save_confusion_matrix
+
+        save_confusion_matrix(scores["confusion_matrix"], labels,
+                              os.path.join(output_dir, BASELINE_CONFUSION_MATRIX_FILE),
+                              title="classical baseline, track level")
+    return {
+        "track_accuracy": scores["accuracy"],
+        "macro_f1": scores["macro_f1"],
+        "per_class": scores["per_class"],
+        "confusion_matrix": scores["confusion_matrix"],
+        "n_train_tracks": int(train_x.shape[0]),
+        "n_tracks": int(test_x.shape[0]),
+        "features": "MFCC(20), spectral centroid, spectral contrast (7): mean and std per track, "
+                    "from the examples' log-mel segments",
+        "model": "StandardScaler + LogisticRegression",
+    }
+
+
+def read_tracks(files: Sequence[str], n_mels: int, n_labels: int
+                ) -> tuple[dict[str, list[np.ndarray]], dict[str, int]]:
+    """Segments grouped by track: ``({track_id: [log_mel [frames, n_mels], ...]}, {track_id: label})``.
+
+    Raises:
+        ValueError: no segments, a label outside ``range(n_labels)``, or a
+            track whose segments disagree on the label.
+    """
+    segments_by_track: dict[str, list[np.ndarray]] = {}
+    label_by_track: dict[str, int] = {}
+    for log_mel, label, track_id in iterate_segments(files, n_mels):
+        if not 0 <= label < n_labels:
+            raise ValueError(f"track {track_id!r} has label {label}, outside the "
+                             f"{n_labels} labels of labels.txt")
+        if label_by_track.setdefault(track_id, label) != label:
+            raise ValueError(f"track {track_id!r} has segments labelled "
+                             f"{label_by_track[track_id]} and {label}")
+        segments_by_track.setdefault(track_id, []).append(log_mel)
+    if not segments_by_track:
+        raise ValueError(f"no segments in {list(files)}")
+    return segments_by_track, label_by_track
+
+
 __all__ = ["evaluate", "predict_track", "predict_segments", "average_segment_probabilities",
-           "pad_segments"]
+           "pad_segments", "classification_metrics", "read_tracks", "evaluate_classical_baseline",
+           "CONFUSION_MATRIX_FILE", "BASELINE_CONFUSION_MATRIX_FILE"]

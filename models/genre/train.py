@@ -1,13 +1,17 @@
 """Trains the genre classifier and exports it for TF Serving.
 
 ``run_fn`` is what the Trainer component calls (TFX style): it reads the
-``AudioExamples`` splits, trains with early stopping on the validation loss,
-writes ``<model_dir>/train_metrics.json`` and exports the ``genre`` serving
-signature to ``<model_dir>/serving`` with ``model.export()``.
+``AudioExamples`` splits, trains (class weights, SpecAugment on the training
+input, gradient clipping, a learning-rate schedule, early stopping on the
+validation loss with the best weights restored), writes
+``<model_dir>/train_metrics.json``, the training curves and TensorBoard logs,
+and exports the ``genre`` signatures to ``<model_dir>/serving`` with a Keras
+``ExportArchive`` (:mod:`musicrec.models.genre.signatures`).
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import warnings
@@ -21,9 +25,13 @@ from musicrec.atomic import write_json_atomic
 from musicrec.models import warm_start
 from musicrec.models.export import export_serving_model
 from musicrec.models.features import AudioFeatureParams
-from musicrec.models.genre.data import make_dataset, parsed_dataset, read_labels
-from musicrec.models.genre.model import (GenreHParams, build_classifier, build_serving_model,
-                                         new_normalization)
+from musicrec.models.genre.augment import spec_augment
+from musicrec.models.genre.data import label_counts, make_dataset, parsed_dataset, read_labels
+from musicrec.models.genre.model import (GenreHParams, balanced_class_weights, build_classifier,
+                                         build_serving_model, new_normalization)
+from musicrec.models.genre.plots import save_training_curves
+from musicrec.models.genre.signatures import (OUTPUTS, GenreSignatures,
+                                              check_waveform_signature)
 from musicrec.models.train_args import TrainArgs
 
 logger = logging.getLogger(__name__)
@@ -32,7 +40,7 @@ logger = logging.getLogger(__name__)
 # segments of ~126 frames pin both down far better than training needs.
 NORMALIZATION_SAMPLE_SEGMENTS = 2000
 SERVING_INPUT = "log_mel"
-SERVING_OUTPUTS = frozenset({"probabilities", "classes", "genre", "embedding"})
+SERVING_OUTPUTS = OUTPUTS
 METRICS_FILE = "train_metrics.json"
 
 
@@ -83,14 +91,33 @@ def validation_setup(eval_files: list[str], n_mels: int, batch_size: int
         splits by artist), so training stops on the training loss.
     """
     if eval_files:
-        return make_dataset(eval_files, n_mels, batch_size, shuffle=False), "val_loss"
+        return make_dataset(eval_files, n_mels, batch_size, shuffle=False, cache=True), "val_loss"
     logger.warning("genre training: no eval files; early stopping monitors the training "
                    "loss and no validation metrics are reported")
     return None, "loss"
 
 
 # Hyperparameters that change weight shapes: a checkpoint with other values cannot seed this model.
-SHAPE_HPARAMS = ("lstm_units", "embedding_dim")
+SHAPE_HPARAMS = ("architecture", "lstm_units", "lstm_layers", "bidirectional", "crnn_recurrent",
+                 "conv_filters", "embedding_dim")
+TENSORBOARD_DIR = "logs"
+CURVES_FILE = "training_curves.png"
+
+
+def training_callbacks(hparams: GenreHParams, monitor: str, model_dir: str,
+                       epoch_logger: keras.callbacks.Callback) -> list[keras.callbacks.Callback]:
+    """Early stopping (best weights restored), the plateau schedule, TensorBoard logs, the epoch log."""
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=hparams.early_stopping_patience,
+                                      restore_best_weights=True),
+        keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, TENSORBOARD_DIR),
+                                    write_graph=False, update_freq="epoch"),
+        epoch_logger,
+    ]
+    if hparams.lr_schedule == "plateau":
+        callbacks.insert(1, keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, factor=0.5, patience=max(1, hparams.early_stopping_patience // 2)))
+    return callbacks
 
 
 def run_fn(args: TrainArgs) -> dict[str, Any]:
@@ -103,12 +130,20 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
             names raise ``ValueError``), ``feature_params`` (defaults to
             :class:`AudioFeatureParams`) and ``seed``.
 
+    Writes, under ``model_dir``: ``serving/`` (the SavedModel with the
+    ``serving_default`` and ``from_waveform`` signatures,
+    :mod:`musicrec.models.genre.signatures`), ``checkpoint/`` (warm start),
+    ``logs/`` (TensorBoard), ``training_curves.png`` and
+    ``train_metrics.json``.
+
     Returns:
         The metrics also written to ``<model_dir>/train_metrics.json``:
         ``history`` (per-epoch lists), ``monitor`` (``val_loss``, or
         ``loss`` without an eval split), ``best_epoch`` (1-based),
         ``best`` (every metric at the best epoch), ``epochs_run``,
-        ``epoch_seconds``, ``hparams``, ``labels`` and ``serving_dir``.
+        ``epoch_seconds``, ``fit_seconds``, ``hparams``, ``labels``,
+        ``class_weights`` (``None`` when off), ``train_segments`` and
+        ``serving_dir``.
 
     Raises:
         ValueError: bad hparams, no training files or no labels.
@@ -124,8 +159,12 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
     logger.info("genre training: %d train files, %d eval files, %d labels, hparams %s",
                 len(args.train_files), len(args.eval_files), len(labels), hparams.to_dict())
 
+    counts = label_counts(args.train_files, n_mels)
+    train_segments = sum(counts.values())
+    class_weights = balanced_class_weights(counts, len(labels)) if hparams.class_weights else None
     normalization = adapt_normalization(args.train_files, n_mels)
-    model = build_classifier(n_mels, len(labels), hparams, normalization)
+    model = build_classifier(n_mels, len(labels), hparams, normalization,
+                             steps_per_epoch=max(1, math.ceil(train_segments / hparams.batch_size)))
     checkpoint = warm_start.load_checkpoint(args.warm_start_dir)
     if checkpoint and (checkpoint.tokens != labels or warm_start.shape_mismatch(
             checkpoint, hparams.to_dict(), SHAPE_HPARAMS)):
@@ -133,22 +172,26 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
                        SHAPE_HPARAMS)
         checkpoint = None
     if checkpoint:
-        # The checkpoint's Normalization statistics come too: its LSTM learned on them.
+        # The checkpoint's Normalization statistics come too: its layers learned on them.
         model.load_weights(checkpoint.weights_path)
         logger.info("genre warm start from %s", args.warm_start_dir)
-    train_data = make_dataset(args.train_files, n_mels, hparams.batch_size, shuffle=True,
-                              seed=args.seed)
+    band_means = np.asarray(model.get_layer("normalize").mean).reshape(-1)
+    train_data = make_dataset(
+        args.train_files, n_mels, hparams.batch_size, shuffle=True, seed=args.seed, cache=True,
+        augment=spec_augment(hparams.time_mask_frames, hparams.freq_mask_bands, band_means))
     eval_data, monitor = validation_setup(args.eval_files, n_mels, hparams.batch_size)
 
     epoch_logger = _EpochLogger(hparams.epochs)
-    early_stopping = keras.callbacks.EarlyStopping(
-        monitor=monitor, patience=hparams.early_stopping_patience, restore_best_weights=True)
+    started = time.perf_counter()
     with warnings.catch_warnings():
         # TFRecord datasets have unknown length, so Keras learns an epoch's
         # end from the first OutOfRange and warns about it; that is expected.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         history = model.fit(train_data, validation_data=eval_data, epochs=hparams.epochs,
-                            callbacks=[early_stopping, epoch_logger], verbose=0)
+                            class_weight=class_weights,
+                            callbacks=training_callbacks(hparams, monitor, args.model_dir,
+                                                         epoch_logger), verbose=0)
+    fit_seconds = time.perf_counter() - started
 
     history_lists = {name: [float(v) for v in values] for name, values in history.history.items()}
     best_index = int(np.argmin(history_lists[monitor]))
@@ -159,19 +202,28 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
         "best": {name: values[best_index] for name, values in history_lists.items()},
         "epochs_run": len(history_lists[monitor]),
         "epoch_seconds": epoch_logger.epoch_seconds,
+        "fit_seconds": fit_seconds,
         "hparams": hparams.to_dict(),
         "labels": labels,
+        "class_weights": ({labels[k]: v for k, v in class_weights.items()}
+                          if class_weights else None),
+        "train_segments": train_segments,
         "serving_dir": args.serving_dir,
         "warm_started_from": args.warm_start_dir if checkpoint else None,
     }
-    logger.info("genre training done: best epoch %d of %d, %s", metrics["best_epoch"],
-                metrics["epochs_run"], metrics["best"])
+    logger.info("genre training done (%s): best epoch %d of %d in %.1f s, %s",
+                hparams.architecture, metrics["best_epoch"], metrics["epochs_run"], fit_seconds,
+                metrics["best"])
 
-    export_serving_model(build_serving_model(model, labels), args.serving_dir,
-                         inputs={SERVING_INPUT}, outputs=SERVING_OUTPUTS)
+    export_serving_model(GenreSignatures(build_serving_model(model, labels), labels, feature_params),
+                         args.serving_dir, inputs={SERVING_INPUT}, outputs=SERVING_OUTPUTS)
+    check_waveform_signature(args.serving_dir)
     warm_start.save_checkpoint(model, args.model_dir, labels, hparams.to_dict())
+    save_training_curves(history_lists, os.path.join(args.model_dir, CURVES_FILE),
+                         best_epoch=metrics["best_epoch"])
     write_json_atomic(os.path.join(args.model_dir, METRICS_FILE), metrics)
     return metrics
 
 
-__all__ = ["run_fn", "adapt_normalization", "validation_setup", "NORMALIZATION_SAMPLE_SEGMENTS"]
+__all__ = ["run_fn", "adapt_normalization", "validation_setup", "training_callbacks",
+           "NORMALIZATION_SAMPLE_SEGMENTS", "SHAPE_HPARAMS"]

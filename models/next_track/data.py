@@ -1,4 +1,4 @@
-"""Sessions TFRecords → (prefix, next track) training pairs.
+"""Sessions TFRecords → (listener history + session prefix, next track) training examples.
 
 Records follow the ``Sessions`` contract (docs/architecture.md): GZIP TFRecords
 of ``tf.train.SequenceExample`` with context ``user_id``, ``session_id``,
@@ -6,12 +6,17 @@ of ``tf.train.SequenceExample`` with context ``user_id``, ``session_id``,
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from typing import Iterator, Sequence
 
+import numpy as np
 import tensorflow as tf
 
-from musicrec.models.next_track.model import NUM_RESERVED_IDS, PADDING_ID, make_track_lookup
+from musicrec.models.next_track.history import ListeningHistory, SessionRecord
+from musicrec.models.next_track.model import (
+    BOUNDARY_ID, NUM_RESERVED_IDS, OOV_ID, PADDING_ID, NextTrackHParams)
 
 VOCAB_FILENAME = "vocab.txt"
 SHUFFLE_BUFFER = 100_000
@@ -88,31 +93,108 @@ def training_pairs(plays: tf.Tensor, max_prefix_length: int,
     return prefixes, tf.gather(plays, positions)
 
 
-def pairs_dataset(files: Sequence[str], vocabulary: Sequence[str], max_prefix_length: int,
-                  batch_size: int, shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
-    """Batches of ``(prefix ids int64 [b, T], target id int64 [b])`` from Sessions files.
+def track_ids(vocabulary: Sequence[str]) -> dict[str, int]:
+    """The contract's id of every vocabulary key (``2 + i`` for line ``i``); see ``model.make_track_lookup``."""
+    return {key: NUM_RESERVED_IDS + index for index, key in enumerate(vocabulary)}
 
-    Keys map to ids with :func:`make_track_lookup`, the lookup the serving
-    graph uses. Pairs whose target is out of the vocabulary are dropped: the
-    model's output layer spans only the vocabulary, so it cannot learn to
-    predict such a track (an OOV play inside a prefix is kept as id 1).
-    Pairs are cached in memory; one counting pass fills the cache and gives
-    the dataset a known cardinality, so Keras knows the steps per epoch.
+
+def _right_aligned(ids: Sequence[int], length: int) -> list[int]:
+    kept = list(ids)[-length:] if length else []
+    return [PADDING_ID] * (length - len(kept)) + kept
+
+
+@dataclasses.dataclass
+class Examples:
+    """(input, next play) examples whose long histories are slices of one play array.
+
+    A history can hold thousands of plays, so rows are not stored whole:
+    row ``n``'s input is ``plays[history_start[n]:history_end[n]]``
+    right-aligned into ``history_length`` slots, then ``session[n]`` (the
+    boundary and the right-aligned prefix). :meth:`inputs` and
+    :meth:`dataset` assemble them.
+
+    Attributes:
+        plays: int32 ``[P]`` every listener's history plays, by listener then time.
+        history_start, history_end: int64 ``[n]`` each row's slice of ``plays``.
+        session: int32 ``[n, 1 + max_prefix_length]``.
+        targets: int32 ``[n]``.
+        history_length: history slots of a row.
     """
-    lookup = make_track_lookup(vocabulary)
 
-    def session_pairs(session):
-        ids = lookup(session["track_key"])
-        return tf.data.Dataset.from_tensor_slices(training_pairs(ids, max_prefix_length))
+    plays: np.ndarray
+    history_start: np.ndarray
+    history_end: np.ndarray
+    session: np.ndarray
+    targets: np.ndarray
+    history_length: int
 
-    # Out-of-vocabulary targets (id 1, or 0 for an empty key) are dropped: the
-    # model cannot predict tracks outside the vocabulary, so they teach it nothing.
-    pairs = (session_dataset(files)
-             .flat_map(session_pairs)
-             .filter(lambda prefix, target: target >= NUM_RESERVED_IDS)
-             .cache())
-    num_pairs = pairs.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1)
-    pairs = pairs.apply(tf.data.experimental.assert_cardinality(num_pairs))
-    if shuffle:
-        pairs = pairs.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    return pairs.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def inputs(self) -> np.ndarray:
+        """Every row's whole input, int32 ``[n, input_length]`` (for small sets and tests)."""
+        positions = self.history_end[:, None] + np.arange(-self.history_length, 0)[None, :]
+        plays = self.plays if len(self.plays) else np.zeros(1, np.int32)
+        history = np.where(positions >= self.history_start[:, None], plays[np.maximum(positions, 0)], 0)
+        return np.concatenate([history.astype(np.int32), self.session], axis=1)
+
+    def dataset(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
+        """Batches of ``(inputs int32 [b, input_length], targets int32 [b])``, histories gathered per batch."""
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (self.history_start, self.history_end, self.session, self.targets))
+        if shuffle:
+            dataset = dataset.shuffle(min(len(self), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+        plays = tf.constant(self.plays if len(self.plays) else np.zeros(1, np.int32))
+        slots = tf.range(-self.history_length, 0, dtype=tf.int64)
+
+        def assemble(start, end, session, targets):
+            positions = end[:, None] + slots[None, :]
+            taken = tf.gather(plays, tf.maximum(positions, 0))
+            history = tf.where(positions >= start[:, None], taken, tf.zeros_like(taken))
+            return tf.concat([history, session], axis=1), targets
+
+        return dataset.batch(batch_size).map(assemble).prefetch(tf.data.AUTOTUNE)
+
+
+def build_examples(sessions: Sequence[SessionRecord], history: ListeningHistory,
+                   vocabulary: Sequence[str], hparams: NextTrackHParams) -> Examples:
+    """Every (input, next play) example of ``sessions``.
+
+    For each session and each position ``i >= 1`` whose play is in the
+    vocabulary, the input is the listener's last ``history_length`` plays of
+    ``history`` strictly before the session's start, the boundary, and
+    ``plays[:i]`` (its last ``max_prefix_length``); the target is ``plays[i]``.
+    Out-of-vocabulary plays stay in inputs as the OOV id; out-of-vocabulary
+    targets give no example (the output layer cannot predict them).
+    """
+    ids_of = track_ids(vocabulary)
+    offsets: dict[str, int] = {}
+    plays: list[int] = []
+    for user in history.users():
+        offsets[user] = len(plays)
+        plays.extend(ids_of.get(key, OOV_ID) for key in history.plays_of(user))
+    starts, ends, rows, targets = [], [], [], []
+    for session in sessions:
+        ids = [ids_of.get(key, OOV_ID) for key in session.track_keys]
+        if len(ids) < 2:
+            continue
+        earlier = history.count_before(session.user_id, session.start_time)
+        end = offsets.get(session.user_id, 0) + earlier
+        start = max(offsets.get(session.user_id, 0), end - hparams.history_length)
+        for position in range(1, len(ids)):
+            if ids[position] >= NUM_RESERVED_IDS:
+                starts.append(start)
+                ends.append(end)
+                rows.append([BOUNDARY_ID, *_right_aligned(ids[:position], hparams.max_prefix_length)])
+                targets.append(ids[position])
+    return Examples(np.array(plays, dtype=np.int32), np.array(starts, dtype=np.int64),
+                    np.array(ends, dtype=np.int64),
+                    np.array(rows, dtype=np.int32).reshape(len(rows), 1 + hparams.max_prefix_length),
+                    np.array(targets, dtype=np.int32), hparams.history_length)
+
+
+def held_out(session_id: str, share: float) -> bool:
+    """Whether a session belongs to the early-stopping holdout (a stable hash of its id)."""
+    # A cryptographic digest: CRC32 of short, similar ids ("s1", "s2", ...) is far from uniform.
+    digest = hashlib.blake2b(session_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2 ** 64 < share

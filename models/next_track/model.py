@@ -1,10 +1,29 @@
-"""Keras LSTM next-track model over session prefixes, and its serving wrapper.
+"""Keras recurrent next-track model over the listener's history and the session so far.
 
 Ids follow the ``next_track`` contract (docs/architecture.md): 0 is the padding
-token ``""``, 1 the out-of-vocabulary token, and ``2 + i`` the ``i``-th line of
-``vocab.txt``. :func:`make_track_lookup` is the one place that builds that
-mapping; training (``data.py``) and the exported graph both use it, so the ids
-the model learned are the ids it serves.
+token ``""``, 1 the out-of-vocabulary token and ``2 + i`` the ``i``-th line of
+``vocab.txt``. Inside the model only, id -1 is the boundary that separates the
+listener's earlier plays from the current session; it has its own learned
+vector (:class:`TrackEmbedding`) and no row in the per-track tables, so
+growing the vocabulary never moves it. :func:`make_track_lookup` is the
+one place that builds that mapping; training (``data.py``) and the exported
+graph (``serving.py``) both use it, so the ids the model learned are the ids
+it serves.
+
+The model reads one fixed layout of ``input_length = history_length + 1 +
+max_prefix_length`` ids (see :func:`input_layout`)::
+
+    [ earlier plays, left-padded | BOUNDARY | session plays, left-padded ]
+
+Padding is masked, so where it sits does not change the output. The network:
+track embedding → LSTM (or GRU) over the last ``rnn_history_length``
+history slots, the boundary and the session → dropout → scores over every id, either a
+dense output layer or, with ``tied_embeddings``, the dot product with the
+input embedding table (after a projection to its width) plus a per-track
+bias. With ``repeat_scores``, learned weights computed from the session
+state are added to the scores of tracks in the input and of the tracks that
+followed earlier plays of the current track (:class:`RepeatScores`): repeat
+listening and its recency become cheap, learned terms.
 """
 from __future__ import annotations
 
@@ -12,11 +31,16 @@ import dataclasses
 from typing import Any, Mapping, Sequence
 
 import keras
+import numpy as np
 
 PADDING_TOKEN = ""
 PADDING_ID = 0
 OOV_ID = 1
+BOUNDARY_ID = -1  # model-internal; never looked up from a key, never scored
 NUM_RESERVED_IDS = 2  # padding + one OOV bucket
+RNN_KINDS = ("lstm", "gru")
+SOFTMAX_KINDS = ("auto", "full", "in_batch")
+EARLY_STOPPING_METRICS = ("hr", "loss")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,35 +49,92 @@ class NextTrackHParams:
 
     Attributes:
         embedding_dim: size of a track embedding.
-        lstm_units: size of the LSTM state (the session representation).
+        lstm_units: size of the recurrent state (the session representation).
+        rnn: ``"lstm"`` or ``"gru"``.
+        tied_embeddings: score tracks with the input embedding table instead
+            of a separate output layer.
+        repeat_scores: add the learned repeat term (see :class:`RepeatScores`).
+        successor_lags: with ``repeat_scores``, how many tracks after an
+            earlier play of the session's last track gain the learned
+            successor score (0 turns it off).
+        history_length: the listener's earlier plays fed before the session, in
+            plays (0 turns personalisation off); the repeat term sees them all.
+        rnn_history_length: how many of those (the most recent) the recurrent
+            layer reads before the boundary; recurrent cost grows with
+            ``rnn_history_length + 1 + max_prefix_length`` steps.
         dropout: dropout rate on the session representation.
         learning_rate: Adam learning rate.
         clipnorm: Adam ``global_clipnorm`` (clips the norm of all gradients together).
         epochs: most training epochs (early stopping may end sooner).
         batch_size: training pairs per step.
-        early_stopping_patience: epochs without a better validation loss before stopping.
-        max_prefix_length: plays a prefix keeps (the most recent ones), in plays.
-        top_k: tracks the exported signature returns per prefix (``k``).
+        early_stopping_patience: epochs without a better validation figure before stopping.
+        early_stopping_metric: ``"hr"`` watches validation HR@``top_k`` (the
+            ranking; with a full softmax only), ``"loss"`` the validation loss.
+            The loss starts rising (over-confidence) epochs before the ranking
+            stops improving.
+        max_prefix_length: plays of the current session the model reads (the most recent ones).
+        top_k: tracks ``serving_default`` returns per prefix (``k``).
+        softmax: ``"full"`` (softmax over every track), ``"in_batch"`` (the
+            other targets of the batch are the negatives, with logQ
+            correction) or ``"auto"`` (full up to ``full_softmax_max_tracks``).
+        full_softmax_max_tracks: the catalogue size above which ``"auto"``
+            switches to in-batch negatives.
+        validation_share: share of training sessions held out for early
+            stopping when the eval split has none.
     """
 
     embedding_dim: int = 64
     lstm_units: int = 128
+    rnn: str = "lstm"
+    tied_embeddings: bool = True
+    repeat_scores: bool = True
+    successor_lags: int = 3
+    history_length: int = 5000
+    rnn_history_length: int = 10
     dropout: float = 0.2
     learning_rate: float = 2e-3
     clipnorm: float = 1.0
     epochs: int = 20
     batch_size: int = 256
-    early_stopping_patience: int = 3
+    early_stopping_patience: int = 2
+    early_stopping_metric: str = "hr"
     max_prefix_length: int = 20
     top_k: int = 20
+    softmax: str = "auto"
+    full_softmax_max_tracks: int = 100_000
+    validation_share: float = 0.05
+
+    def __post_init__(self):
+        if self.rnn not in RNN_KINDS:
+            raise ValueError(f"next_track hparam rnn must be one of {RNN_KINDS}, got {self.rnn!r}")
+        if self.softmax not in SOFTMAX_KINDS:
+            raise ValueError(f"next_track hparam softmax must be one of {SOFTMAX_KINDS}, got {self.softmax!r}")
+        if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
+            raise ValueError(f"next_track hparam early_stopping_metric must be one of "
+                             f"{EARLY_STOPPING_METRICS}, got {self.early_stopping_metric!r}")
+        if self.history_length < 0 or self.max_prefix_length < 1:
+            raise ValueError("next_track hparams need history_length >= 0 and max_prefix_length >= 1")
+        if not 0 <= self.rnn_history_length <= self.history_length:
+            raise ValueError("next_track hparam rnn_history_length must be in [0, history_length]")
+
+    @property
+    def input_length(self) -> int:
+        """Ids the core model reads: history, boundary, session."""
+        return self.history_length + 1 + self.max_prefix_length
+
+    def uses_full_softmax(self, vocab_size: int) -> bool:
+        """Whether training uses the full softmax for a catalogue of ``vocab_size`` tracks."""
+        if self.softmax == "auto":
+            return vocab_size <= self.full_softmax_max_tracks
+        return self.softmax == "full"
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> "NextTrackHParams":
         """Builds hyperparameters from a mapping.
 
         Values are converted to each field's type, because YAML hands over
-        ``2e-3`` as a string; unknown names, non-numbers and fractional
-        integers raise ``ValueError``.
+        ``2e-3`` as a string; unknown names, non-numbers for numeric fields,
+        fractional integers and unknown choices raise ``ValueError``.
         """
         values = dict(values or {})
         fields = {field.name: type(field.default) for field in dataclasses.fields(cls)}
@@ -62,6 +143,16 @@ class NextTrackHParams:
             raise ValueError(f"unknown next_track hparams {unknown}; known: {sorted(fields)}")
         converted = {}
         for name, value in values.items():
+            if fields[name] is str:
+                converted[name] = str(value)
+                continue
+            if fields[name] is bool:
+                if isinstance(value, str) and value.lower() in ("true", "false"):
+                    value = value.lower() == "true"
+                if not isinstance(value, (bool, int)) or value not in (0, 1):
+                    raise ValueError(f"next_track hparam {name}={value!r} must be true or false")
+                converted[name] = bool(value)
+                continue
             try:
                 number = float(value)
             except (TypeError, ValueError):
@@ -92,68 +183,233 @@ def make_track_lookup(vocabulary: Sequence[str], invert: bool = False,
         invert=invert, name=name)
 
 
-def build_model(vocab_size: int, hparams: NextTrackHParams) -> keras.Model:
-    """Core model: track ids ``[batch, T]`` int → next-track logits ``[batch, vocab_size + 2]``.
+def right_aligned(ids, length: int):
+    """The last ``length`` non-padding ids of each row, left-padded with 0.
 
-    Id 0 is padding and is masked, so right-padding does not change the output.
-    Logits for the reserved ids 0 and 1 exist (the layer spans every id) and are
-    suppressed at serving time by :func:`build_serving_model`.
+    Args:
+        ids: int ``[batch, width]``, each row's plays first and its padding
+            (0) after them (clients pad on the right).
+        length: slots of the result.
+
+    Returns:
+        int ``[batch, length]``: slot ``length - 1`` holds the row's last play.
     """
-    track_ids = keras.Input(shape=(None,), dtype="int64", name="track_ids")
-    embedded = keras.layers.Embedding(
-        vocab_size + NUM_RESERVED_IDS, hparams.embedding_dim, mask_zero=True,
-        name="track_embedding")(track_ids)
-    session_state = keras.layers.LSTM(hparams.lstm_units, name="session_lstm")(embedded)
-    session_state = keras.layers.Dropout(hparams.dropout, name="session_dropout")(session_state)
-    logits = keras.layers.Dense(vocab_size + NUM_RESERVED_IDS, name="next_track_logits")(session_state)
-    return keras.Model(track_ids, logits, name="next_track")
+    ops = keras.ops
+    plays = ops.sum(ops.cast(ops.not_equal(ids, PADDING_ID), "int32"), axis=1, keepdims=True)  # [b, 1]
+    width = ops.shape(ids)[1]
+    source = plays - length + ops.arange(length, dtype="int32")[None, :]  # [b, length]
+    valid = ops.logical_and(source >= 0, source < width)
+    # Pad one column so an empty input (width 0) still has something to gather from.
+    padded = ops.pad(ids, [[0, 0], [0, 1]])
+    gathered = ops.take_along_axis(padded, ops.where(valid, source, width), axis=1)
+    return ops.where(valid, gathered, ops.zeros_like(gathered))
+
+
+def input_layout(history_ids, session_ids, hparams: NextTrackHParams):
+    """The core model's input ``[batch, input_length]`` from right-padded history and session ids."""
+    ops = keras.ops
+    session = right_aligned(session_ids, hparams.max_prefix_length)
+    boundary = ops.full((ops.shape(session)[0], 1), BOUNDARY_ID, dtype=session.dtype)
+    if hparams.history_length == 0:
+        return ops.concatenate([boundary, session], axis=1)
+    history = right_aligned(ops.cast(history_ids, session.dtype), hparams.history_length)
+    return ops.concatenate([history, boundary, session], axis=1)
 
 
 @keras.saving.register_keras_serializable(package="musicrec")
-class SuppressReservedIds(keras.layers.Layer):
-    """Sets the logits of padding and OOV ids to a large negative value.
+class TrackEmbedding(keras.layers.Embedding):
+    """An ``Embedding`` over the contract's ids plus one learned vector for the boundary id (-1).
 
-    After softmax their probability is 0, so top-k never picks them (as long
-    as ``k`` does not exceed the vocabulary size).
+    The table (``embeddings``, ``[n_ids, d]``) is the first weight, as in a
+    plain ``Embedding``; the boundary vector ``[d]`` is the second. Id 0 is
+    masked.
     """
 
-    def call(self, logits):
-        num_ids = keras.ops.shape(logits)[-1]
-        reserved = keras.ops.arange(num_ids) < NUM_RESERVED_IDS
-        return keras.ops.where(reserved[None, :], keras.ops.cast(-1e9, logits.dtype), logits)
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        self.boundary = self.add_weight(shape=(self.output_dim,), initializer="uniform", name="boundary")
+
+    # keras.layers.Embedding saves only its table; the boundary vector is store entry "1".
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store["1"] = self.boundary
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        self.boundary.assign(store["1"])
+
+    def call(self, inputs):
+        ids = keras.ops.cast(inputs, "int32")
+        rows = super().call(keras.ops.maximum(ids, 0))
+        is_boundary = keras.ops.equal(ids, BOUNDARY_ID)[..., None]
+        return keras.ops.where(is_boundary, keras.ops.cast(self.boundary, rows.dtype), rows)
 
 
 @keras.saving.register_keras_serializable(package="musicrec")
-class TopK(keras.layers.Layer):
-    """Best ``k`` values and their indices along the last axis, best first."""
+class TiedLogits(keras.layers.Layer):
+    """Scores every id as ``state · embedding_table[id] + bias[id]`` (tied input/output embeddings).
 
-    def __init__(self, k: int, **kwargs):
+    The table belongs to the embedding layer; this layer owns only the bias
+    ``[n_ids]``. The table is reached through a closure so that Keras does not
+    track (and save) it twice.
+    """
+
+    def __init__(self, embedding: keras.layers.Embedding, **kwargs):
         super().__init__(**kwargs)
-        self.k = k
+        self._table = lambda: embedding.embeddings
+        self.n_ids = embedding.input_dim
 
-    def call(self, values):
-        return keras.ops.top_k(values, k=self.k, sorted=True)
+    def build(self, input_shape):
+        self.bias = self.add_weight(shape=(self.n_ids,), initializer="zeros", name="bias")
+
+    def call(self, state):
+        return keras.ops.matmul(state, keras.ops.transpose(self._table())) + self.bias
+
+
+@keras.saving.register_keras_serializable(package="musicrec")
+class LastSlots(keras.layers.Layer):
+    """The last ``count`` slots of ``[batch, slots]`` (the recent history, boundary and session)."""
+
+    def __init__(self, count: int, **kwargs):
+        super().__init__(**kwargs)
+        self.count = count
+
+    def call(self, ids):
+        return ids[:, -self.count:]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.count)
 
     def get_config(self):
-        return {**super().get_config(), "k": self.k}
+        return {**super().get_config(), "count": self.count}
 
 
-def build_serving_model(core_model: keras.Model, vocabulary: Sequence[str],
-                        top_k: int) -> keras.Model:
-    """Wraps the core model for the ``next_track`` serving signature.
+RECENCY_BUCKETS = 16  # log2 distance buckets per segment (history, session)
 
-    Input ``track_keys`` string ``[batch, length]`` padded with ``""``; outputs
-    ``{"track_keys": string [batch, k], "scores": float32 [batch, k]}``, the
-    softmax probabilities best first, ``k = min(top_k, len(vocabulary))`` so
-    that padding and OOV can never fill a slot.
+
+def recency_buckets(history_length: int, slots: int) -> np.ndarray:
+    """Bucket of each slot ``[slots]``: ``floor(log2(1 + distance from the end))``, capped, and
+    shifted by :data:`RECENCY_BUCKETS` for history slots, so weights scale to long histories."""
+    distance = np.arange(slots - 1, -1, -1)
+    bucket = np.minimum(np.floor(np.log2(1 + distance)).astype(np.int32), RECENCY_BUCKETS - 1)
+    return np.where(np.arange(slots) < history_length, bucket + RECENCY_BUCKETS, bucket).astype(np.int32)
+
+
+@keras.saving.register_keras_serializable(package="musicrec")
+class RepeatScores(keras.layers.Layer):
+    """Adds learned, state-dependent scores to tracks found in the input (repeat listening).
+
+    Every slot falls in a recency bucket (:func:`recency_buckets`: log2 of
+    its distance from the end, history and session apart). Two terms, both
+    scattered onto the logits with ``UnsortedSegmentSum`` (a core op) at
+    ``O(batch × slots)`` cost, not ``O(batch × catalogue)``:
+
+    - repeat: ``logits[b, ids[b, s]] += state[b] · kernel[:, bucket(s)] +
+      bias[bucket(s)]`` for every play slot ``s``; a track in several slots
+      collects all their weights.
+    - successor (``successor_lags = L > 0``): wherever slot ``s`` holds the
+      session's last play, the track ``lag`` slots later (``lag`` = 1..L)
+      gains ``state[b] · successor_kernel[:, lag] + successor_bias[lag, bucket(s)]``:
+      what the listener played right after this track before (album and
+      playlist replays), learned end to end with its recency.
     """
-    k = min(top_k, len(vocabulary))
-    track_keys = keras.Input(shape=(None,), dtype="string", name="track_keys")
-    track_ids = make_track_lookup(vocabulary, name="track_key_to_id")(track_keys)
-    logits = core_model(track_ids)
-    logits = SuppressReservedIds(name="suppress_padding_and_oov")(logits)
-    probabilities = keras.layers.Softmax(name="next_track_probabilities")(logits)
-    scores, best_ids = TopK(k, name="top_k")(probabilities)
-    best_keys = make_track_lookup(vocabulary, invert=True, name="track_id_to_key")(best_ids)
-    return keras.Model(track_keys, {"track_keys": best_keys, "scores": scores},
-                       name="next_track_serving")
+
+    def __init__(self, history_length: int, successor_lags: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.history_length = history_length
+        self.successor_lags = successor_lags
+
+    def build(self, input_shapes):
+        _, ids_shape, state_shape = input_shapes
+        slots, units = ids_shape[-1], state_shape[-1]
+        self.buckets = recency_buckets(self.history_length, slots)
+        n_buckets = 2 * RECENCY_BUCKETS
+        self.kernel = self.add_weight(shape=(units, n_buckets), initializer="zeros", name="kernel")
+        self.bucket_bias = self.add_weight(shape=(n_buckets,), initializer="zeros", name="bucket_bias")
+        if self.successor_lags:
+            self.successor_kernel = self.add_weight(shape=(units, self.successor_lags), initializer="zeros",
+                                                    name="successor_kernel")
+            self.successor_bias = self.add_weight(shape=(self.successor_lags, n_buckets), initializer="zeros",
+                                                  name="successor_bias")
+
+    def call(self, inputs):
+        ops = keras.ops
+        logits, ids, state = inputs
+        ids = ops.cast(ids, "int32")
+        buckets = ops.convert_to_tensor(self.buckets)
+        real = ops.cast(ids > PADDING_ID, logits.dtype)  # [b, slots]: plays, not padding or boundary
+        ids = ops.maximum(ids, 0)  # the boundary's weight is 0; keep its segment id in range
+        per_bucket = ops.matmul(state, self.kernel) + self.bucket_bias  # [b, buckets]
+        weights = ops.take(per_bucket, buckets, axis=1) * real
+        scatter_ids, scatter_weights = [ids], [weights]
+        if self.successor_lags:
+            last = ids[:, -1:]  # the session's last play (slots are right-aligned)
+            per_lag = ops.matmul(state, self.successor_kernel)  # [b, lags]
+            for lag in range(1, self.successor_lags + 1):
+                # Slot s matches the last play; its successor sits in slot s + lag.
+                matches = ops.cast(ops.equal(ids[:, :-lag], last), logits.dtype) * real[:, :-lag]
+                lag_bias = ops.take(self.successor_bias[lag - 1], buckets[:-lag])
+                successor_weights = matches * (per_lag[:, lag - 1:lag] + lag_bias[None, :])
+                scatter_ids.append(ids[:, lag:])
+                scatter_weights.append(successor_weights * real[:, lag:])
+        all_ids = ops.concatenate(scatter_ids, axis=1)
+        all_weights = ops.concatenate(scatter_weights, axis=1)
+        batch, n_ids = ops.shape(logits)[0], ops.shape(logits)[1]
+        flat_ids = all_ids + ops.arange(batch, dtype="int32")[:, None] * n_ids
+        bonus = ops.segment_sum(ops.reshape(all_weights, [-1]), ops.reshape(flat_ids, [-1]),
+                                num_segments=batch * n_ids)
+        return logits + ops.reshape(bonus, ops.shape(logits))
+
+    def get_config(self):
+        return {**super().get_config(), "history_length": self.history_length,
+                "successor_lags": self.successor_lags}
+
+
+def build_model(vocab_size: int, hparams: NextTrackHParams) -> keras.Model:
+    """Core model: ids ``[batch, input_length]`` → next-track logits ``[batch, vocab_size + 2]``.
+
+    Layers that hold one entry per id are named ``track_embedding`` (table
+    ``[n_ids, embedding_dim]``, then the boundary vector) and ``next_track_logits`` (dense kernel
+    ``[units, n_ids]`` and bias, or with tied embeddings only the bias
+    ``[n_ids]``); cold start and warm start rely on those names. Logits for
+    the reserved ids exist and are suppressed at serving time.
+    """
+    n_ids = vocab_size + NUM_RESERVED_IDS
+    track_ids = keras.Input(shape=(hparams.input_length,), dtype="int64", name="track_ids")
+    embedding = TrackEmbedding(n_ids, hparams.embedding_dim, mask_zero=True, name="track_embedding")
+    rnn_steps = hparams.rnn_history_length + 1 + hparams.max_prefix_length
+    embedded = embedding(LastSlots(rnn_steps, name="recurrent_slots")(track_ids))
+    rnn = keras.layers.GRU if hparams.rnn == "gru" else keras.layers.LSTM
+    state = rnn(hparams.lstm_units, name="session_lstm")(embedded)
+    state = keras.layers.Dropout(hparams.dropout, name="session_dropout")(state)
+    if hparams.tied_embeddings:
+        projected = keras.layers.Dense(hparams.embedding_dim, name="session_projection")(state)
+        logits = TiedLogits(embedding, name="next_track_logits")(projected)
+    else:
+        logits = keras.layers.Dense(n_ids, name="next_track_logits")(state)
+    if hparams.repeat_scores:
+        logits = RepeatScores(hparams.history_length, hparams.successor_lags, name="repeat_scores")(
+            [logits, track_ids, state])
+    model = keras.Model(track_ids, logits, name="next_track")
+    # The serving builders read the layout from here (not saved: build_model always sets it).
+    model.next_track_hparams = hparams
+    return model
+
+
+def output_embeddings(core_model: keras.Model, hparams: NextTrackHParams):
+    """The output-side embedding of every id, ``[n_ids, d]`` (a tensor).
+
+    Tied: the embedding table (``d = embedding_dim``); untied: the output
+    layer's kernel, transposed (``d = lstm_units``). A track's score is this
+    row dotted with the session vector, plus its bias (and the repeat term).
+    """
+    if hparams.tied_embeddings:
+        return core_model.get_layer("track_embedding").embeddings
+    return keras.ops.transpose(core_model.get_layer("next_track_logits").kernel)
+
+
+def build_serving_model(core_model: keras.Model, vocabulary: Sequence[str], top_k: int) -> keras.Model:
+    """``serving_default`` only, as a functional Keras model; see ``serving.build_serving_model``."""
+    from musicrec.models.next_track import serving
+
+    return serving.build_serving_model(core_model, vocabulary, top_k)

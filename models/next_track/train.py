@@ -1,4 +1,4 @@
-"""Trains the next-track LSTM and exports it for TF Serving (``run_fn``)."""
+"""Trains the next-track model and exports it for TF Serving (``run_fn``)."""
 from __future__ import annotations
 
 import logging
@@ -6,21 +6,21 @@ import os
 import time
 
 import keras
-import tensorflow as tf
+import numpy as np
 
 from musicrec.atomic import write_json_atomic
 from musicrec.models import warm_start
-from musicrec.models.export import export_serving_model
 from musicrec.models.next_track import data
-from musicrec.models.next_track.model import (
-    NextTrackHParams, build_model, build_serving_model)
+from musicrec.models.next_track.history import ListeningHistory, read_session_records
+from musicrec.models.next_track.model import NUM_RESERVED_IDS, NextTrackHParams, build_model
+from musicrec.models.next_track.sampled import build_in_batch_trainer
+from musicrec.models.next_track.serving import (  # noqa: F401  (re-exported for callers)
+    SIGNATURE_INPUTS, SIGNATURE_OUTPUTS, export_saved_model)
 from musicrec.models.train_args import TrainArgs
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILENAME = "train_metrics.json"
-SIGNATURE_INPUTS = {"track_keys"}
-SIGNATURE_OUTPUTS = {"track_keys", "scores"}
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -41,58 +41,76 @@ class EpochLogger(keras.callbacks.Callback):
         logger.info("next_track epoch %d: %s (%.1f s)", epoch + 1, shown, seconds)
 
 
-def _has_batches(dataset: tf.data.Dataset) -> bool:
-    return int(dataset.cardinality()) > 0
+def _optimizer(hparams: NextTrackHParams) -> keras.optimizers.Optimizer:
+    return keras.optimizers.Adam(hparams.learning_rate, global_clipnorm=hparams.clipnorm)
 
 
-def _compile(model: keras.Model, hparams: NextTrackHParams, top_k: int) -> None:
+def _compile_full(model: keras.Model, hparams: NextTrackHParams, top_k: int) -> None:
     model.compile(
-        optimizer=keras.optimizers.Adam(hparams.learning_rate, global_clipnorm=hparams.clipnorm),
+        optimizer=_optimizer(hparams),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="hr@1"),
                  keras.metrics.SparseTopKCategoricalAccuracy(k=top_k, name=f"hr@{top_k}")])
 
 
 # Hyperparameters that change weight shapes: a checkpoint with other values cannot seed this model.
-SHAPE_HPARAMS = ("embedding_dim", "lstm_units")
+SHAPE_HPARAMS = ("embedding_dim", "lstm_units", "rnn", "tied_embeddings", "repeat_scores",
+                 "history_length", "max_prefix_length")
 
 
 def grow_from_checkpoint(model: keras.Model, checkpoint: warm_start.Checkpoint,
                          hparams: NextTrackHParams) -> None:
     """Loads a checkpoint into ``model``, whose vocabulary extends the checkpoint's.
 
-    The embedding rows and output-layer columns of the checkpoint's ids
-    (padding, OOV and its tracks) are copied; rows for new tracks keep their
-    fresh initialisation. The LSTM's weights are copied whole.
+    Every weight with one entry per id (the embedding table's rows, the
+    output kernel's columns, the output bias) keeps the checkpoint's entries
+    for the checkpoint's ids (reserved ids and its tracks) and a fresh
+    initialisation for new tracks; every other weight is copied whole.
     """
     known = build_model(len(checkpoint.tokens), hparams)
     known.load_weights(checkpoint.weights_path)
+    old_ids = len(checkpoint.tokens) + NUM_RESERVED_IDS
     for layer in model.layers:
         old_weights = known.get_layer(layer.name).get_weights()
-        if layer.name == "track_embedding":
-            layer.set_weights([warm_start.copy_leading_rows(old_weights[0], layer.get_weights()[0], 0)])
-        elif layer.name == "next_track_logits":
-            kernel, bias = layer.get_weights()
-            layer.set_weights([warm_start.copy_leading_rows(old_weights[0], kernel, 1),
-                               warm_start.copy_leading_rows(old_weights[1], bias, 0)])
-        else:
-            layer.set_weights(old_weights)
-    logger.info("next_track warm start: %d known tracks kept, %d new",
-                len(checkpoint.tokens), model.get_layer("track_embedding").input_dim - 2
-                - len(checkpoint.tokens))
+        if not old_weights:
+            continue
+        merged = []
+        for old, new in zip(old_weights, layer.get_weights()):
+            if old.shape == new.shape:
+                merged.append(old)
+                continue
+            axis = next(axis for axis, size in enumerate(old.shape)
+                        if size == old_ids and new.shape[axis] != size)
+            merged.append(warm_start.copy_leading_rows(old, new, axis))
+        layer.set_weights(merged)
+    logger.info("next_track warm start: %d known tracks kept, %d new", len(checkpoint.tokens),
+                model.get_layer("track_embedding").input_dim - NUM_RESERVED_IDS - len(checkpoint.tokens))
+
+
+def _examples(records, history, vocabulary, hparams) -> data.Examples | None:
+    examples = data.build_examples(records, history, vocabulary, hparams)
+    return examples if len(examples) else None
 
 
 def run_fn(args: TrainArgs) -> dict:
     """Trains on ``args.train_files``, early-stops on ``args.eval_files``, exports.
 
-    Writes the SavedModel to ``args.serving_dir`` (``next_track`` signature)
-    and ``<model_dir>/train_metrics.json``. When the eval split yields no pair,
-    early stopping watches the training loss instead.
+    The listener history of every example comes from the training sessions
+    only, strictly before the example's session starts. When the eval split
+    yields no example, a stable ``validation_share`` of the training sessions
+    is held out for early stopping instead; when that is empty too, early
+    stopping watches the training figure. The figure is HR@``top_k`` or the
+    loss (``early_stopping_metric``; in-batch training has only the loss).
+
+    Writes the SavedModel to ``args.serving_dir`` (every ``next_track``
+    signature, see ``serving.py``), the warm-start checkpoint and
+    ``<model_dir>/train_metrics.json``.
 
     Returns:
         the metrics written to ``train_metrics.json``: final ``train`` and
         ``validation`` metrics, per-epoch ``history``, ``epoch_seconds``,
-        ``epochs_run``, ``monitor``, ``vocab_size``, ``top_k`` and ``hparams``.
+        ``train_seconds``, ``epochs_run``, ``monitor``, ``validation_source``,
+        ``vocab_size``, ``top_k``, ``softmax``, ``examples`` and ``hparams``.
     """
     hparams = NextTrackHParams.from_dict(args.hparams)
     keras.utils.set_random_seed(args.seed)
@@ -107,45 +125,81 @@ def run_fn(args: TrainArgs) -> dict:
         vocabulary = warm_start.merge_vocabulary(checkpoint.tokens, vocabulary)
     top_k = min(hparams.top_k, len(vocabulary))
 
-    train_pairs = data.pairs_dataset(args.train_files, vocabulary, hparams.max_prefix_length,
-                                     hparams.batch_size, shuffle=True, seed=args.seed)
-    if not _has_batches(train_pairs):
-        raise ValueError(f"no training pairs (sessions of >= 2 in-vocabulary plays) in {args.train_files}")
-    eval_pairs = data.pairs_dataset(args.eval_files, vocabulary, hparams.max_prefix_length,
-                                    hparams.batch_size) if args.eval_files else None
-    if eval_pairs is not None and not _has_batches(eval_pairs):
-        eval_pairs = None
-    monitor = "val_loss" if eval_pairs is not None else "loss"
-    if eval_pairs is None:
-        logger.warning("next_track: the eval split has no pairs; early stopping on the training loss")
+    train_records = read_session_records(args.train_files)
+    history = ListeningHistory(train_records)
+    eval_examples = (_examples(read_session_records(args.eval_files), history, vocabulary, hparams)
+                     if args.eval_files else None)
+    validation_source = "eval split"
+    if eval_examples is None and hparams.validation_share > 0:
+        held = [r for r in train_records if data.held_out(r.session_id, hparams.validation_share)]
+        kept = [r for r in train_records if not data.held_out(r.session_id, hparams.validation_share)]
+        eval_examples = _examples(held, history, vocabulary, hparams)
+        if eval_examples is not None:
+            train_records = kept
+            validation_source = f"{hparams.validation_share:.0%} of training sessions"
+            logger.info("next_track: no eval examples; holding out %s for early stopping",
+                        validation_source)
+    train_examples = _examples(train_records, history, vocabulary, hparams)
+    if train_examples is None:
+        raise ValueError(f"no training examples (sessions of >= 2 plays with in-vocabulary "
+                         f"targets) in {args.train_files}")
+    if eval_examples is None:
+        validation_source = None
+        logger.warning("next_track: no validation examples; early stopping on the training loss")
 
     model = build_model(len(vocabulary), hparams)
     if checkpoint:
         grow_from_checkpoint(model, checkpoint, hparams)
-    _compile(model, hparams, top_k)
+    full_softmax = hparams.uses_full_softmax(len(vocabulary))
+    watched = f"hr@{top_k}" if full_softmax and hparams.early_stopping_metric == "hr" else "loss"
+    monitor = f"val_{watched}" if eval_examples is not None else watched
+    if full_softmax:
+        _compile_full(model, hparams, top_k)
+        trainer = model
+        as_dataset = lambda examples, **kw: examples.dataset(hparams.batch_size, **kw)  # noqa: E731
+    else:
+        trainer = build_in_batch_trainer(model, hparams, np.bincount(
+            train_examples.targets, minlength=len(vocabulary) + NUM_RESERVED_IDS))
+        trainer.compile(optimizer=_optimizer(hparams), loss=lambda _, loss: loss)
+        as_dataset = lambda examples, **kw: examples.dataset(  # noqa: E731
+            hparams.batch_size, **kw).map(lambda x, y: ((x, y), y))
+    train_data = as_dataset(train_examples, shuffle=True, seed=args.seed)
+    eval_data = as_dataset(eval_examples) if eval_examples is not None else None
+    logger.info("next_track: %d training examples, %d validation, %d tracks, %s softmax",
+                len(train_examples), len(eval_examples) if eval_examples else 0,
+                len(vocabulary), "full" if full_softmax else "in-batch")
+
     epoch_logger = EpochLogger()
-    history = model.fit(
-        train_pairs, validation_data=eval_pairs, epochs=hparams.epochs, verbose=0,
+    started = time.perf_counter()
+    history_log = trainer.fit(
+        train_data, validation_data=eval_data, epochs=hparams.epochs, verbose=0,
         callbacks=[keras.callbacks.EarlyStopping(
-            monitor=monitor, patience=hparams.early_stopping_patience,
-            restore_best_weights=True),
+            monitor=monitor, mode="min" if watched == "loss" else "max",
+            patience=hparams.early_stopping_patience, restore_best_weights=True),
                    epoch_logger])
+    train_seconds = time.perf_counter() - started
 
     os.makedirs(args.model_dir, exist_ok=True)
-    export_serving_model(build_serving_model(model, vocabulary, top_k), args.serving_dir,
-                         inputs=SIGNATURE_INPUTS, outputs=SIGNATURE_OUTPUTS)
+    export_saved_model(model, vocabulary, hparams, args.serving_dir)
     warm_start.save_checkpoint(model, args.model_dir, vocabulary, hparams.to_dict())
 
-    # Evaluated after restore_best_weights, so these are the exported weights' metrics.
+    def final(dataset):
+        # Evaluated after restore_best_weights, so these are the exported weights' metrics.
+        return {name: float(v) for name, v in
+                trainer.evaluate(dataset, verbose=0, return_dict=True).items()}
+
     metrics = {
-        "train": model.evaluate(train_pairs, verbose=0, return_dict=True),
-        "validation": (model.evaluate(eval_pairs, verbose=0, return_dict=True)
-                       if eval_pairs is not None else None),
-        "history": {name: [float(v) for v in values] for name, values in history.history.items()},
+        "train": final(train_data),
+        "validation": final(eval_data) if eval_data is not None else None,
+        "history": {name: [float(v) for v in values] for name, values in history_log.history.items()},
         "epoch_seconds": epoch_logger.epoch_seconds,
+        "train_seconds": train_seconds,
         "epochs_run": len(epoch_logger.epoch_seconds),
-        "steps_per_epoch": int(train_pairs.cardinality()),
+        "steps_per_epoch": int(train_data.cardinality()),
+        "examples": {"train": len(train_examples), "validation": len(eval_examples) if eval_examples else 0},
         "monitor": monitor,
+        "validation_source": validation_source,
+        "softmax": "full" if full_softmax else "in_batch",
         "vocab_size": len(vocabulary),
         "top_k": top_k,
         "hparams": hparams.to_dict(),
@@ -153,8 +207,5 @@ def run_fn(args: TrainArgs) -> dict:
         "warm_started_from": args.warm_start_dir if checkpoint else None,
         "new_tracks": len(vocabulary) - len(checkpoint.tokens) if checkpoint else None,
     }
-    metrics["train"] = {name: float(v) for name, v in metrics["train"].items()}
-    if metrics["validation"] is not None:
-        metrics["validation"] = {name: float(v) for name, v in metrics["validation"].items()}
     write_json_atomic(os.path.join(args.model_dir, METRICS_FILENAME), metrics)
     return metrics

@@ -1,0 +1,307 @@
+"""Batch inference (``bulk_inferrer``, Beam RunInference) against in-process signature calls.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_batch_inference.py --data ../shared/data/gtzan_dev
+    .venv/bin/python benchmarks/bench_batch_inference.py                 # synthetic clips
+    .venv/bin/python benchmarks/bench_batch_inference.py --workdir work  # the models a workdir serves
+    .venv/bin/python benchmarks/bench_batch_inference.py --users 2000 --workers 1 --limit 10
+
+Two measurements, each against a reference measured in the same process on
+the same inputs right before or after it:
+
+- **tagging**: audio seconds per wall-clock second of the ``tag`` job over a
+  folder of clips, on 1 worker (Beam's in-process FnApiRunner) and on
+  ``--direct_num_workers=N --direct_running_mode=multi_processing``, against a
+  plain loop doing the same work in-process: ``features.track_segments`` per
+  file, the genre model's ``serving_default`` signature on its segments,
+  the mean per track;
+- **recommendations**: users per second of the ``recommend`` job over a
+  generated play log (``--users``, default 10 000), against in-process
+  pandas sessionizing plus batched ``serving_default`` calls and the same
+  history exclusion.
+
+Then the **agreement check**: every clip's ``genre`` in the tagging summary
+(opened with pandas) must equal ``musicrec classify``'s top genre for the same
+file (``classify_command.classify_file`` through a local gRPC server on a free
+port). The models are the latest pushed versions of ``--workdir``, or else
+untrained stand-ins with the real architectures (as ``bench_serving_load``
+builds them): speed does not depend on training, and the agreement check
+compares two paths through the same model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from bench_audio_ingest import audio_seconds, synthesise_clips  # noqa: E402  (run as a script)
+from bench_playlog_ingest import generate_log  # noqa: E402
+from bench_serving_load import build_stand_ins  # noqa: E402
+from common import short_machine, timed, write_result  # noqa: E402
+from musicrec.components import bulk_inferrer, inference_jobs  # noqa: E402
+from musicrec.components.base import Artifact  # noqa: E402
+from musicrec.models import features  # noqa: E402
+
+NAME = "batch_inference"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUT = os.path.join(REPO_ROOT, "benchmarks", "results", f"{NAME}.json")
+GAP_SECONDS = 1800
+MAX_PREFIX = 20
+TOP_N = 10
+REFERENCE_BATCH = 64
+
+
+def worker_args(workers: int) -> list[str]:
+    """Beam flags for ``workers`` worker processes (none: Beam's in-process default, one worker)."""
+    if workers <= 1:
+        return []
+    return [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+
+
+def run_job(out_dir: str, params: dict[str, Any]) -> dict[str, Any]:
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+    result = Artifact("InferenceResult", out_dir)
+    bulk_inferrer.run({}, {"inference_result": result}, params)
+    return json.load(open(os.path.join(out_dir, inference_jobs.MANIFEST_FILE)))
+
+
+# ------------------------------------------------------------------------- tagging
+
+
+def reference_tagging(paths: Sequence[str], saved_model: str, params: features.AudioFeatureParams
+                      ) -> dict[str, str]:
+    """The in-process loop: load the model, segments per file, the signature on them, the mean;
+    returns ``{path: genre}``."""
+    signature = tf.saved_model.load(saved_model).signatures["serving_default"]
+    genres = {}
+    for path in paths:
+        try:
+            segments = features.track_segments(path, params)
+        except features.AudioDecodeError:
+            continue
+        parts = [signature(log_mel=tf.constant(segments[start:start + REFERENCE_BATCH]))
+                 for start in range(0, segments.shape[0], REFERENCE_BATCH)]
+        probabilities = np.concatenate([part["probabilities"].numpy() for part in parts]).mean(axis=0)
+        _embedding = np.concatenate([part["embedding"].numpy() for part in parts]).mean(axis=0)
+        classes = parts[0]["classes"].numpy()[0]
+        genres[path] = classes[int(np.argmax(probabilities))].decode()
+    return genres
+
+
+def classify_agreement(summary: pd.DataFrame, serving_base: str, params: features.AudioFeatureParams
+                       ) -> dict[str, Any]:
+    """Compares the summary's ``genre`` with ``musicrec classify`` through a local gRPC server."""
+    from musicrec.classify_command import classify_file
+    from musicrec.serving.client import PredictionClient
+    from musicrec.serving.server import LocalModelServer
+
+    server = LocalModelServer({"genre": os.path.join(serving_base, "genre")}, port=0, poll_wait_seconds=0)
+    server.start()
+    disagreements = []
+    try:
+        with PredictionClient(server.address, timeout_seconds=60) as client:
+            for row in summary.itertuples():
+                online = classify_file(client, "genre", row.path, params, top=1)[0]["genre"]
+                if online != row.genre:
+                    disagreements.append({"path": row.path, "batch": row.genre, "classify": online})
+    finally:
+        server.stop(grace_seconds=1)
+    return {"clips": len(summary), "agree": len(summary) - len(disagreements),
+            "disagreements": disagreements}
+
+
+def bench_tagging(data_dir: str, genre_model: str, serving_base: str, workers: Sequence[int],
+                  work_dir: str, limit: int | None, check: bool, repeat: int = 1) -> dict[str, Any]:
+    """``repeat`` lists every file that many times (distinct track ids), for a catalogue
+    large enough that the runner's fixed cost is amortised; the agreement check uses one pass."""
+    params = features.AudioFeatureParams()
+    sources = bulk_inferrer.list_catalogue(data_dir)[:limit]
+    paths = [source.path for source in sources] * repeat
+    catalogue = os.path.join(work_dir, "catalogue.csv")
+    pd.DataFrame({"path": paths, "genre": [s.genre or "unknown" for s in sources] * repeat,
+                  "track_id": [f"{s.track_id}-{copy}" for copy in range(repeat) for s in sources]}
+                 ).to_csv(catalogue, index=False)
+    one_file = os.path.join(work_dir, "one-file.csv")
+    pd.DataFrame({"path": paths[:1], "genre": ["unknown"]}).to_csv(one_file, index=False)
+    seconds = audio_seconds(paths)
+    for path in paths:  # page cache
+        open(path, "rb").read()
+    reference_tagging(paths[:1], genre_model, params)  # first-call costs (librosa, tracing)
+    run_job(os.path.join(work_dir, "tags-warmup"), {  # Beam's first-use imports, not part of a job
+        "job": "tag", "saved_model": genre_model, "metadata_csv": one_file, "progress_seconds": 60.0})
+
+    figures: dict[str, Any] = {"files": len(sources), "repeat": repeat, "tracks": len(paths),
+                               "audio_seconds": round(seconds, 1), "beam": {}}
+    summary = None
+    for count in workers:
+        # The runner's fixed cost (start-up, model load, manifest): the same job on one file.
+        with timed() as fixed_time:
+            run_job(os.path.join(work_dir, f"tags-fixed-{count}"), {
+                "job": "tag", "saved_model": genre_model, "metadata_csv": one_file,
+                "beam_args": worker_args(count), "progress_seconds": 60.0})
+        with timed() as reference_time:
+            reference = reference_tagging(paths, genre_model, params)
+        out = os.path.join(work_dir, f"tags-{count}")
+        with timed() as beam_time:
+            manifest = run_job(out, {"job": "tag", "saved_model": genre_model, "metadata_csv": catalogue,
+                                     "beam_args": worker_args(count), "progress_seconds": 60.0})
+        summary = pd.read_csv(os.path.join(out, "tags.csv"))
+        agree_reference = int(sum(reference.get(row.path) == row.genre for row in summary.itertuples()))
+        summary = summary.drop_duplicates("path")
+        figures["beam"][str(count)] = {
+            "seconds": round(beam_time.seconds, 2),
+            "audio_seconds_per_second": round(seconds / beam_time.seconds, 1),
+            "reference_seconds": round(reference_time.seconds, 2),
+            "reference_audio_seconds_per_second": round(seconds / reference_time.seconds, 1),
+            "ratio": round(reference_time.seconds / beam_time.seconds, 3),
+            "fixed_seconds_one_file": round(fixed_time.seconds, 2),
+            "ratio_without_fixed": round(reference_time.seconds / max(beam_time.seconds - fixed_time.seconds, 1e-3), 3),
+            "tracks": manifest["tracks"], "dead_letters": manifest["dead_letters"],
+            "segments": manifest["segments"], "agree_with_reference": agree_reference,
+        }
+        print(f"tagging, {count} worker(s): {seconds / beam_time.seconds:.0f} audio-s/s "
+              f"vs in-process {seconds / reference_time.seconds:.0f} audio-s/s "
+              f"(ratio {reference_time.seconds / beam_time.seconds:.2f})", flush=True)
+    if check and summary is not None:
+        figures["classify_agreement"] = classify_agreement(summary, serving_base, params)
+        agreement = figures["classify_agreement"]
+        print(f"genre column vs musicrec classify: {agreement['agree']}/{agreement['clips']} agree", flush=True)
+    return figures
+
+
+# ------------------------------------------------------------------------- recommendations
+
+
+def reference_recommendations(paths: Sequence[str], saved_model: str, batch_size: int = 256) -> int:
+    """In-process, the same work as the job: load the model, read the logs with the project's
+    readers, sessionize with the ExampleGen's rule, batched signature calls, history excluded."""
+    from musicrec.components.inference_handler import pad_track_keys
+    from musicrec.components.playlog_example_gen import split_into_sessions
+    from musicrec.components.playlog_readers import Play, list_playlog_files, read_playlog
+
+    signature = tf.saved_model.load(saved_model).signatures["serving_default"]
+    plays_by_user: dict[str, list] = {}
+    for path, fmt in list_playlog_files(paths)[0]:
+        for record in read_playlog(path, fmt):
+            if isinstance(record, Play):
+                plays_by_user.setdefault(record.user_id, []).append(record)
+    users, prefixes, history = [], [], []
+    for user, plays in plays_by_user.items():
+        sessions = split_into_sessions(plays, GAP_SECONDS)
+        users.append(user)
+        prefixes.append([play.track_key for play in sessions[-1][-MAX_PREFIX:]])
+        history.append({play.track_key for play in plays})
+    recommended = 0
+    for start in range(0, len(users), batch_size):
+        padded = pad_track_keys(prefixes[start:start + batch_size]).astype(bytes)
+        outputs = signature(track_keys=tf.constant(padded))
+        keys, scores = outputs["track_keys"].numpy(), outputs["scores"].numpy()
+        for row in range(len(padded)):
+            kept, _ = inference_jobs.filter_recommendations(
+                [key.decode() for key in keys[row]], scores[row], history[start + row], TOP_N)
+            recommended += bool(kept)
+    return recommended
+
+
+def bench_recommendations(next_track_model: str, users: int, plays_per_user: int, tracks: int,
+                          workers: Sequence[int], work_dir: str) -> dict[str, Any]:
+    paths = generate_log(os.path.join(work_dir, "plays"), users * plays_per_user, users, 1, tracks)
+    reference_recommendations(paths[:1], next_track_model, 8)  # warm-up: page cache, first-call costs
+    figures: dict[str, Any] = {"users": users, "plays": users * plays_per_user, "beam": {}}
+    tiny = generate_log(os.path.join(work_dir, "tiny-plays"), 20, 2, 1, tracks)
+    run_job(os.path.join(work_dir, "recs-warmup"), {
+        "job": "recommend", "saved_model": next_track_model, "playlog_paths": tiny, "progress_seconds": 60.0})
+    for count in workers:
+        # The runner's fixed cost (start-up, model load, manifest): the same job on 2 users.
+        with timed() as fixed_time:
+            run_job(os.path.join(work_dir, f"recs-fixed-{count}"), {
+                "job": "recommend", "saved_model": next_track_model, "playlog_paths": tiny,
+                "beam_args": worker_args(count), "progress_seconds": 60.0})
+        with timed() as reference_time:
+            reference = reference_recommendations(paths, next_track_model)
+        with timed() as beam_time:
+            manifest = run_job(os.path.join(work_dir, f"recs-{count}"), {
+                "job": "recommend", "saved_model": next_track_model, "playlog_paths": paths,
+                "top_n": TOP_N, "max_prefix_length": MAX_PREFIX, "session_gap_seconds": GAP_SECONDS,
+                "beam_args": worker_args(count), "progress_seconds": 60.0})
+        figures["beam"][str(count)] = {
+            "seconds": round(beam_time.seconds, 2),
+            "users_per_second": round(manifest["users_recommended"] / beam_time.seconds, 1),
+            "reference_seconds": round(reference_time.seconds, 2),
+            "reference_users_per_second": round(reference / reference_time.seconds, 1),
+            "ratio": round(reference_time.seconds / beam_time.seconds, 3),
+            "fixed_seconds_two_users": round(fixed_time.seconds, 2),
+            "ratio_without_fixed": round(reference_time.seconds / max(beam_time.seconds - fixed_time.seconds, 1e-3), 3),
+            "users_recommended": manifest["users_recommended"], "reference_users": reference,
+            "dead_letters": manifest["dead_letters"],
+        }
+        print(f"recommendations, {count} worker(s): {manifest['users_recommended'] / beam_time.seconds:.0f} "
+              f"users/s vs in-process {reference / reference_time.seconds:.0f} users/s "
+              f"(ratio {reference_time.seconds / beam_time.seconds:.2f})", flush=True)
+    return figures
+
+
+# ------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="audio folder (default: synthetic clips in a temp dir)")
+    parser.add_argument("--limit", type=int, help="only the first N files")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="tag every file this many times (a larger catalogue; default 1)")
+    parser.add_argument("--workdir", help="use the models this pipeline workdir serves")
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--plays-per-user", type=int, default=20)
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
+    parser.add_argument("--skip", choices=["tagging", "recommendations"], action="append", default=[])
+    parser.add_argument("--no-classify-check", action="store_true")
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    workers = [int(w) for w in args.workers.split(",")]
+
+    work_dir = tempfile.mkdtemp(prefix="bench-batch-")
+    try:
+        serving_base = os.path.join(args.workdir, "serving") if args.workdir else os.path.join(work_dir, "serving")
+        if not args.workdir:
+            build_stand_ins(serving_base)
+        genre_model = bulk_inferrer.latest_version_dir(os.path.join(serving_base, "genre"))
+        next_track_model = bulk_inferrer.latest_version_dir(os.path.join(serving_base, "next_track"))
+        data_dir = args.data or synthesise_clips(os.path.join(work_dir, "clips"), genres=2, clips_per_genre=6,
+                                                 seconds=30.0)
+        payload: dict[str, Any] = {"data": os.path.abspath(data_dir) if args.data else "synthetic",
+                                   "models": {"genre": genre_model, "next_track": next_track_model,
+                                              "stand_ins": not args.workdir}}
+        if "tagging" not in args.skip:
+            payload["tagging"] = bench_tagging(data_dir, genre_model, serving_base, workers, work_dir,
+                                               args.limit, not args.no_classify_check, args.repeat)
+        if "recommendations" not in args.skip:
+            payload["recommendations"] = bench_recommendations(next_track_model, args.users, args.plays_per_user,
+                                                               2000, workers, work_dir)
+        result = write_result(args.out, NAME, payload)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    tagging = payload.get("tagging", {}).get("beam", {}).get("1", {})
+    recs = payload.get("recommendations", {}).get("beam", {}).get("1", {})
+    print(f"{NAME}: tagging 1 worker ratio {tagging.get('ratio')}, recommendations 1 worker ratio "
+          f"{recs.get('ratio')} on {short_machine(result['machine'])} -> {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,271 @@
+"""Genre accuracy on real GTZAN clips: Keras LSTM and CRNN against the classical baseline, k-fold.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_genre_gtzan.py --data ../shared/data/gtzan_dev
+    .venv/bin/python benchmarks/bench_genre_gtzan.py --data ../shared/data/gtzan_dev --folds 2 --epochs 5
+
+Folds: the clips of each genre, sorted by clip number, are cut into ``k``
+contiguous blocks; fold ``i`` tests on block ``i`` of every genre and trains
+on the rest. So every fold is stratified by genre, and neighbouring clip
+numbers (often the same artist or album in GTZAN) stay on one side. With
+60 clips and 3 folds each fold trains on 40 clips and tests on 20.
+
+Every model sees the same folds. The Keras models train through the real
+``run_fn`` (TFRecords written like ``audio_example_gen``'s, export with both
+signatures included) and are scored through ``serving_default`` by the
+pipeline's own ``evaluate``: a track's genre is the argmax of its mean segment
+probabilities. Training segments may overlap (``--train-hop``, more examples
+from few clips); test segments never do (the pipeline's 3 s hop). No
+validation split: with 4 training clips per genre none can be spared, so
+early stopping watches the training loss (``run_fn``'s documented fallback).
+The reference is the classical baseline (MFCC(20), spectral centroid and
+contrast, mean and std per clip, standardised logistic regression) on the
+audio, fitted and scored in the same process on the same folds; its variant
+from the log-mel segments (what the evaluator runs) is reported too.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from common import short_machine, timed, write_result  # noqa: E402  (run as a script)
+
+NAME = "genre_gtzan"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUT = os.path.join(REPO_ROOT, "benchmarks", "results", "genre_gtzan.json")
+AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".mp3")
+
+# The Keras models compared; --epochs and --seed override their epochs and seed. Both carry
+# the input-statistics skip path and train without SpecAugment and with a constant learning
+# rate: on one fold of these 60 clips, at 4-15 epochs, SpecAugment (20 frames, 8 bands) with a
+# cosine schedule scored 0.45-0.55 where this scored 0.60, and without the skip path the
+# LSTM scored 0.45 and the CRNN 0.20 (baseline 0.75); see benchmarks/README.md.
+MODELS: dict[str, dict[str, Any]] = {
+    "lstm": {"architecture": "lstm", "lstm_units": 32, "lstm_layers": 1, "embedding_dim": 32,
+             "dropout": 0.3, "learning_rate": 1e-3, "lr_schedule": "constant", "batch_size": 32,
+             "input_statistics": True},
+    "crnn": {"architecture": "crnn", "conv_filters": [8, 16, 16], "crnn_recurrent": "gru",
+             "lstm_units": 32, "embedding_dim": 32, "dropout": 0.3, "learning_rate": 1e-3,
+             "lr_schedule": "constant", "batch_size": 32, "std_pooling": True,
+             "input_statistics": True},
+    "lstm_specaugment": {"architecture": "lstm", "lstm_units": 64, "lstm_layers": 2,
+                         "embedding_dim": 32, "dropout": 0.3, "learning_rate": 2e-3,
+                         "lr_schedule": "cosine", "batch_size": 32, "time_mask_frames": 20,
+                         "freq_mask_bands": 8},
+}
+
+
+@dataclasses.dataclass
+class Clip:
+    path: str
+    genre: str
+    number: int
+    log_mel: np.ndarray          # [frames, n_mels]
+    baseline_audio: np.ndarray   # clip vector from the waveform
+    baseline_log_mel: np.ndarray  # clip vector from the log-mel
+
+
+def list_clips(data_dir: str) -> list[tuple[str, str, int]]:
+    """``(path, genre, clip number)`` for ``<data>/<genre>/<name>.<number>.<ext>``."""
+    found = []
+    for genre in sorted(os.listdir(data_dir)):
+        folder = os.path.join(data_dir, genre)
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            if name.lower().endswith(AUDIO_SUFFIXES):
+                digits = re.findall(r"\d+", name)
+                found.append((os.path.join(folder, name), genre, int(digits[-1]) if digits else 0))
+    if not found:
+        raise SystemExit(f"no audio clips under {data_dir}")
+    return found
+
+
+def load_clips(data_dir: str, params) -> list[Clip]:
+    from musicrec.models import features, genre_baseline
+
+    clips = []
+    listed = list_clips(data_dir)
+    for index, (path, genre, number) in enumerate(listed, start=1):
+        waveform = features.load_audio(path, params)
+        log_mel = features.log_mel(waveform, params)
+        clips.append(Clip(
+            path, genre, number, log_mel,
+            genre_baseline.clip_vector(genre_baseline.frame_features_from_waveform(waveform, params)),
+            genre_baseline.clip_vector(genre_baseline.frame_features_from_log_mel(log_mel, params))))
+        print(f"\rfeatures {index}/{len(listed)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return clips
+
+
+def make_folds(clips: list[Clip], k: int) -> list[list[int]]:
+    """Test clip indices of each fold: per genre, contiguous blocks of clip numbers."""
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for genre in sorted({clip.genre for clip in clips}):
+        members = sorted((i for i, clip in enumerate(clips) if clip.genre == genre),
+                         key=lambda i: clips[i].number)
+        if len(members) < k:
+            raise SystemExit(f"genre {genre} has {len(members)} clips, fewer than {k} folds")
+        for fold, block in enumerate(np.array_split(np.array(members), k)):
+            folds[fold].extend(int(i) for i in block)
+    return folds
+
+
+def write_split(path: str, clips: list[Clip], indices: list[int], labels: list[str], params) -> None:
+    """GZIP TFRecords of the clips' segments, in the AudioExamples record format."""
+    import tensorflow as tf
+
+    from musicrec.components.audio_example_gen import AudioSource, segment_example
+    from musicrec.models import features
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path, options=tf.io.TFRecordOptions(compression_type="GZIP")) as out:
+        for i in indices:
+            clip = clips[i]
+            source = AudioSource(path=clip.path, genre=clip.genre,
+                                 track_id=os.path.splitext(os.path.basename(clip.path))[0])
+            for n, segment in enumerate(features.segment(clip.log_mel, params)):
+                out.write(segment_example(segment, labels.index(clip.genre), source,
+                                          n).SerializeToString())
+
+
+def run_fold(fold: int, test_indices: list[int], clips: list[Clip], labels: list[str],
+             args: argparse.Namespace, params, work: str) -> dict[str, Any]:
+    from musicrec.models.genre.evaluate import evaluate
+    from musicrec.models.genre.train import run_fn
+    from musicrec.models.genre_baseline import ClassicalGenreBaseline
+    from musicrec.models.train_args import TrainArgs
+
+    train_indices = [i for i in range(len(clips)) if i not in set(test_indices)]
+    examples = os.path.join(work, f"fold{fold}", "examples")
+    train_params = dataclasses.replace(params, segment_hop_seconds=args.train_hop)
+    write_split(f"{examples}/Split-train/data-00000-of-00001.tfrecord.gz", clips, train_indices,
+                labels, train_params)
+    write_split(f"{examples}/Split-test/data-00000-of-00001.tfrecord.gz", clips, test_indices,
+                labels, params)
+    with open(f"{examples}/labels.txt", "w", encoding="utf-8") as handle:
+        handle.write("".join(f"{label}\n" for label in labels))
+    test_files = [f"{examples}/Split-test/data-00000-of-00001.tfrecord.gz"]
+
+    result: dict[str, Any] = {"fold": fold, "train_clips": len(train_indices),
+                              "test_clips": len(test_indices)}
+    train_y = [labels.index(clips[i].genre) for i in train_indices]
+    test_y = np.array([labels.index(clips[i].genre) for i in test_indices])
+    for variant, attribute in (("baseline", "baseline_audio"),
+                               ("baseline_from_log_mel", "baseline_log_mel")):
+        with timed() as fit_time:
+            baseline = ClassicalGenreBaseline(seed=args.seed).fit(
+                np.stack([getattr(clips[i], attribute) for i in train_indices]), train_y)
+        predicted = baseline.predict(np.stack([getattr(clips[i], attribute) for i in test_indices]))
+        result[variant] = {"track_accuracy": float(np.mean(predicted == test_y)),
+                           "fit_seconds": fit_time.seconds}
+
+    for name in args.models:
+        hparams = {**MODELS[name], "epochs": args.epochs, "early_stopping_patience": args.epochs}
+        model_dir = os.path.join(work, f"fold{fold}", name)
+        with timed() as train_time:
+            metrics = run_fn(TrainArgs(
+                train_files=[f"{examples}/Split-train/data-00000-of-00001.tfrecord.gz"],
+                eval_files=[], examples_dir=examples, model_dir=model_dir, hparams=hparams,
+                feature_params=params, seed=args.seed + fold))
+        scores = evaluate(metrics["serving_dir"], test_files, examples)
+        result[name] = {"track_accuracy": scores["track_accuracy"],
+                        "segment_accuracy": scores["segment_accuracy"],
+                        "macro_f1": scores["macro_f1"],
+                        "train_seconds": train_time.seconds,
+                        "fit_seconds": metrics["fit_seconds"],
+                        "epochs_run": metrics["epochs_run"],
+                        "train_segments": metrics["train_segments"]}
+        print(f"fold {fold} {name}: track accuracy {scores['track_accuracy']:.3f}, "
+              f"{train_time.seconds:.0f} s", file=sys.stderr, flush=True)
+    print(f"fold {fold} baseline: track accuracy {result['baseline']['track_accuracy']:.3f} "
+          f"(from log-mel {result['baseline_from_log_mel']['track_accuracy']:.3f})",
+          file=sys.stderr, flush=True)
+    return result
+
+
+def summarise(folds: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    summary = {}
+    for name in [*names, "baseline", "baseline_from_log_mel"]:
+        accuracies = [fold[name]["track_accuracy"] for fold in folds]
+        entry = {"mean_track_accuracy": float(np.mean(accuracies)),
+                 "std_track_accuracy": float(np.std(accuracies)),
+                 "fold_track_accuracy": accuracies}
+        seconds_key = "train_seconds" if name in names else "fit_seconds"
+        entry["mean_train_seconds_per_fold"] = float(np.mean([f[name][seconds_key] for f in folds]))
+        summary[name] = entry
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="folder-per-genre clips, e.g. ../shared/data/gtzan_dev")
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--models", default="lstm,crnn", help="comma-separated, of: " + ",".join(MODELS))
+    parser.add_argument("--train-hop", type=float, default=1.5,
+                        help="seconds between training segment starts (test segments use 3 s)")
+    parser.add_argument("--fold-limit", type=int, default=0, help="run only the first N folds (0: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    args.models = [name for name in args.models.split(",") if name]
+    unknown = set(args.models) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}")
+    logging.basicConfig(level=logging.WARNING)
+
+    from musicrec.models.features import AudioFeatureParams
+
+    params = AudioFeatureParams()
+    started = time.perf_counter()
+    clips = load_clips(args.data, params)
+    labels = sorted({clip.genre for clip in clips})
+    folds = make_folds(clips, args.folds)
+    if args.fold_limit:
+        folds = folds[:args.fold_limit]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-genre-") as work:
+        for fold, test_indices in enumerate(folds):
+            results.append(run_fold(fold, test_indices, clips, labels, args, params, work))
+    summary = summarise(results, args.models)
+    # --models "" runs the baselines alone (a minute, for checking the feature code).
+    best = max(args.models, key=lambda name: summary[name]["mean_track_accuracy"], default=None)
+    ratio = (summary[best]["mean_track_accuracy"] / summary["baseline"]["mean_track_accuracy"]
+             if best else float("nan"))
+    payload = {
+        "data": os.path.abspath(args.data), "clips": len(clips), "labels": labels,
+        "folds": args.folds, "folds_run": len(results), "epochs": args.epochs,
+        "train_hop_seconds": args.train_hop, "hparams": {n: MODELS[n] for n in args.models},
+        "per_fold": results, "summary": summary, "best_keras_model": best,
+        "best_over_baseline_accuracy_ratio": ratio,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    result = write_result(args.out, NAME, payload)
+    print(json.dumps(summary, indent=1), file=sys.stderr)
+    scores = ", ".join(f"{name} {summary[name]['mean_track_accuracy']:.3f} "
+                       f"({summary[name]['mean_train_seconds_per_fold']:.0f} s/fold)"
+                       for name in args.models)
+    print(f"{NAME}: {len(results)}/{args.folds} folds, {len(clips)} clips: {scores}; baseline "
+          f"{summary['baseline']['mean_track_accuracy']:.3f} (log-mel variant "
+          f"{summary['baseline_from_log_mel']['mean_track_accuracy']:.3f}); best/baseline "
+          f"{ratio:.2f}; {short_machine(result['machine'])}, load "
+          f"{result['machine']['load_average_1_5_15']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

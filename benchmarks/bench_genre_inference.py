@@ -1,0 +1,147 @@
+"""In-process genre inference speed, as a multiple of real time (target: at least 200x on CPU).
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_genre_inference.py --data ../shared/data/gtzan_dev --limit 10
+    .venv/bin/python benchmarks/bench_genre_inference.py                     # synthetic 30 s clips
+    .venv/bin/python benchmarks/bench_genre_inference.py --saved-model work/serving/genre/3
+
+The model is a SavedModel exported as ``run_fn`` exports it: the one given
+with ``--saved-model``, or else an untrained stand-in of ``--architecture``
+with the default hyperparameters (speed does not depend on the weights).
+One clip per call, as ``musicrec classify`` sends one file per request;
+``--repeats`` passes over the clips after one untimed warm-up pass. Three
+paths are timed, each in audio seconds per wall-clock second:
+
+- ``from_waveform``: the waveform signature, log-mel computed in-graph;
+- ``librosa_then_serving_default``: librosa log-mel and segments
+  (``features.log_mel`` + ``features.segment``, the Beam/``classify`` path),
+  then ``serving_default`` on the segments;
+- ``serving_default_only``: ``serving_default`` on precomputed segments.
+
+The reference is ``features.log_mel`` alone on the same clips, in the same
+process; the ratio is each path's speed over it.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from common import short_machine, timed, write_result  # noqa: E402  (run as a script)
+
+NAME = "genre_inference"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUT = os.path.join(REPO_ROOT, "benchmarks", "results", "genre_inference.json")
+TARGET_REAL_TIME = 200.0
+
+
+def load_waveforms(data: str | None, limit: int, seconds: float, params) -> list[np.ndarray]:
+    from musicrec.models import features
+
+    if data:
+        paths = sorted(p for p in glob.glob(os.path.join(data, "*", "*"))
+                       if p.lower().endswith((".flac", ".wav", ".ogg", ".mp3")))
+        # Every genre in turn, so a small --limit still spans the set.
+        by_genre: dict[str, list[str]] = {}
+        for path in paths:
+            by_genre.setdefault(os.path.basename(os.path.dirname(path)), []).append(path)
+        ordered = [p for group in zip(*by_genre.values()) for p in group]
+        if not ordered:
+            raise SystemExit(f"no audio under {data}")
+        return [features.load_audio(p, params) for p in ordered[:limit]]
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * params.sample_rate)) / params.sample_rate
+    return [(0.3 * np.sin(2 * np.pi * rng.uniform(80, 2000) * t)
+             + 0.05 * rng.standard_normal(t.size)).astype(np.float32) for _ in range(limit)]
+
+
+def stand_in_model(architecture: str, params, out_dir: str) -> str:
+    """Exports an untrained default-size model of ``architecture``; returns its folder."""
+    from musicrec.models.export import export_serving_model
+    from musicrec.models.genre.model import (GenreHParams, build_classifier, build_serving_model,
+                                             new_normalization)
+    from musicrec.models.genre.signatures import OUTPUTS, GenreSignatures
+
+    labels = [f"genre{i}" for i in range(10)]
+    normalization = new_normalization()
+    normalization.adapt(np.random.default_rng(0).normal(-8, 3, (500, params.n_mels)).astype(np.float32))
+    classifier = build_classifier(params.n_mels, len(labels), GenreHParams(architecture=architecture),
+                                  normalization)
+    serving_dir = os.path.join(out_dir, "serving")
+    export_serving_model(GenreSignatures(build_serving_model(classifier, labels), labels, params),
+                         serving_dir, inputs={"log_mel"}, outputs=OUTPUTS)
+    return serving_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="folder-per-genre clips (default: synthetic clips)")
+    parser.add_argument("--limit", type=int, default=10, help="clips")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of synthetic clips")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes over the clips")
+    parser.add_argument("--saved-model", help="a genre SavedModel folder (default: untrained stand-in)")
+    parser.add_argument("--architecture", default="lstm", choices=["lstm", "crnn"])
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    from musicrec.models import features
+    from musicrec.models.genre.evaluate import predict_track
+
+    params = features.AudioFeatureParams()
+    waveforms = load_waveforms(args.data, args.limit, args.seconds, params)
+    audio_seconds = sum(w.shape[0] for w in waveforms) / params.sample_rate
+    with tempfile.TemporaryDirectory(prefix="bench-genre-inference-") as work:
+        saved_model = args.saved_model or stand_in_model(args.architecture, params, work)
+        signatures = tf.saved_model.load(saved_model).signatures
+        serving_default, from_waveform = signatures["serving_default"], signatures["from_waveform"]
+        segments = [features.segment(features.log_mel(w, params), params) for w in waveforms]
+
+        paths = {
+            "reference_librosa_log_mel": lambda i: features.log_mel(waveforms[i], params),
+            "from_waveform": lambda i: from_waveform(waveform=tf.constant(waveforms[i][None])),
+            "librosa_then_serving_default": lambda i: predict_track(
+                serving_default, features.segment(features.log_mel(waveforms[i], params), params)),
+            "serving_default_only": lambda i: predict_track(serving_default, segments[i]),
+        }
+        speeds = {}
+        for name, run_one in paths.items():
+            for i in range(len(waveforms)):   # warm-up: traces, caches, lazy imports
+                run_one(i)
+            with timed() as watch:
+                for _ in range(args.repeats):
+                    for i in range(len(waveforms)):
+                        run_one(i)
+            speeds[name] = args.repeats * audio_seconds / watch.seconds
+            print(f"{name}: {speeds[name]:.0f}x real time", file=sys.stderr, flush=True)
+
+    reference = speeds["reference_librosa_log_mel"]
+    payload = {
+        "data": os.path.abspath(args.data) if args.data else f"synthetic {args.seconds} s clips",
+        "clips": len(waveforms), "audio_seconds": audio_seconds, "repeats": args.repeats,
+        "model": args.saved_model or f"untrained stand-in, architecture {args.architecture}",
+        "x_real_time": speeds,
+        "ratio_to_reference": {name: speed / reference for name, speed in speeds.items()},
+        "target_x_real_time": TARGET_REAL_TIME,
+        "target_met": {name: speed >= TARGET_REAL_TIME for name, speed in speeds.items()},
+    }
+    result = write_result(args.out, NAME, payload)
+    print(f"{NAME}: from_waveform {speeds['from_waveform']:.0f}x real time, librosa+serving_default "
+          f"{speeds['librosa_then_serving_default']:.0f}x, serving_default on segments "
+          f"{speeds['serving_default_only']:.0f}x (target {TARGET_REAL_TIME:.0f}x); reference librosa "
+          f"log-mel {reference:.0f}x; ratio from_waveform/reference "
+          f"{speeds['from_waveform'] / reference:.2f}; {payload['model']}; "
+          f"{short_machine(result['machine'])}, load {result['machine']['load_average_1_5_15']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""TensorProto ↔ ndarray on the request path, without ``tf.make_ndarray``'s detours.
+
+``tf.make_tensor_proto`` / ``tf.make_ndarray`` are general (Python lists,
+broadcasting of one value, every dtype) and cost 30–100 µs per tensor; a
+Predict call converts one input and up to four outputs twice (server and
+client). The common cases, a numeric tensor in ``tensor_content`` and a
+string tensor in ``string_val``, are a ``np.frombuffer`` / a list copy here;
+everything else falls back to TensorFlow's functions, so the results are
+identical (``tests/test_serving_parts.py`` checks both paths against them).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, types_pb2
+
+# DataType enum ↔ little-endian numpy dtype, for the dtypes whose tensor_content
+# is the raw array bytes (TF's wire format is little-endian on every platform).
+_NUMPY_OF_ENUM = {
+    types_pb2.DT_FLOAT: np.dtype("<f4"),
+    types_pb2.DT_DOUBLE: np.dtype("<f8"),
+    types_pb2.DT_INT32: np.dtype("<i4"),
+    types_pb2.DT_INT64: np.dtype("<i8"),
+    types_pb2.DT_INT16: np.dtype("<i2"),
+    types_pb2.DT_INT8: np.dtype("i1"),
+    types_pb2.DT_UINT8: np.dtype("u1"),
+    types_pb2.DT_UINT16: np.dtype("<u2"),
+    types_pb2.DT_UINT32: np.dtype("<u4"),
+    types_pb2.DT_UINT64: np.dtype("<u8"),
+    types_pb2.DT_BOOL: np.dtype("?"),
+    types_pb2.DT_HALF: np.dtype("<f2"),
+}
+_ENUM_OF_NUMPY = {dtype: enum for enum, dtype in _NUMPY_OF_ENUM.items()}
+# The dtypes ``tf.make_tensor_proto`` writes to tensor_content (bool and uint16 go to *_val).
+_CONTENT_ENCODED = frozenset(_NUMPY_OF_ENUM) - {types_pb2.DT_BOOL, types_pb2.DT_UINT16}
+
+
+def shape_of(proto: tensor_pb2.TensorProto) -> list[int]:
+    """The proto's dimensions (negative sizes kept, for the caller to refuse)."""
+    return [dim.size for dim in proto.tensor_shape.dim]
+
+
+def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """TensorProto → ndarray, as ``tf.make_ndarray`` returns it.
+
+    Numeric ``tensor_content`` becomes a read-only view of the proto's bytes
+    (no copy); ``string_val`` an ``object`` array of ``bytes``.
+
+    Raises
+    ------
+    ValueError
+        When ``tensor_content`` does not hold exactly the shape's bytes, or
+        whatever ``tf.make_ndarray`` raises for the other encodings.
+    """
+    dims = shape_of(proto)
+    if proto.tensor_content:
+        dtype = _NUMPY_OF_ENUM.get(proto.dtype)
+        if dtype is not None:
+            count = int(np.prod(dims, dtype=np.int64))
+            if len(proto.tensor_content) != count * dtype.itemsize:
+                raise ValueError(f"tensor_content holds {len(proto.tensor_content)} bytes, "
+                                 f"the shape {dims} of {dtype.name} needs {count * dtype.itemsize}")
+            return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(dims)
+    elif proto.dtype == types_pb2.DT_STRING:
+        values = proto.string_val
+        if len(values) == int(np.prod(dims, dtype=np.int64)):
+            array = np.empty(len(values), dtype=object)
+            array[:] = list(values)
+            return array.reshape(dims)
+    return tf.make_ndarray(proto)
+
+
+def fill_tensor_proto(proto: tensor_pb2.TensorProto, array: np.ndarray) -> tensor_pb2.TensorProto:
+    """Writes ``array`` into an empty ``proto`` in place; returns it.
+
+    Numeric arrays go to ``tensor_content``, ``bytes``/``str`` arrays to
+    ``string_val`` (``str`` as UTF-8), exactly as ``tf.make_tensor_proto``
+    encodes them; other dtypes use it.
+    """
+    array = np.asarray(array)
+    if array.dtype.kind in "OSU":
+        flat = array.ravel().tolist()
+        if array.dtype.kind != "S":
+            flat = [value.encode("utf-8") if isinstance(value, str) else value for value in flat]
+        proto.dtype = types_pb2.DT_STRING
+        proto.tensor_shape.dim.extend(tensor_shape_dims(array.shape))
+        proto.string_val.extend(flat)
+        return proto
+    enum = _ENUM_OF_NUMPY.get(array.dtype.newbyteorder("<"))
+    if enum not in _CONTENT_ENCODED or array.size <= 1:  # TF uses the typed *_val fields there
+        proto.CopyFrom(tf.make_tensor_proto(array))
+        return proto
+    proto.dtype = enum
+    proto.tensor_shape.dim.extend(tensor_shape_dims(array.shape))
+    proto.tensor_content = np.ascontiguousarray(array, dtype=_NUMPY_OF_ENUM[enum]).tobytes()
+    return proto
+
+
+def tensor_shape_dims(shape: tuple[int, ...]) -> list[Any]:
+    """``TensorShapeProto.Dim`` messages for ``shape``."""
+    from tensorflow.core.framework import tensor_shape_pb2
+
+    return [tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in shape]
+
+
+def make_tensor_proto(array: Any) -> tensor_pb2.TensorProto:
+    """A new TensorProto holding ``array`` (see :func:`fill_tensor_proto`)."""
+    return fill_tensor_proto(tensor_pb2.TensorProto(), np.asarray(array))
