@@ -8,7 +8,10 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/bench_batch_inference.py --users 2000 --workers 1 --limit 10
 
 Two measurements, each against a reference measured in the same process on
-the same inputs right before or after it:
+the same inputs, by one helper (:func:`compare`): ``--repeats`` timings of
+each side, alternating which goes first (the machine is shared), medians
+reported with every sample, and the runner's fixed cost (the same job on a
+one-element input) so that the ratio can also be given without it:
 
 - **tagging**: audio seconds per wall-clock second of the ``tag`` job over a
   folder of clips, on 1 worker (Beam's in-process FnApiRunner) and on
@@ -17,9 +20,14 @@ the same inputs right before or after it:
   file, the genre model's ``serving_default`` signature on its segments,
   the mean per track;
 - **recommendations**: users per second of the ``recommend`` job over a
-  generated play log (``--users``, default 10 000), against in-process
-  pandas sessionizing plus batched ``serving_default`` calls and the same
-  history exclusion.
+  generated play log (``--users``, default 10 000, over ``--playlog-files``
+  CSVs), against the same work in-process: the project's play-log reader,
+  the ExampleGen's session rule, ``serving_default`` on batches of 256
+  users (the job's batch size too) and the same history exclusion.
+
+``--tf-threads N`` gives TensorFlow N intra-op and N inter-op threads in the
+reference and in every Beam worker alike (one per worker is how Beam scales
+out: one worker per core); the default is TensorFlow's own (one per core).
 
 Then the **agreement check**: every clip's ``genre`` in the tagging summary
 (opened with pandas) must equal ``musicrec classify``'s top genre for the same
@@ -42,6 +50,21 @@ from typing import Any, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+def _pin_tf_threads(argv: Sequence[str]) -> int:
+    """``--tf-threads N`` (N > 0): TensorFlow's intra- and inter-op pools get N threads each, in this
+    process (the reference and the in-process runner) and in every Beam worker process, which
+    inherits the environment. It must be set before TensorFlow starts, hence before the imports."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--tf-threads", type=int, default=0)
+    threads = early.parse_known_args(argv)[0].tf_threads
+    if threads > 0:
+        os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
+    return threads
+
+
+TF_THREADS = _pin_tf_threads(sys.argv[1:])
+
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -61,6 +84,8 @@ GAP_SECONDS = 1800
 MAX_PREFIX = 20
 TOP_N = 10
 REFERENCE_BATCH = 64
+# users per signature call, in the reference and (min = max batch size) in the job
+REFERENCE_RECOMMEND_BATCH = 256
 
 
 def worker_args(workers: int) -> list[str]:
@@ -123,8 +148,54 @@ def classify_agreement(summary: pd.DataFrame, serving_base: str, params: feature
             "disagreements": disagreements}
 
 
+def compare(label: str, rate_unit: str, work: float, reference, job, fixed_job, repeats: int
+            ) -> tuple[dict[str, Any], Any, Any]:
+    """Times ``reference()`` and ``job()`` ``repeats`` times each, alternating which goes first,
+    and ``fixed_job()`` (the same job on a one-element input: the runner's fixed cost) once.
+
+    The machine is shared, so each side's figure is its **median** over the
+    repeats (every sample is kept); ``work`` (audio seconds or users) over
+    the median seconds is the rate. ``ratio`` = reference / job time (≥ 1:
+    the job is faster); ``ratio_without_fixed`` takes the fixed cost off the job.
+
+    Returns:
+        ``(figures, last reference answer, last job manifest)``.
+    """
+    with timed() as fixed_time:
+        fixed_job()
+    reference_seconds, job_seconds = [], []
+    reference_answer = manifest = None
+    for repeat in range(repeats):
+        order = (("reference", "job") if repeat % 2 == 0 else ("job", "reference"))
+        for side in order:
+            with timed() as elapsed:
+                if side == "reference":
+                    reference_answer = reference()
+                else:
+                    manifest = job()
+            (reference_seconds if side == "reference" else job_seconds).append(elapsed.seconds)
+    job_median, reference_median = float(np.median(job_seconds)), float(np.median(reference_seconds))
+    figures = {
+        "seconds": round(job_median, 2), f"{rate_unit}_per_second": round(work / job_median, 1),
+        "reference_seconds": round(reference_median, 2),
+        f"reference_{rate_unit}_per_second": round(work / reference_median, 1),
+        "ratio": round(reference_median / job_median, 3),
+        "fixed_seconds": round(fixed_time.seconds, 2),
+        "ratio_without_fixed": round(reference_median / max(job_median - fixed_time.seconds, 1e-3), 3),
+        "samples": {"job": [round(t, 2) for t in job_seconds],
+                    "reference": [round(t, 2) for t in reference_seconds]},
+        "load_average_1_5_15": [round(value, 2) for value in os.getloadavg()],
+    }
+    print(f"{label}: {figures[f'{rate_unit}_per_second']:.0f} {rate_unit}/s vs in-process "
+          f"{figures[f'reference_{rate_unit}_per_second']:.0f} {rate_unit}/s (ratio {figures['ratio']:.2f}, "
+          f"{figures['ratio_without_fixed']:.2f} without the fixed {fixed_time.seconds:.1f} s; "
+          f"load {figures['load_average_1_5_15'][0]})", flush=True)
+    return figures, reference_answer, manifest
+
+
 def bench_tagging(data_dir: str, genre_model: str, serving_base: str, workers: Sequence[int],
-                  work_dir: str, limit: int | None, check: bool, repeat: int = 1) -> dict[str, Any]:
+                  work_dir: str, limit: int | None, check: bool, repeat: int = 1, repeats: int = 3
+                  ) -> dict[str, Any]:
     """``repeat`` lists every file that many times (distinct track ids), for a catalogue
     large enough that the runner's fixed cost is amortised; the agreement check uses one pass."""
     params = features.AudioFeatureParams()
@@ -146,35 +217,25 @@ def bench_tagging(data_dir: str, genre_model: str, serving_base: str, workers: S
     figures: dict[str, Any] = {"files": len(sources), "repeat": repeat, "tracks": len(paths),
                                "audio_seconds": round(seconds, 1), "beam": {}}
     summary = None
+    out = os.path.join(work_dir, "tags")
     for count in workers:
-        # The runner's fixed cost (start-up, model load, manifest): the same job on one file.
-        with timed() as fixed_time:
-            run_job(os.path.join(work_dir, f"tags-fixed-{count}"), {
-                "job": "tag", "saved_model": genre_model, "metadata_csv": one_file,
-                "beam_args": worker_args(count), "progress_seconds": 60.0})
-        with timed() as reference_time:
-            reference = reference_tagging(paths, genre_model, params)
-        out = os.path.join(work_dir, f"tags-{count}")
-        with timed() as beam_time:
-            manifest = run_job(out, {"job": "tag", "saved_model": genre_model, "metadata_csv": catalogue,
-                                     "beam_args": worker_args(count), "progress_seconds": 60.0})
+        def job_params(catalogue_csv: str) -> dict[str, Any]:
+            return {"job": "tag", "saved_model": genre_model, "metadata_csv": catalogue_csv,
+                    "beam_args": worker_args(count), "progress_seconds": 60.0}
+
+        result, reference, manifest = compare(
+            f"tagging, {count} worker(s)", "audio_seconds", seconds,
+            reference=lambda: reference_tagging(paths, genre_model, params),
+            job=lambda: run_job(out, job_params(catalogue)),
+            fixed_job=lambda: run_job(os.path.join(work_dir, "tags-fixed"), job_params(one_file)),
+            repeats=repeats)
         summary = pd.read_csv(os.path.join(out, "tags.csv"))
-        agree_reference = int(sum(reference.get(row.path) == row.genre for row in summary.itertuples()))
+        result.update(tracks=manifest["tracks"], dead_letters=manifest["dead_letters"],
+                      segments=manifest["segments"],
+                      agree_with_reference=int(sum(reference.get(row.path) == row.genre
+                                                   for row in summary.itertuples())))
+        figures["beam"][str(count)] = result
         summary = summary.drop_duplicates("path")
-        figures["beam"][str(count)] = {
-            "seconds": round(beam_time.seconds, 2),
-            "audio_seconds_per_second": round(seconds / beam_time.seconds, 1),
-            "reference_seconds": round(reference_time.seconds, 2),
-            "reference_audio_seconds_per_second": round(seconds / reference_time.seconds, 1),
-            "ratio": round(reference_time.seconds / beam_time.seconds, 3),
-            "fixed_seconds_one_file": round(fixed_time.seconds, 2),
-            "ratio_without_fixed": round(reference_time.seconds / max(beam_time.seconds - fixed_time.seconds, 1e-3), 3),
-            "tracks": manifest["tracks"], "dead_letters": manifest["dead_letters"],
-            "segments": manifest["segments"], "agree_with_reference": agree_reference,
-        }
-        print(f"tagging, {count} worker(s): {seconds / beam_time.seconds:.0f} audio-s/s "
-              f"vs in-process {seconds / reference_time.seconds:.0f} audio-s/s "
-              f"(ratio {reference_time.seconds / beam_time.seconds:.2f})", flush=True)
     if check and summary is not None:
         figures["classify_agreement"] = classify_agreement(summary, serving_base, params)
         agreement = figures["classify_agreement"]
@@ -185,7 +246,8 @@ def bench_tagging(data_dir: str, genre_model: str, serving_base: str, workers: S
 # ------------------------------------------------------------------------- recommendations
 
 
-def reference_recommendations(paths: Sequence[str], saved_model: str, batch_size: int = 256) -> int:
+def reference_recommendations(paths: Sequence[str], saved_model: str,
+                              batch_size: int = REFERENCE_RECOMMEND_BATCH) -> int:
     """In-process, the same work as the job: load the model, read the logs with the project's
     readers, sessionize with the ExampleGen's rule, batched signature calls, history excluded."""
     from musicrec.components.inference_handler import pad_track_keys
@@ -217,40 +279,33 @@ def reference_recommendations(paths: Sequence[str], saved_model: str, batch_size
 
 
 def bench_recommendations(next_track_model: str, users: int, plays_per_user: int, tracks: int,
-                          workers: Sequence[int], work_dir: str) -> dict[str, Any]:
-    paths = generate_log(os.path.join(work_dir, "plays"), users * plays_per_user, users, 1, tracks)
+                          workers: Sequence[int], work_dir: str, files: int = 4, repeats: int = 3
+                          ) -> dict[str, Any]:
+    """Users per second of the ``recommend`` job over a generated play log of ``files`` CSVs
+    (several, so that workers can share them), against :func:`reference_recommendations`."""
+    paths = generate_log(os.path.join(work_dir, "plays"), users * plays_per_user, users, files, tracks)
     reference_recommendations(paths[:1], next_track_model, 8)  # warm-up: page cache, first-call costs
-    figures: dict[str, Any] = {"users": users, "plays": users * plays_per_user, "beam": {}}
+    figures: dict[str, Any] = {"users": users, "plays": users * plays_per_user, "files": files,
+                               "batch_size": REFERENCE_RECOMMEND_BATCH, "beam": {}}
     tiny = generate_log(os.path.join(work_dir, "tiny-plays"), 20, 2, 1, tracks)
     run_job(os.path.join(work_dir, "recs-warmup"), {
         "job": "recommend", "saved_model": next_track_model, "playlog_paths": tiny, "progress_seconds": 60.0})
     for count in workers:
-        # The runner's fixed cost (start-up, model load, manifest): the same job on 2 users.
-        with timed() as fixed_time:
-            run_job(os.path.join(work_dir, f"recs-fixed-{count}"), {
-                "job": "recommend", "saved_model": next_track_model, "playlog_paths": tiny,
-                "beam_args": worker_args(count), "progress_seconds": 60.0})
-        with timed() as reference_time:
-            reference = reference_recommendations(paths, next_track_model)
-        with timed() as beam_time:
-            manifest = run_job(os.path.join(work_dir, f"recs-{count}"), {
-                "job": "recommend", "saved_model": next_track_model, "playlog_paths": paths,
-                "top_n": TOP_N, "max_prefix_length": MAX_PREFIX, "session_gap_seconds": GAP_SECONDS,
-                "beam_args": worker_args(count), "progress_seconds": 60.0})
-        figures["beam"][str(count)] = {
-            "seconds": round(beam_time.seconds, 2),
-            "users_per_second": round(manifest["users_recommended"] / beam_time.seconds, 1),
-            "reference_seconds": round(reference_time.seconds, 2),
-            "reference_users_per_second": round(reference / reference_time.seconds, 1),
-            "ratio": round(reference_time.seconds / beam_time.seconds, 3),
-            "fixed_seconds_two_users": round(fixed_time.seconds, 2),
-            "ratio_without_fixed": round(reference_time.seconds / max(beam_time.seconds - fixed_time.seconds, 1e-3), 3),
-            "users_recommended": manifest["users_recommended"], "reference_users": reference,
-            "dead_letters": manifest["dead_letters"],
-        }
-        print(f"recommendations, {count} worker(s): {manifest['users_recommended'] / beam_time.seconds:.0f} "
-              f"users/s vs in-process {reference / reference_time.seconds:.0f} users/s "
-              f"(ratio {reference_time.seconds / beam_time.seconds:.2f})", flush=True)
+        def job_params(playlogs: Sequence[str]) -> dict[str, Any]:
+            return {"job": "recommend", "saved_model": next_track_model, "playlog_paths": list(playlogs),
+                    "top_n": TOP_N, "max_prefix_length": MAX_PREFIX, "session_gap_seconds": GAP_SECONDS,
+                    "min_batch_size": REFERENCE_RECOMMEND_BATCH, "max_batch_size": REFERENCE_RECOMMEND_BATCH,
+                    "beam_args": worker_args(count), "progress_seconds": 60.0}
+
+        result, reference, manifest = compare(
+            f"recommendations, {count} worker(s)", "users", users,
+            reference=lambda: reference_recommendations(paths, next_track_model),
+            job=lambda: run_job(os.path.join(work_dir, "recs"), job_params(paths)),
+            fixed_job=lambda: run_job(os.path.join(work_dir, "recs-fixed"), job_params(tiny)),
+            repeats=repeats)
+        result.update(users_recommended=manifest["users_recommended"], reference_users=reference,
+                      dead_letters=manifest["dead_letters"])
+        figures["beam"][str(count)] = result
     return figures
 
 
@@ -265,7 +320,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="tag every file this many times (a larger catalogue; default 1)")
     parser.add_argument("--workdir", help="use the models this pipeline workdir serves")
     parser.add_argument("--users", type=int, default=10_000)
-    parser.add_argument("--plays-per-user", type=int, default=20)
+    parser.add_argument("--plays-per-user", type=int, default=10)
+    parser.add_argument("--playlog-files", type=int, default=4, help="CSV files the plays are spread over")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timings of each side, alternating; the median is reported (default 3)")
+    parser.add_argument("--tf-threads", type=int, default=0,
+                        help="TensorFlow intra- and inter-op threads for the reference and every Beam "
+                             "worker (0: TensorFlow's default, one per core)")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
     parser.add_argument("--skip", choices=["tagging", "recommendations"], action="append", default=[])
     parser.add_argument("--no-classify-check", action="store_true")
@@ -285,13 +346,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                  seconds=30.0)
         payload: dict[str, Any] = {"data": os.path.abspath(data_dir) if args.data else "synthetic",
                                    "models": {"genre": genre_model, "next_track": next_track_model,
-                                              "stand_ins": not args.workdir}}
+                                              "stand_ins": not args.workdir},
+                                   "tf_threads": TF_THREADS or "default", "repeats": args.repeats}
         if "tagging" not in args.skip:
             payload["tagging"] = bench_tagging(data_dir, genre_model, serving_base, workers, work_dir,
-                                               args.limit, not args.no_classify_check, args.repeat)
+                                               args.limit, not args.no_classify_check, args.repeat,
+                                               args.repeats)
         if "recommendations" not in args.skip:
             payload["recommendations"] = bench_recommendations(next_track_model, args.users, args.plays_per_user,
-                                                               2000, workers, work_dir)
+                                                               2000, workers, work_dir, args.playlog_files,
+                                                               args.repeats)
         result = write_result(args.out, NAME, payload)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

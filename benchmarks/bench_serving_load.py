@@ -21,6 +21,11 @@ settings (``ReferenceProcess``), alternating 1 s windows with one gRPC client
 of this process so both see the same background load (``paired_overhead``). The ratios are (a) the gRPC p50 minus
 the in-process p50 at concurrency 1 (the serving overhead; target ≤ 2 ms)
 and (b) batched over unbatched QPS at concurrency 32 (target ≥ 1.5).
+The reference is the plain ``loaded.signatures["serving_default"](**tensors)``
+a user writes; the server runs the same function through its flat signature
+on inputs it has already checked (``musicrec.serving.signature_call``), so
+part of the overhead it saves is the keyword call's own Python. Each figure
+carries the 1-minute load average it was measured under: the machine is shared.
 
 TensorFlow's thread pools: both servers run with ``--tf-threads`` intra- and
 inter-op threads (``--tensorflow_intra_op_parallelism`` /
@@ -207,7 +212,7 @@ def paired_overhead(target: str, model: str, reference: ReferenceProcess, inputs
     return {"in_process_p50_ms": in_process, "grpc_p50_ms": over_grpc, "overhead_p50_ms": over_grpc - in_process,
             "in_process_direct_loop_p50_ms": direct, "overhead_vs_direct_loop_p50_ms": over_grpc - direct,
             "in_process_calls": len(latencies["in_process"]), "grpc_calls": len(latencies["grpc"]),
-            "pause_between_calls_ms": pause_seconds * 1e3}
+            "pause_between_calls_ms": pause_seconds * 1e3, "load_average_1min": os.getloadavg()[0]}
 
 
 # ------------------------------------------------------------------------- server
@@ -286,6 +291,7 @@ def run_point(target: str, model: str, inputs: dict[str, np.ndarray], concurrenc
         "qps": merged.size / elapsed,
         "p50_ms": float(np.percentile(merged, 50) * 1e3),
         "p99_ms": float(np.percentile(merged, 99) * 1e3),
+        "load_average_1min": os.getloadavg()[0],  # the machine is shared: how busy it was
     }
 
 

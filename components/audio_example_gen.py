@@ -24,13 +24,16 @@ import hashlib
 import io
 import json
 import posixpath
+import uuid
 import zlib
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
-from musicrec.components import beam_io
+from musicrec.components import beam_io, example_wire, tfrecord_shards
 from musicrec.components.base import Artifact, ComponentSpec
 from musicrec.models import features
 
@@ -183,51 +186,44 @@ def assign_split(source: AudioSource, fractions: Mapping[str, float] = DEFAULT_S
 # --------------------------------------------------------------------------- records
 
 
-def segment_example(segment: np.ndarray, label_id: int, source: AudioSource, segment_index: int):
-    """One ``tf.train.Example`` for a ``[frames, n_mels]`` float32 log-mel segment."""
-    import tensorflow as tf
+def segment_example_bytes(segment: np.ndarray, label_id: int, source: AudioSource, segment_index: int) -> bytes:
+    """The serialised ``tf.train.Example`` of one ``[frames, n_mels]`` float32 log-mel segment.
 
-    frames, n_mels = segment.shape
-
-    def int64(value: int):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-
-    def text(value: str):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode("utf-8")]))
-
-    return tf.train.Example(features=tf.train.Features(feature={
-        "log_mel": tf.train.Feature(float_list=_float_list(segment)),
-        "frames": int64(frames),
-        "n_mels": int64(n_mels),
-        "label": int64(label_id),
-        "genre": text(source.genre),
-        "track_id": text(source.track_id),
-        "artist": text(source.artist),
-        "segment_index": int64(segment_index),
-    }))
-
-
-def _varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | 0x80 if value else low)
-        if not value:
-            return bytes(out)
-
-
-def _float_list(values: np.ndarray):
-    """``tf.train.FloatList`` of ``values`` flattened row-major.
-
-    Parsed from its packed wire encoding (field 1, length-delimited,
-    little-endian float32) because ``FloatList(value=array)`` converts element
-    by element: ~20x slower, and a third of the Beam job's time on GTZAN clips.
+    Written by :mod:`example_wire` (no TensorFlow in Beam workers); the
+    features are the contract's (docs/architecture.md, "Audio examples").
     """
+    return _encode_segment(segment, segment_index, _track_features(label_id, source))
+
+
+def _encode_segment(segment: np.ndarray, segment_index: int,
+                    shared: Mapping[str, example_wire.EncodedFeature]) -> bytes:
+    """:func:`segment_example_bytes` with the track's features already encoded (once per track)."""
+    frames, n_mels = segment.shape
+    return example_wire.encode_example({
+        **shared,
+        "log_mel": example_wire.floats(segment),
+        "frames": example_wire.int64s([frames]),
+        "n_mels": example_wire.int64s([n_mels]),
+        "segment_index": example_wire.int64s([segment_index]),
+    })
+
+
+def _track_features(label_id: int, source: AudioSource) -> dict[str, example_wire.EncodedFeature]:
+    """The encoded features every segment of a track shares."""
+    return {
+        "label": example_wire.int64s([label_id]),
+        "genre": example_wire.byte_strings([source.genre]),
+        "track_id": example_wire.byte_strings([source.track_id]),
+        "artist": example_wire.byte_strings([source.artist]),
+    }
+
+
+def segment_example(segment: np.ndarray, label_id: int, source: AudioSource, segment_index: int):
+    """One ``tf.train.Example`` for a ``[frames, n_mels]`` float32 log-mel segment
+    (:func:`segment_example_bytes`, parsed; imports TensorFlow)."""
     import tensorflow as tf
 
-    payload = np.ascontiguousarray(values, dtype="<f4").tobytes()
-    return tf.train.FloatList.FromString(b"\x0a" + _varint(len(payload)) + payload)
+    return tf.train.Example.FromString(segment_example_bytes(segment, label_id, source, segment_index))
 
 
 def feature_spec(frames: int, n_mels: int) -> dict[str, Any]:
@@ -263,7 +259,7 @@ def _dead_letter(path: str, reason: str, detail: str) -> dict[str, str]:
     return {"path": path, "reason": reason, "detail": detail}
 
 
-def _keep_first_per_track_id(keyed: tuple[str, Iterable[AudioSource]]) -> Iterator[Any]:
+def keep_first_per_track_id(keyed: tuple[str, Iterable[AudioSource]]) -> Iterator[Any]:
     """Keeps the first source (by path) of a track id; later ones are dead letters."""
     track_id, group = keyed
     first, *others = sorted(group, key=lambda source: source.path)
@@ -311,13 +307,6 @@ class DecodeTrack(beam.DoFn):
 
     def teardown(self):
         self._progress.flush()
-
-
-def _to_examples(split_track: tuple[str, AudioSource, np.ndarray],
-                 label_ids: Mapping[str, int]) -> Iterator[tuple[str, bytes]]:
-    split, source, segments = split_track
-    for index, segment in enumerate(segments):
-        yield split, segment_example(segment, label_ids[source.genre], source, index).SerializeToString()
 
 
 class CountTracksFn(beam.CombineFn):
@@ -436,21 +425,24 @@ def build_pipeline(pipeline: beam.Pipeline, sources: Sequence[AudioSource], labe
     """Adds the audio-to-examples steps to ``pipeline``; nothing runs until it does.
 
     Few, fused steps on purpose (a Beam job's fixed cost grows with its
-    transforms, and on a few thousand files it is most of the job):
+    stages, and on a few thousand files it is most of the job), and no
+    example crosses a process boundary:
 
     1. duplicate track ids are found while listing (here, in the driver,
        which holds the list anyway) and become dead letters;
     2. ``Create`` spreads the files over the workers;
     3. one DoFn per file decodes, computes the log-mels, cuts segments,
-       assigns the split and serialises each segment's ``tf.train.Example``
-       (:class:`TrackToExamples`); it also emits the track's counts and
-       per-band sums, and dead letters;
-    4. examples are grouped by ``(split, shard)`` and each shard is written
-       once (``beam_io.WriteSplitShards``);
-    5. one combine gathers every count, dead letter and written shard; the
-       last step writes the empty shards, ``dead_letters.jsonl``,
-       ``statistics.json``, ``labels.txt`` and ``manifest.json``, after every
-       shard is on disk.
+       assigns the split and shard, and appends each segment's serialised
+       ``tf.train.Example`` to this bundle's part file of that shard
+       (:class:`TrackToExamples`, :mod:`tfrecord_shards`); it emits only
+       small facts: per track its counts and per-band sums, per failure a
+       dead letter, per part file written its path and CRC;
+    4. one combine gathers every fact (:class:`IngestSummaryFn`);
+    5. the last step joins each shard's parts (a rename when there is one)
+       into ``Split-<split>/data-SSSSS-of-NNNNN.tfrecord.gz``, writes the
+       empty shards, ``dead_letters.jsonl``, ``statistics.json``,
+       ``labels.txt`` and, last, ``manifest.json``, then deletes the parts
+       folder (with any part a retried bundle left behind).
 
     Args:
         pipeline: a Beam pipeline (``TestPipeline`` in tests).
@@ -463,8 +455,8 @@ def build_pipeline(pipeline: beam.Pipeline, sources: Sequence[AudioSource], labe
         num_shards: TFRecord shards per split.
 
     Returns:
-        The PCollections tests assert on: ``"examples"`` (``(split, serialized
-        tf.train.Example)``), ``"dead_letters"`` (dicts), ``"manifest"`` (one dict).
+        The PCollections tests assert on: ``"dead_letters"`` (dicts) and
+        ``"manifest"`` (one dict); the examples are the files.
 
     Raises:
         ValueError: bad split fractions, ``num_shards < 1``, or a genre not in ``labels``.
@@ -479,23 +471,16 @@ def build_pipeline(pipeline: beam.Pipeline, sources: Sequence[AudioSource], labe
         raise ValueError(f"genres missing from labels: {unknown}")
 
     kept, duplicates = drop_duplicate_track_ids(sources)
-    tracks = (pipeline
-              | "ListSources" >> beam.Create(kept)
-              | "ToExamples" >> beam.ParDo(TrackToExamples(params, label_ids, fractions, num_shards))
-              .with_outputs(DEAD, SUMMARY, main="examples"))
-    written = tracks.examples | "WriteSplits" >> beam_io.WriteSplitShards(output_uri, num_shards)
-    examples = tracks.examples | "DropShard" >> beam.Map(lambda keyed: (keyed[0][0], keyed[1]))
-
-    dead_letters = ((pipeline | "DuplicateIds" >> beam.Create(duplicates), tracks[DEAD])
-                    | "AllDeadLetters" >> beam.Flatten())
-    facts = ((tracks[SUMMARY],
-              dead_letters | "DeadFacts" >> beam.Map(lambda record: (DEAD, record)),
-              written | "ShardFacts" >> beam.Map(lambda shard: (WRITTEN, shard)))
-             | "AllFacts" >> beam.Flatten()
-             | "Summarise" >> beam.CombineGlobally(IngestSummaryFn()))
-    manifest = facts | "WriteMetadata" >> beam.Map(
-        _finish, output_uri, len(sources), labels, params, fractions, num_shards)
-    return {"examples": examples, "dead_letters": dead_letters, "manifest": manifest}
+    parts_dir = f"{output_uri}/.tmp-parts-{uuid.uuid4().hex}"
+    summary = (pipeline
+               | "ListSources" >> beam.Create(kept)
+               | "ToExamples" >> beam.ParDo(TrackToExamples(params, label_ids, fractions, num_shards, parts_dir))
+               | "Summarise" >> beam.CombineGlobally(IngestSummaryFn()))
+    manifest = summary | "Finish" >> beam.Map(
+        _finish, output_uri, parts_dir, len(sources), duplicates, labels, params, fractions, num_shards)
+    dead_letters = summary | "DeadLetters" >> beam.FlatMap(
+        lambda facts: list(duplicates) + facts["dead_letters"])
+    return {"dead_letters": dead_letters, "manifest": manifest}
 
 
 SUMMARY = "summary"
@@ -510,7 +495,7 @@ def drop_duplicate_track_ids(sources: Sequence[AudioSource]) -> tuple[list[Audio
         by_track_id.setdefault(source.track_id, []).append(source)
     kept, dead = [], []
     for keyed in by_track_id.items():
-        for output in _keep_first_per_track_id(keyed):
+        for output in keep_first_per_track_id(keyed):
             if isinstance(output, beam.pvalue.TaggedOutput):
                 dead.append(output.value)
             else:
@@ -520,47 +505,79 @@ def drop_duplicate_track_ids(sources: Sequence[AudioSource]) -> tuple[list[Audio
 
 
 class TrackToExamples(DecodeTrack):
-    """One file to its serialised examples, keyed by ``(split, shard)``, in one step.
+    """One file to its examples, appended to this bundle's shard part files, in one step.
 
-    Main output: ``((split, shard), serialized tf.train.Example)`` per segment;
-    segment ``i`` of a track goes to shard ``(crc32(track_id) + i) % num_shards``,
-    so shards fill evenly and the same input always writes the same files.
-    ``summary`` output: per track, ``(SUMMARY, (split, genre, n_segments,
-    (frames, band sums, band sums of squares)))``. ``dead``: as :class:`DecodeTrack`.
+    Segment ``i`` of a track goes to shard ``(crc32(track_id) + i) % num_shards``
+    of its split, so shards fill evenly and the same input always fills the
+    same shards. Each bundle writes at most one part file per ``(split,
+    shard)`` under ``parts_dir`` (:class:`tfrecord_shards.PartWriter`).
+
+    Output, one stream of small facts: ``(SUMMARY, (split, genre,
+    n_segments, (frames, band sums, band sums of squares)))`` per track,
+    ``(DEAD, record)`` per dead letter, and when the bundle ends ``(WRITTEN,
+    (split, shard, first path, Part))`` per part file (``first path``: the
+    first source written to it, which orders the parts of a shard).
     """
 
     def __init__(self, params: features.AudioFeatureParams, label_ids: Mapping[str, int],
-                 fractions: Mapping[str, float], num_shards: int, progress_seconds: float = 30.0):
+                 fractions: Mapping[str, float], num_shards: int, parts_dir: str,
+                 progress_seconds: float = 30.0):
         super().__init__(params, progress_seconds)
         self._label_ids = dict(label_ids)
         self._fractions = dict(fractions)
         self._num_shards = num_shards
+        self._parts_dir = parts_dir
+
+    def start_bundle(self):
+        self._abort_writers()  # left by a bundle that failed: the runner retries its elements
+        self._writers: dict[tuple[str, int], tuple[str, tfrecord_shards.PartWriter]] = {}
+
+    def _abort_writers(self):
+        for _first_path, writer in getattr(self, "_writers", {}).values():
+            writer.abort()  # an unfinished bundle's parts; the finishing step never sees them
+        self._writers = {}
+
+    def _writer(self, split: str, shard: int, source_path: str) -> tfrecord_shards.PartWriter:
+        """This bundle's part writer for ``(split, shard)``, opened by the first source it gets."""
+        if (split, shard) not in self._writers:
+            part_path = f"{self._parts_dir}/{split}-{shard:05d}-{uuid.uuid4().hex}.tfrecord.gz"
+            self._writers[split, shard] = (source_path, tfrecord_shards.PartWriter(part_path, background=True))
+        return self._writers[split, shard][1]
 
     def process(self, source: AudioSource):
         for output in super().process(source):
             if isinstance(output, beam.pvalue.TaggedOutput):
-                yield output
+                yield output.tag, output.value
                 continue
             source, segments = output
-            split_track = (assign_split(source, self._fractions), source, segments)
+            split = assign_split(source, self._fractions)
+            shared = _track_features(self._label_ids[source.genre], source)
             first_shard = zlib.crc32(source.track_id.encode("utf-8"))
-            for index, (split, payload) in enumerate(_to_examples(split_track, self._label_ids)):
-                yield (split, (first_shard + index) % self._num_shards), payload
-            split, band_sums = _band_sums(split_track)
-            yield beam.pvalue.TaggedOutput(
-                SUMMARY, (SUMMARY, (split, source.genre, int(segments.shape[0]), band_sums)))
+            for index, segment in enumerate(segments):
+                writer = self._writer(split, (first_shard + index) % self._num_shards, source.path)
+                writer.write_record(_encode_segment(segment, index, shared))
+            _split, band_sums = _band_sums((split, source, segments))
+            yield SUMMARY, (split, source.genre, int(segments.shape[0]), band_sums)
+
+    def finish_bundle(self):
+        writers, self._writers = self._writers, {}
+        for (split, shard), (first_path, writer) in sorted(writers.items()):
+            yield WindowedValue((WRITTEN, (split, shard, first_path, writer.close())),
+                                GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+    def teardown(self):
+        self._abort_writers()
+        super().teardown()
 
 
 class IngestSummaryFn(beam.CombineFn):
     """Gathers the job's facts into one accumulator for the manifest.
 
-    Input elements: ``(SUMMARY, (split, genre, n_segments, band_sums))`` per
-    track, ``(DEAD, record)`` per dead letter and ``(WRITTEN, (split, shard,
-    records))`` per shard written. Output: ``{"tracks": CountTracksFn's
-    counts, "band_sums": {split: (frames, sum, sum of squares)},
-    "dead_letters": [record, ...], "written": [(split, shard), ...]}``.
-    Dead letters are kept whole: they are what the job could not use, a
-    small fraction of its input, and the file lists them all.
+    Input elements: :class:`TrackToExamples`'s facts. Output: ``{"tracks":
+    CountTracksFn's counts, "band_sums": {split: (frames, sum, sum of
+    squares)}, "dead_letters": [record, ...], "parts": [(split, shard, first
+    path, Part), ...]}``. Dead letters are kept whole: they are what the job
+    could not use, a small fraction of its input, and the file lists them all.
     """
 
     def __init__(self):
@@ -568,7 +585,7 @@ class IngestSummaryFn(beam.CombineFn):
         self._tracks = CountTracksFn()
 
     def create_accumulator(self) -> dict:
-        return {"tracks": self._tracks.create_accumulator(), "band_sums": {}, "dead_letters": [], "written": []}
+        return {"tracks": self._tracks.create_accumulator(), "band_sums": {}, "dead_letters": [], "parts": []}
 
     def add_input(self, accumulator: dict, element: tuple[str, Any]) -> dict:
         kind, value = element
@@ -581,8 +598,7 @@ class IngestSummaryFn(beam.CombineFn):
         elif kind == DEAD:
             accumulator["dead_letters"].append(value)
         else:
-            split, shard, _records = value
-            accumulator["written"].append((split, shard))
+            accumulator["parts"].append(value)
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
@@ -594,26 +610,54 @@ class IngestSummaryFn(beam.CombineFn):
                 previous = merged["band_sums"].get(split)
                 merged["band_sums"][split] = sums if previous is None else _add_band_sums([previous, sums])
             merged["dead_letters"].extend(accumulator["dead_letters"])
-            merged["written"].extend(accumulator["written"])
+            merged["parts"].extend(accumulator["parts"])
         return merged
 
     def extract_output(self, accumulator: dict) -> dict:
         return accumulator
 
 
-def _finish(summary: Mapping[str, Any], output_uri: str, inputs: int, labels: Sequence[str],
+def _finish(summary: Mapping[str, Any], output_uri: str, parts_dir: str, inputs: int,
+            duplicates: Sequence[Mapping[str, str]], labels: Sequence[str],
             params: features.AudioFeatureParams, fractions: Mapping[str, float], num_shards: int) -> dict:
-    """Writes what follows the shards (see :func:`build_pipeline`); returns the manifest."""
-    dead_letters = summary["dead_letters"]
+    """Writes the shards from their parts and what follows them (see :func:`build_pipeline`);
+    returns the manifest.
+
+    Raises:
+        RuntimeError: the parts hold another number of records than the
+            segments counted (a bug: an example was lost or doubled).
+    """
+    dead_letters = list(duplicates) + summary["dead_letters"]
     reasons: dict[str, int] = {}
     for record in dead_letters:
         reasons[record["reason"]] = reasons.get(record["reason"], 0) + 1
     manifest = build_manifest(inputs, len(dead_letters), summary["tracks"], labels, params, fractions,
                               num_shards, reasons)
-    beam_io.write_empty_shards(output_uri, num_shards, summary["written"])
+    _write_shards(output_uri, num_shards, summary["parts"], manifest["segments"])
+    tfrecord_shards.delete_quietly([parts_dir])
     beam_io.write_dead_letter_records(f"{output_uri}/{DEAD_LETTERS_FILE}", dead_letters)
     _write_metadata(manifest, output_uri, summary["band_sums"])
     return manifest
+
+
+def _write_shards(output_uri: str, num_shards: int, parts: Sequence[tuple], segments: int) -> None:
+    """Joins each ``(split, shard)``'s parts, in first-path order, into its numbered shard;
+    shards with no part are written empty."""
+    by_shard: dict[tuple[str, int], list] = {}
+    for split, shard, first_path, part in parts:
+        by_shard.setdefault((split, shard), []).append((first_path, part.path, part))
+    records = sum(part.records for *_key, part in parts)
+    if records != segments:
+        raise RuntimeError(f"audio_example_gen: parts hold {records} records for {segments} segments")
+    for split in beam_io.SPLITS:
+        for shard in range(num_shards):
+            destination = beam_io.shard_path(output_uri, split, shard, num_shards)
+            shard_parts = [part for *_order, part in sorted(by_shard.get((split, shard), []),
+                                                           key=lambda item: item[:2])]
+            if shard_parts:
+                tfrecord_shards.join_parts(shard_parts, destination)
+            else:
+                tfrecord_shards.write_empty(destination)
 
 
 def _write_metadata(manifest: Mapping[str, Any], output_uri: str,
@@ -660,7 +704,7 @@ SPEC = ComponentSpec(name="audio_example_gen", inputs={}, outputs={"examples": "
 
 __all__ = [
     "AudioSource", "SPEC", "run", "build_pipeline", "list_sources", "assign_split", "split_key",
-    "check_split_fractions", "segment_example", "feature_spec", "build_manifest", "DecodeTrack",
+    "check_split_fractions", "segment_example", "segment_example_bytes", "feature_spec", "build_manifest", "DecodeTrack",
     "CountTracksFn", "TrackToExamples", "IngestSummaryFn", "drop_duplicate_track_ids",
     "DEFAULT_SPLIT_FRACTIONS", "DEAD_LETTER_REASONS", "REASON_DUPLICATE",
     "REASON_UNEXPECTED", "LABELS_FILE", "MANIFEST_FILE", "STATISTICS_FILE", "DEAD_LETTERS_FILE",

@@ -1,13 +1,19 @@
 """Beam plumbing the ExampleGens share: options, split writing, dead letters."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
+import uuid
 from typing import Iterable, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
+
+from musicrec.components import tfrecord_shards
 
 SPLITS = ("train", "eval", "test")
 
@@ -114,10 +120,8 @@ class WriteSplits(beam.PTransform):
         return written
 
 
-# zlib's Z_HUFFMAN_ONLY: entropy coding without the LZ77 match search. Float
-# tensors (log-mels) have almost no repeated byte strings, so the search costs
-# 3-5x the time for < 0.5 % smaller files (benchmarks/README.md, ingestion).
-GZIP_HUFFMAN_ONLY = 2
+# Re-exported: the strategy every shard writer here uses (see tfrecord_shards).
+GZIP_HUFFMAN_ONLY = tfrecord_shards.GZIP_HUFFMAN_ONLY
 
 
 def shard_path(uri: str, split: str, shard: int, num_shards: int) -> str:
@@ -131,32 +135,13 @@ def write_tfrecord_shard(path: str, records: Iterable[bytes],
     """Writes ``records`` as one GZIP TFRecord file, through a temporary name and a rename.
 
     Streams the records (nothing is held); readers never see a partial file.
-    Works for any ``tf.io.gfile`` path (``gs://`` included).
+    Works for any Beam filesystem path (``gs://`` included) and does not
+    import TensorFlow (:mod:`tfrecord_shards`).
 
     Returns:
         The number of records written.
     """
-    import os
-    import uuid
-
-    import tensorflow as tf
-
-    directory, name = os.path.split(path)
-    tf.io.gfile.makedirs(directory)
-    tmp_path = f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
-    options = tf.io.TFRecordOptions(compression_type="GZIP", compression_strategy=compression_strategy)
-    count = 0
-    try:
-        with tf.io.TFRecordWriter(tmp_path, options) as writer:
-            for record in records:
-                writer.write(record)
-                count += 1
-        tf.io.gfile.rename(tmp_path, path, overwrite=True)
-    except BaseException:
-        if tf.io.gfile.exists(tmp_path):
-            tf.io.gfile.remove(tmp_path)
-        raise
-    return count
+    return tfrecord_shards.write_records(path, records, compression_strategy)
 
 
 class _WriteShard(beam.DoFn):
@@ -199,7 +184,7 @@ def write_empty_shards(uri: str, num_shards: int, written: Iterable[tuple[str, i
     for split in SPLITS:
         for shard in range(num_shards):
             if (split, shard) not in done:
-                write_tfrecord_shard(shard_path(uri, split, shard, num_shards), ())
+                tfrecord_shards.write_empty(shard_path(uri, split, shard, num_shards))
 
 
 def write_dead_letter_records(path: str, records: Iterable[dict]) -> None:
@@ -224,43 +209,36 @@ class WriteDeadLetters(beam.PTransform):
 
 
 def read_dead_letters(path: str) -> Iterable[dict]:
-    """Yields the dead-letter records written by :class:`WriteDeadLetters`."""
-    import tensorflow as tf
-
-    if not tf.io.gfile.exists(path):
+    """Yields the dead-letter records written by :class:`WriteDeadLetters` (none when no file)."""
+    if not FileSystems.exists(path):
         return
-    with tf.io.gfile.GFile(path) as handle:
-        for line in handle:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        for line in io.TextIOWrapper(handle, encoding="utf-8"):
             if line.strip():
                 yield json.loads(line)
 
 
 def write_text_atomic(uri: str, text: str) -> None:
-    """Writes ``text`` to ``uri`` (local or ``gs://``) through a temporary name and a rename.
+    """Writes ``text`` (UTF-8) to ``uri`` (local or any Beam filesystem path) through a
+    temporary name and a rename.
 
     Readers never see a partly written file; an existing file is replaced.
+    Beam's ``FileSystems`` rather than ``tf.io.gfile``, so a Beam worker
+    finishing a job does not import TensorFlow.
     """
-    import os
-    import uuid
-
-    import tensorflow as tf
-
-    directory, name = os.path.split(uri)
-    tf.io.gfile.makedirs(directory)
+    directory, name = uri.rsplit("/", 1) if "/" in uri else (".", uri)
     tmp_uri = f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
     try:
-        with tf.io.gfile.GFile(tmp_uri, "w") as handle:
-            handle.write(text)
-        tf.io.gfile.rename(tmp_uri, uri, overwrite=True)
+        with FileSystems.create(tmp_uri, mime_type="text/plain",
+                                compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            handle.write(text.encode("utf-8"))
+        FileSystems.rename([tmp_uri], [uri])
     except BaseException:
-        if tf.io.gfile.exists(tmp_uri):
-            tf.io.gfile.remove(tmp_uri)
+        tfrecord_shards.delete_quietly([tmp_uri])
         raise
 
 
 def read_text(uri: str) -> str:
-    """Reads a whole text file from a local path or any ``tf.io.gfile`` URI."""
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(uri) as handle:
-        return handle.read()
+    """Reads a whole UTF-8 text file from a local path or any Beam filesystem path."""
+    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return handle.read().decode("utf-8")

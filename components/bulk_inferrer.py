@@ -14,7 +14,10 @@ One executor, three jobs (``params["job"]``), each a Beam pipeline built by
 
 Inputs (all optional; explicit SavedModel paths in params win):
 ``genre_model`` and ``next_track_model`` (``PushedModel``: the pusher's
-output, whose ``path`` property is the pushed version folder).
+output, whose ``path`` property is the pushed version folder), and ``data``
+(``ExternalData``, :func:`data_artifact`): the catalogue or play logs the job
+reads, recorded so that ML Metadata links each prediction artifact to the
+model and the data it came from (the job itself reads the paths in params).
 Output: ``inference_result`` (``InferenceResult``), laid out as in docs/batch.md.
 Bad inputs become dead letters with reasons; ``manifest.json`` checks that
 ``inputs == outputs + dead_letters``.
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 
 JOBS = ("tag", "recommend", "embeddings")
 MODEL_FOR_JOB = {"tag": "genre", "recommend": "next_track", "embeddings": "next_track"}
+# tracks never recommended to a user: all they played in the input, their latest session's, none
+EXCLUDE_MODES = ("history", "session", "none")
 EMBEDDING_SIGNATURE = "track_embeddings"
 KNOWN_PARAMS = {"job", "saved_model", "audio_dir", "metadata_csv", "playlog_paths", "track_keys",
                 "feature_params", "top_genres", "top_n", "exclude", "max_prefix_length",
@@ -144,6 +149,30 @@ def read_keys_file(path: str) -> list[str]:
 
     with tf.io.gfile.GFile(path) as handle:
         return [line.strip() for line in handle if line.strip()]
+
+
+# --------------------------------------------------------------------------- lineage
+
+DATA_TYPE = "ExternalData"
+
+
+def job_data_paths(params: Mapping[str, Any]) -> list[str]:
+    """What a job reads besides the model: the catalogue, the play logs or the keys file."""
+    paths = [params.get("audio_dir"), params.get("metadata_csv"),
+             params.get("track_keys") if isinstance(params.get("track_keys"), str) else None]
+    logs = params.get("playlog_paths") or []
+    paths += [logs] if isinstance(logs, str) else list(logs)
+    return [path if "://" in path else os.path.abspath(path) for path in paths if path]
+
+
+def data_artifact(params: Mapping[str, Any]) -> Artifact | None:
+    """The ``data`` input for ML Metadata: ``ExternalData`` at the job's first input path, every
+    path in property ``paths``; ``None`` when the job reads nothing but the model (``embeddings``
+    of the model's own vocabulary)."""
+    paths = job_data_paths(params)
+    if not paths:
+        return None
+    return Artifact(DATA_TYPE, paths[0], {"paths": paths, "job": str(params.get("job"))})
 
 
 # --------------------------------------------------------------------------- catalogue listing
@@ -260,11 +289,12 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
 
 SPEC = ComponentSpec(
     name="bulk_inferrer",
-    inputs={"genre_model": "PushedModel", "next_track_model": "PushedModel"},
+    inputs={"genre_model": "PushedModel", "next_track_model": "PushedModel", "data": DATA_TYPE},
     outputs={"inference_result": "InferenceResult"},
     executor=run,
-    optional_inputs=frozenset({"genre_model", "next_track_model"}),
+    optional_inputs=frozenset({"genre_model", "next_track_model", "data"}),
 )
 
-__all__ = ["SPEC", "run", "JOBS", "list_catalogue", "latest_version_dir", "pushed_model_dir",
+__all__ = ["SPEC", "run", "JOBS", "MODEL_FOR_JOB", "EXCLUDE_MODES", "DATA_TYPE", "data_artifact",
+           "job_data_paths", "list_catalogue", "latest_version_dir", "pushed_model_dir",
            "resolve_saved_model", "model_info", "model_track_keys", "read_keys_file", "require_signature"]

@@ -6,8 +6,9 @@ which the runner resolves from ML Metadata.
 Outputs: ``evaluation`` (ModelEvaluation): ``metrics.json`` with the model's
 and the baselines' metrics and the blessing decision with its reason; for
 genre also the classical baseline fitted and scored on the same split, side
-by side with the model (``classical_baseline``, ``side_by_side``), and
-``confusion_matrix.png`` / ``baseline_confusion_matrix.png``.
+by side with the model (``classical_baseline``, ``side_by_side``),
+``confusion_matrix.png`` / ``baseline_confusion_matrix.png``, and
+``report.html``, a page showing both side by side with those plots.
 
 Blessing: the kind's fixed thresholds (beat chance / the popularity
 baseline) and, when a previous blessed model exists, the candidate's
@@ -22,6 +23,7 @@ import logging
 import os
 from typing import Any, Mapping
 
+from musicrec.atomic import write_text_atomic
 from musicrec.components.base import Artifact, ComponentSpec, write_json_atomic
 from musicrec.components.model_kinds import ModelKind, compare_with_baseline, kind, split_files
 
@@ -50,6 +52,7 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
     report: dict[str, Any] = {"kind": model_kind.name, "metrics": metrics}
     if model_kind.name == "genre":
         report.update(genre_classical_baseline(examples, metrics, outputs["evaluation"].uri))
+        write_genre_report(outputs["evaluation"].uri, metrics, report.get("classical_baseline"))
     blessing: dict[str, Any] = {"blessed": blessed, "reason": reason,
                                 "rule": "thresholds", "candidate_model": model.uri}
     baseline = inputs.get("baseline_model")
@@ -128,6 +131,21 @@ def genre_classical_baseline(examples: Artifact, metrics: Mapping[str, Any],
     return {"classical_baseline": baseline,
             "side_by_side": {score: {"model": metrics[score], "classical_baseline": baseline[score]}
                              for score in SIDE_BY_SIDE}}
+
+
+def write_genre_report(output_dir: str, metrics: Mapping[str, Any],
+                       baseline: Mapping[str, Any] | None) -> str:
+    """Writes ``<output_dir>/report.html`` (model and classical baseline side by side); returns its path."""
+    from musicrec.models.genre.evaluate import BASELINE_CONFUSION_MATRIX_FILE, CONFUSION_MATRIX_FILE
+    from musicrec.models.genre.report import REPORT_FILE, render_evaluation_report
+
+    images = {caption: name for caption, name in (
+        ("Keras model, track level", CONFUSION_MATRIX_FILE),
+        ("classical baseline, track level", BASELINE_CONFUSION_MATRIX_FILE))
+        if os.path.exists(os.path.join(output_dir, name))}
+    path = os.path.join(output_dir, REPORT_FILE)
+    write_text_atomic(path, render_evaluation_report(metrics, baseline, images))
+    return path
 
 
 def is_blessed(evaluation: Artifact) -> bool:

@@ -33,10 +33,14 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from musicrec.atomic import write_atomic
 from musicrec.components import audio_example_gen, beam_io, inference_handler
+# Records are encoded by the ExampleGens' wire encoder: no TensorFlow in the writing steps, and
+# a third of the time of building tf.train.Example messages in Python.
+from musicrec.components.example_wire import byte_strings, encode_example, floats, int64s
 from musicrec.components.audio_example_gen import AudioSource
-from musicrec.components.playlog_example_gen import (PlaylogParams, ReadPlaylogs, _keyed_by_user,
-                                                     _plays_of_user, split_into_sessions)
-from musicrec.components.playlog_readers import Play, list_playlog_files
+from musicrec.components.bulk_inferrer import EXCLUDE_MODES
+from musicrec.components.playlog_example_gen import (PlaylogParams, keyed_by_user, plays_of_user,
+                                                     split_into_sessions)
+from musicrec.components.playlog_readers import Play, list_playlog_files, read_playlog
 from musicrec.models import features
 
 DEAD = audio_example_gen.DEAD
@@ -51,7 +55,6 @@ EMBEDDING_KEYS = "embedding_keys.txt"
 
 REASON_INFERENCE = "inference failed"
 REASON_ALL_EXCLUDED = "no candidate left after exclusion"
-EXCLUDE_MODES = ("history", "session", "none")
 
 TAG_COLUMNS = ("track_id", "path", "label", "genre", "probability", "top_genres", "n_segments")
 RECOMMENDATION_COLUMNS = ("user_id", "session_id", "rank", "track_key", "score")
@@ -120,30 +123,6 @@ def _csv_text(rows: Iterable[Sequence[Any]]) -> str:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(rows)
     return out.getvalue()[:-1]
-
-
-def _bytes_feature(values: Iterable[str]):
-    import tensorflow as tf
-
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode("utf-8") for v in values]))
-
-
-def _float_feature(values: Iterable[float]):
-    import tensorflow as tf
-
-    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
-
-
-def _int_feature(values: Iterable[int]):
-    import tensorflow as tf
-
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
-
-
-def _example(feature: Mapping[str, Any]) -> bytes:
-    import tensorflow as tf
-
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 def _write_outputs(records, output_uri: str, name: str, to_example: Callable[[dict], bytes],
@@ -258,15 +237,15 @@ def tag_track(key: tuple[str, str, str], prediction: Mapping[str, np.ndarray], t
 
 def tag_example(record: Mapping[str, Any]) -> bytes:
     """A tag record as a serialized ``tf.train.Example`` (fields in docs/batch.md)."""
-    return _example({
-        "track_id": _bytes_feature([record["track_id"]]), "path": _bytes_feature([record["path"]]),
-        "label": _bytes_feature([record["label"]]), "genre": _bytes_feature([record["genre"]]),
-        "top_genres": _bytes_feature(record["top_genres"]),
-        "top_probabilities": _float_feature(record["top_probabilities"]),
-        "classes": _bytes_feature(record["classes"]),
-        "probabilities": _float_feature(record["probabilities"]),
-        "embedding": _float_feature(record["embedding"]),
-        "n_segments": _int_feature([record["n_segments"]]),
+    return encode_example({
+        "track_id": byte_strings([record["track_id"]]), "path": byte_strings([record["path"]]),
+        "label": byte_strings([record["label"]]), "genre": byte_strings([record["genre"]]),
+        "top_genres": byte_strings(record["top_genres"]),
+        "top_probabilities": floats(record["top_probabilities"]),
+        "classes": byte_strings(record["classes"]),
+        "probabilities": floats(record["probabilities"]),
+        "embedding": floats(record["embedding"]),
+        "n_segments": int64s([record["n_segments"]]),
     })
 
 
@@ -311,7 +290,7 @@ def build_tagging(pipeline: beam.Pipeline, sources: Sequence[AudioSource], outpu
     unique = (listed
               | "KeyByTrackId" >> beam.Map(lambda source: (source.track_id, source))
               | "GroupByTrackId" >> beam.GroupByKey()
-              | "DropDuplicateIds" >> beam.FlatMap(audio_example_gen._keep_first_per_track_id)
+              | "DropDuplicateIds" >> beam.FlatMap(audio_example_gen.keep_first_per_track_id)
               .with_outputs(DEAD, main="kept"))
     decoded = (unique.kept
                | "SpreadFiles" >> beam.Reshuffle()
@@ -349,10 +328,14 @@ def build_tagging(pipeline: beam.Pipeline, sources: Sequence[AudioSource], outpu
 RECOMMEND_SIGNATURE = "recommend"
 
 
-def user_request(user_plays: tuple[str, Iterable[tuple]], gap_seconds: int, max_prefix_length: int,
+def user_request(user_plays: tuple[str, Iterable[Sequence[tuple]]], gap_seconds: int, max_prefix_length: int,
                  exclude: str, top_n: int = 10, max_history_length: int = 100, personalised: bool = False
                  ) -> tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any]:
     """All of a user's plays → ``(key, model input)`` for their recommendations.
+
+    ``user_plays`` is ``(user_id, chunks)``: lists of play fields
+    (``playlog_example_gen.keyed_by_user``), as :class:`ReadPlaysByUser`
+    groups them per file, in any order.
 
     The plays are split into sessions by the ExampleGen's own rule
     (``playlog_example_gen.split_into_sessions``: a pause longer than
@@ -373,8 +356,9 @@ def user_request(user_plays: tuple[str, Iterable[tuple]], gap_seconds: int, max_
     plus the excluded tracks the model does not see (older plays, or the
     session's in ``"session"`` mode, which are filtered out afterwards).
     """
-    user_id, fields = user_plays
-    sessions = split_into_sessions(_plays_of_user(user_id, fields), gap_seconds)
+    user_id, chunks = user_plays
+    fields = [play for chunk in chunks for play in chunk]
+    sessions = split_into_sessions(plays_of_user(user_id, fields), gap_seconds)
     latest = sessions[-1]
     prefix = tuple(play.track_key for play in latest[-max_prefix_length:])
     if exclude == "history":
@@ -394,29 +378,51 @@ def user_request(user_plays: tuple[str, Iterable[tuple]], gap_seconds: int, max_
     return key, (list(prefix), history, top_n + len(unseen_by_model), exclude_seen)
 
 
-class RoutePlaylogRecords(beam.DoFn):
-    """Read records → ``(user_id, play fields)`` for plays, ``dead`` rows as dicts, ``tally`` counts.
+class ReadPlaysByUser(beam.DoFn):
+    """``(path, format)`` → ``(user_id, [play fields])`` per user and chunk of the file, dead rows, tallies.
 
-    One step per row instead of a partition, a keying step and two counters:
-    the rows and plays are counted per bundle and emitted once at its end.
+    Rows are read with the play-log ExampleGen's reader
+    (``playlog_readers.read_playlog``) and grouped by user while the file is
+    read, so one element per user (per ``chunk_plays`` plays read) crosses the
+    shuffle instead of one per play: Beam's per-element cost was most of the
+    recommendation job's overhead (docs/batch.md, "Throughput and workers"). A play
+    travels as the ExampleGen's tuple of primitives (``keyed_by_user``), which
+    Beam's fast coder encodes. The ``tally`` output holds ``("rows_in", n)``
+    and ``("plays", n)`` per file; ``dead`` holds each bad row as a dict.
     """
 
-    def start_bundle(self):
-        self._rows = self._plays = 0
+    def __init__(self, progress_seconds: float = 30.0, chunk_plays: int = 200_000):
+        super().__init__()
+        self._progress_seconds = progress_seconds
+        self._chunk_plays = chunk_plays
 
-    def process(self, record):
-        self._rows += 1
-        if isinstance(record, Play):
-            self._plays += 1
-            yield _keyed_by_user(record)
-        else:
-            yield beam.pvalue.TaggedOutput(DEAD, record.to_dict())
+    def setup(self):
+        self._progress = beam_io.ProgressLog("bulk_inferrer recommend read", self._progress_seconds)
 
-    def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindows
+    def process(self, file: tuple[str, str]):
+        path, fmt = file
+        by_user: dict[str, list[tuple]] = {}
+        rows = plays = 0
+        for record in read_playlog(path, fmt):
+            rows += 1
+            if isinstance(record, Play):
+                user_id, fields = keyed_by_user(record)
+                by_user.setdefault(user_id, []).append(fields)
+                plays += 1
+                if plays % self._chunk_plays == 0:  # bounds a worker's memory on a huge file
+                    yield from by_user.items()
+                    by_user = {}
+            else:
+                yield beam.pvalue.TaggedOutput(DEAD, record.to_dict())
+            if rows % 10_000 == 0:
+                self._progress.add("rows", 10_000)
+        yield from by_user.items()
+        self._progress.add("rows", rows % 10_000)
+        yield beam.pvalue.TaggedOutput(TALLY, ("rows_in", rows))
+        yield beam.pvalue.TaggedOutput(TALLY, ("plays", plays))
 
-        for name, count in (("rows_in", self._rows), ("plays", self._plays)):
-            yield beam.pvalue.TaggedOutput(TALLY, GlobalWindows.windowed_value((name, count)))
+    def teardown(self):
+        self._progress.flush()
 
 
 def filter_recommendations(keys: Sequence[str], scores: Sequence[float], exclude: Iterable[str],
@@ -450,12 +456,13 @@ def recommend_user(key: tuple[str, str, tuple[str, ...], tuple[str, ...]], answe
 
 
 def recommendation_example(record: Mapping[str, Any]) -> bytes:
-    return _example({
-        "user_id": _bytes_feature([record["user_id"]]),
-        "session_id": _bytes_feature([record["session_id"]]),
-        "prefix": _bytes_feature(record["prefix"]),
-        "track_keys": _bytes_feature(record["track_keys"]),
-        "scores": _float_feature(record["scores"]),
+    """A recommendation record as a serialized ``tf.train.Example`` (fields in docs/batch.md)."""
+    return encode_example({
+        "user_id": byte_strings([record["user_id"]]),
+        "session_id": byte_strings([record["session_id"]]),
+        "prefix": byte_strings(record["prefix"]),
+        "track_keys": byte_strings(record["track_keys"]),
+        "scores": floats(record["scores"]),
     })
 
 
@@ -510,15 +517,15 @@ def build_recommendations(pipeline: beam.Pipeline, playlog_paths: Sequence[str],
     personalised = signature == RECOMMEND_SIGNATURE
     given = playlog_params or PlaylogParams()
     files, skipped = list_playlog_files(playlog_paths, given.format)
+    # Files spread over workers; each is read with its plays grouped by user, so one
+    # shuffle of one element per user and file brings a user's plays together.
     routed = (pipeline
-              | "Read" >> ReadPlaylogs(files, progress_seconds)
-              | "Route" >> beam.ParDo(RoutePlaylogRecords())
+              | "ListFiles" >> beam.Create(files)
+              | "SpreadFiles" >> beam.Reshuffle()
+              | "ReadByUser" >> beam.ParDo(ReadPlaysByUser(progress_seconds))
               .with_output_types(beam.typehints.Tuple[str, Any]).with_outputs(DEAD, TALLY, main="plays"))
-    # One shuffle, with the plays of a user combined into a list in each bundle before it
-    # (combiner lifting): far fewer elements cross it than one per play. Plays travel as
-    # tuples of primitives (the ExampleGen's fast encoding) and are sessionized where they land.
     requests = (routed.plays
-                | "GroupByUser" >> beam.CombinePerKey(beam.combiners.ToListCombineFn())
+                | "GroupByUser" >> beam.GroupByKey()
                 | "LatestSession" >> beam.Map(user_request, given.session_gap_seconds, max_prefix_length,
                                               exclude, top_n, max_history_length, personalised))
     collate = inference_handler.collate_recommend if personalised else inference_handler.collate_track_keys

@@ -9,6 +9,10 @@ Each runs the ``bulk_inferrer`` component's executor
 (``<workdir>/serving/<model>/<latest version>``) or on ``--saved-model PATH``.
 The output folder is written under a temporary name and renamed when the job
 succeeds; ``--beam-arg`` passes flags to Apache Beam as ``musicrec run`` does.
+With ``--workdir`` the run is recorded in the workdir's ML Metadata as a
+``bulk_inferrer`` execution, as the pipeline records its components: inputs
+the pushed model's ``PushedModel`` artifact and the data read
+(``ExternalData``), output the ``InferenceResult`` at ``--out``.
 Formats: docs/batch.md.
 """
 from __future__ import annotations
@@ -34,22 +38,29 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="each worker logs its counts at most this often (default %(default)s)")
     parser.add_argument("--beam-arg", action="append", default=[], dest="beam_args",
                         help="pass-through Beam flag, repeatable (e.g. --beam-arg=--direct_num_workers=2)")
+    parser.add_argument("--tf-threads", type=int, default=0,
+                        help="TensorFlow intra- and inter-op threads in this process and in every Beam "
+                             "worker process (default: TensorFlow's own, one per core); with N worker "
+                             "processes on N cores, 1 keeps them from competing")
+    parser.add_argument("--config", help="the pipeline config: audio features the model was trained "
+                                         "with (tag) and the ML Metadata store (with --workdir)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from musicrec.components.bulk_inferrer import EXCLUDE_MODES  # a light module (no Beam, no TF)
+
     jobs = parser.add_subparsers(dest="job", required=True)
     tag = jobs.add_parser("tag", help=JOB_HELP["tag"])
     source = tag.add_mutually_exclusive_group(required=True)
     source.add_argument("--audio", help="a folder: <dir>/<genre>/<file> or audio files directly in it")
     source.add_argument("--metadata", help="CSV with path,genre[,artist][,track_id]")
     tag.add_argument("--top-genres", type=int, default=3, help="genres kept per track (default %(default)s)")
-    tag.add_argument("--config", help="the pipeline config the model was trained with (audio features)")
     _add_common(tag)
 
     recommend = jobs.add_parser("recommend", help=JOB_HELP["recommend"])
     recommend.add_argument("--playlogs", nargs="+", required=True, help="play-log files or folders")
     recommend.add_argument("--top-n", type=int, default=10, help="tracks per user (default %(default)s)")
-    recommend.add_argument("--exclude", choices=["history", "session", "none"], default="history",
+    recommend.add_argument("--exclude", choices=EXCLUDE_MODES, default="history",
                            help="tracks never recommended to a user: all they played in the input, "
                                 "their latest session's, or none (default %(default)s)")
     recommend.add_argument("--max-prefix-length", type=int, default=20,
@@ -109,6 +120,62 @@ def job_params(args: argparse.Namespace) -> dict:
     return params
 
 
+BATCH_NODE_PREFIX = "batch_"
+
+
+class MetadataRecord:
+    """Records one ``musicrec batch`` run in a workdir's ML Metadata, as the pipeline runner
+    records a component: a ``bulk_inferrer`` execution (node id ``batch_<job>``, run id
+    ``batch-<time>``, in the ``musicrec`` pipeline context and its own run context) with INPUT
+    events for the model and the data and, when it completes, an OUTPUT event for the result.
+
+    The model input is the ``PushedModel`` artifact that published the version when the store
+    has one (lineage then reaches the trainer and the examples), else a ``SavedModel``
+    artifact at its path.
+    """
+
+    def __init__(self, workdir: str, config: dict, params: dict):
+        import os
+
+        from musicrec.components import bulk_inferrer
+        from musicrec.components.base import Artifact
+        from musicrec.pipeline import metadata as mlmd_store
+        from musicrec.pipeline.fingerprints import fingerprint
+        from musicrec.pipeline.pipeline import PIPELINE_NAME
+        from musicrec.pipeline.runner import new_run_id
+
+        self.root = os.path.join(os.path.abspath(workdir), "runs")
+        self.store = mlmd_store.MetadataStore(mlmd_store.connection_config(config["metadata"], self.root))
+        self.run_id = f"batch-{new_run_id()}"
+        self.contexts = self.store.run_contexts(PIPELINE_NAME, self.root, self.run_id)
+        job = params["job"]
+        info = bulk_inferrer.model_info(params["saved_model"])
+        model = (self.store.pushed_model(info["name"], info["version"]) if "version" in info else None) \
+            or Artifact("SavedModel", info["path"], dict(info))
+        inputs = {f"{bulk_inferrer.MODEL_FOR_JOB[job]}_model": model}
+        data = bulk_inferrer.data_artifact(params)
+        if data is not None:
+            inputs["data"] = data
+        code = [bulk_inferrer.__name__, "musicrec.components.inference_jobs",
+                "musicrec.components.inference_handler"]
+        key = fingerprint(bulk_inferrer.SPEC.name, params, inputs, bulk_inferrer.job_data_paths(params), code)
+        self.execution_id = self.store.start_execution(
+            bulk_inferrer.SPEC.name, f"{BATCH_NODE_PREFIX}{job}", self.run_id, self.root, key, params,
+            inputs, self.contexts)
+
+    def complete(self, result) -> None:
+        from musicrec.pipeline.metadata import State
+
+        self.store.finish_execution(self.execution_id, State.COMPLETE, {"inference_result": result},
+                                    self.contexts)
+
+    def failed(self, error: BaseException) -> None:
+        from musicrec.pipeline.metadata import State
+
+        self.store.finish_execution(self.execution_id, State.FAILED,
+                                    error=f"{type(error).__name__}: {error}")
+
+
 def run(args: argparse.Namespace) -> int:
     import os
     import shutil
@@ -116,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     from musicrec.commands import UserError
     from musicrec.components import bulk_inferrer
     from musicrec.components.base import Artifact
+    from musicrec.pipeline.config import load_config
 
     out = os.path.abspath(args.out)
     if os.path.exists(out):
@@ -124,20 +192,31 @@ def run(args: argparse.Namespace) -> int:
                  *(getattr(args, "playlogs", None) or [])]:
         if path and "://" not in path and not os.path.exists(path):
             raise UserError(f"{path} does not exist")
+    if args.tf_threads < 0:
+        raise UserError("--tf-threads must be >= 0")
+    if args.tf_threads:
+        # Read by TensorFlow when it creates its thread pools (the first op), here and in the
+        # Beam worker processes, which inherit the environment.
+        os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(args.tf_threads)
     params = job_params(args)
+    record = MetadataRecord(args.workdir, load_config(args.config), params) if args.workdir else None
     staging = f"{out}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     result = Artifact("InferenceResult", staging)
     try:
         bulk_inferrer.run({}, {"inference_result": result}, params)
-    except (ValueError, FileNotFoundError) as exc:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise UserError(str(exc)) from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if record:
+            record.failed(exc)
+        if isinstance(exc, (ValueError, FileNotFoundError)):
+            raise UserError(str(exc)) from exc
         raise
     os.replace(staging, out)
+    result.uri = out
+    if record:
+        record.complete(result)
     counts = {key: result.properties[key] for key in ("inputs", "tracks", "users", "users_recommended",
                                                        "dead_letters") if key in result.properties}
     print(f"batch {args.job}: {' '.join(f'{k}={v}' for k, v in counts.items())} -> {args.out}")

@@ -56,7 +56,9 @@ DEFAULTS: dict[str, Any] = {
         # learning_rate, lr_schedule constant|cosine|plateau, clipnorm,
         # epochs, batch_size, early_stopping_patience, class_weights,
         # time_mask_frames, freq_mask_bands (SpecAugment), std_pooling,
-        # input_statistics.
+        # input_statistics, spectral_summary, summary_coefficients,
+        # summary_band_groups, weight_decay (AdamW), ema_momentum (weight
+        # averaging).
         "hparams": {},
         # Blessing: track accuracy must beat chance by this factor.
         "min_accuracy_over_chance": 1.5,
@@ -100,6 +102,20 @@ DEFAULTS: dict[str, Any] = {
         "keep_versions": 5,
         # Write assets.extra/tf_serving_warmup_requests so the server warms the model up on load.
         "warmup": True,
+    },
+    # Batch inference after the pushers (docs/batch.md): the bulk_inferrer runs the model
+    # this run pushed (or, when it pushed none, the one serving) over this run's own inputs.
+    "bulk_inference": {
+        # Any of "tag" (the audio catalogue: genres and embedding per track), "recommend"
+        # (every user of the play logs: top-N next tracks), "embeddings" (the next-track
+        # model's track-embedding table). [] runs none: each job is a Beam pass over the
+        # whole input, tens of seconds and more. A job whose input this run lacks is left out.
+        "jobs": [],
+        "top_genres": 3,
+        "top_n": 10,
+        # Tracks never recommended to a user: "history" (all they played), "session", "none".
+        "exclude": "history",
+        "num_shards": 1,
     },
     # Input spans: folders named span=<id> under an input (e.g. logs/span=2026-11-24/).
     "spans": {
@@ -168,6 +184,17 @@ def make_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     for model in ("genre_model", "next_track_model"):
         if config[model]["baseline_tolerance"] < 0:
             raise ConfigError(f"{model}.baseline_tolerance: must not be negative")
+    bulk = config["bulk_inference"]
+    from musicrec.components.bulk_inferrer import EXCLUDE_MODES, JOBS
+
+    if set(bulk["jobs"]) - set(JOBS) or len(set(bulk["jobs"])) != len(bulk["jobs"]):
+        raise ConfigError(f"bulk_inference.jobs: expected distinct names among {list(JOBS)}, "
+                          f"got {bulk['jobs']!r}")
+    if bulk["exclude"] not in EXCLUDE_MODES:
+        raise ConfigError(f"bulk_inference.exclude: expected one of {list(EXCLUDE_MODES)}, "
+                          f"got {bulk['exclude']!r}")
+    if bulk["top_genres"] < 1 or bulk["top_n"] < 1 or bulk["num_shards"] < 0:
+        raise ConfigError("bulk_inference: top_genres and top_n must be >= 1, num_shards >= 0")
     mysql = config["metadata"]["mysql"]
     if mysql is not None:
         allowed = {"host", "port", "database", "user", "password_env"}

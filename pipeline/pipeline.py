@@ -9,6 +9,10 @@ stage that appends tracks with audio but no plays (docs/cold_start.md):
     trainer[next_track] + trainer[genre] + audio examples ─► cold_start ─► evaluator[next_track]
                                                                          ─► pusher[next_track]
 
+With ``bulk_inference.jobs`` in the config, ``bulk_inferrer`` nodes follow the
+pushers (docs/batch.md): ``tag`` after pusher[genre] over the audio input,
+``recommend`` and ``embeddings`` after pusher[next_track] over the play logs.
+
 Either branch runs alone when only its input is given. Inputs organised in
 ``span=<id>`` folders are narrowed to the spans the config's ``spans`` policy
 picks (:mod:`musicrec.pipeline.spans`); the ExampleGens get the chosen
@@ -21,8 +25,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-from musicrec.components import (audio_example_gen, cold_start, evaluator, playlog_example_gen,
-                                 pusher, trainer)
+from musicrec.components import (audio_example_gen, bulk_inferrer, cold_start, evaluator,
+                                 playlog_example_gen, pusher, trainer)
 from musicrec.components.base import Artifact
 from musicrec.components.model_kinds import kind
 from musicrec.pipeline.metadata import MetadataStore
@@ -110,6 +114,41 @@ def _model_branch(model_kind: str, examples_node: Node, config: Mapping[str, Any
     return [train, *extended, evaluate, push]
 
 
+# Modules the bulk_inferrer executor loads lazily (part of its cache fingerprint).
+BULK_INFERENCE_CODE = ["musicrec.components.inference_jobs", "musicrec.components.inference_handler"]
+
+
+def _job_data(params: Mapping[str, Any]) -> Resolver:
+    """The bulk_inferrer's ``data`` input: the paths its job reads, as an ``ExternalData`` artifact."""
+    def resolve(store: MetadataStore, inputs: Mapping[str, Artifact]) -> Artifact | None:
+        return bulk_inferrer.data_artifact(params)
+    return resolve
+
+
+def _bulk_inference_nodes(config: Mapping[str, Any], pushers: Mapping[str, Node],
+                          job_inputs: Mapping[str, Mapping[str, Any]]) -> list[Node]:
+    """One ``bulk_inferrer_<job>`` node per configured job whose model branch is in this pipeline.
+
+    ``pushers``: model name → its pusher node; ``job_inputs``: job → the params naming what it reads.
+    """
+    section = config["bulk_inference"]
+    settings = {"tag": {"top_genres": section["top_genres"]},
+                "recommend": {"top_n": section["top_n"], "exclude": section["exclude"]},
+                "embeddings": {}}
+    nodes = []
+    for job in section["jobs"]:
+        model_name = bulk_inferrer.MODEL_FOR_JOB[job]
+        if model_name not in pushers or job not in job_inputs:
+            continue
+        params = {"job": job, **job_inputs[job], **settings[job], "beam_args": config["beam_args"],
+                  **({"num_shards": section["num_shards"]} if job != "embeddings" else {})}
+        nodes.append(Node(f"bulk_inferrer_{job}", bulk_inferrer.SPEC,
+                          inputs={f"{model_name}_model": pushers[model_name].outputs["pushed_model"]},
+                          params=params, data_paths=bulk_inferrer.job_data_paths(params),
+                          resolvers={"data": _job_data(params)}, code_modules=BULK_INFERENCE_CODE))
+    return nodes
+
+
 def _examples_output(node: Node) -> str:
     (name,) = node.spec.outputs
     return name
@@ -146,6 +185,8 @@ def create_pipeline(config: Mapping[str, Any], workdir: str, *, audio_dir: str |
     spans = config["spans"]
     nodes: list[Node] = []
     extension: Extension | None = None
+    pushers: dict[str, Node] = {}
+    job_inputs: dict[str, dict[str, Any]] = {}
     if audio_dir or metadata_csv:
         audio = config["audio"]
         audio_spans = select_spans([audio_dir] if audio_dir else [], "latest")
@@ -164,6 +205,9 @@ def create_pipeline(config: Mapping[str, Any], workdir: str, *, audio_dir: str |
             output_properties=_span_properties(audio_spans.span_ids))
         genre_branch = _model_branch("genre", audio_gen, config, workdir)
         nodes += [audio_gen, *genre_branch]
+        pushers["genre"] = genre_branch[-1]
+        job_inputs["tag"] = {"audio_dir": resolved_audio_dir, "metadata_csv": metadata_csv,
+                             "feature_params": audio["features"]}
         if config["cold_start"]["enabled"]:
             extension = _cold_start_extension(config, genre_branch[0], audio_gen)
     if playlog_paths:
@@ -172,6 +216,12 @@ def create_pipeline(config: Mapping[str, Any], workdir: str, *, audio_dir: str |
         log_gen = Node("playlog_example_gen", playlog_example_gen.SPEC, params={
             "playlog_paths": selection.paths, **logs, "beam_args": config["beam_args"]},
             data_paths=selection.paths, output_properties=_span_properties(selection.span_ids))
-        nodes += [log_gen, *_model_branch("next_track", log_gen, config, workdir, extension)]
+        next_track_branch = _model_branch("next_track", log_gen, config, workdir, extension)
+        nodes += [log_gen, *next_track_branch]
+        pushers["next_track"] = next_track_branch[-1]
+        job_inputs["recommend"] = {"playlog_paths": selection.paths, "playlog_format": logs["format"],
+                                   "session_gap_seconds": logs["session_gap_seconds"]}
+        job_inputs["embeddings"] = {}
+    nodes += _bulk_inference_nodes(config, pushers, job_inputs)
     return Pipeline(PIPELINE_NAME, os.path.join(workdir, "runs"), nodes,
                     metadata=config.get("metadata"), write_report=config.get("report", True))

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import grpc
 import numpy as np
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -37,7 +38,7 @@ from tensorflow_serving.apis import (
 
 from musicrec.serving.errors import ServingError
 from musicrec.serving.servables import DEFAULT_SIGNATURE_NAME, dtype_name, shape_dims
-from musicrec.serving.tensor_proto import make_tensor_proto, to_ndarray
+from musicrec.serving.tensor_proto import fill_tensor_proto, make_tensor_proto, to_bytes_array, to_ndarray
 
 DEFAULT_TARGET = "127.0.0.1:8500"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -55,6 +56,8 @@ def from_tensor_proto(proto: Any) -> np.ndarray:
 
     Note: numpy ``S`` arrays drop trailing NUL bytes of each element.
     """
+    if proto.dtype == types_pb2.DT_STRING:
+        return to_bytes_array(proto)
     array = to_ndarray(proto)
     if array.dtype == object:
         return array.astype(np.bytes_)
@@ -164,7 +167,7 @@ class PredictionClient:
         self._spec(request, model_name, version, label)
         request.model_spec.signature_name = signature_name
         for alias, value in inputs.items():
-            request.inputs[alias].CopyFrom(to_tensor_proto(value))
+            fill_tensor_proto(request.inputs[alias], np.asarray(value))
         request.output_filter.extend(output_filter)
         response = self._call("Predict", self._stub.Predict, request)
         return {alias: from_tensor_proto(proto) for alias, proto in response.outputs.items()}

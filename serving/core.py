@@ -5,9 +5,7 @@ same status code and the same metrics whichever protocol carried it.
 """
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import Iterator
 
 import grpc
 import numpy as np
@@ -24,12 +22,33 @@ SIGNATURE_DEF_FIELD = "signature_def"  # the one GetModelMetadata field TF Servi
 
 
 class RequestOutcome:
-    """Mutable holder a front end fills with the model name it resolved."""
+    """Times one request and counts its outcome when it ends (a context manager).
 
-    __slots__ = ("model_name",)
+    A front end may set ``model_name`` to the name it resolved. A class rather
+    than a ``contextlib`` generator: it runs on every request, and costs a
+    third as much.
+    """
 
-    def __init__(self, model_name: str) -> None:
+    __slots__ = ("model_name", "_metrics", "_api", "_entrypoint", "_start")
+
+    def __init__(self, metrics: ServingMetrics, model_name: str, api: str, entrypoint: str) -> None:
         self.model_name = model_name
+        self._metrics, self._api, self._entrypoint = metrics, api, entrypoint
+        self._start = 0.0
+
+    def __enter__(self) -> "RequestOutcome":
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, error, traceback) -> None:
+        if exc_type is None:
+            status = grpc.StatusCode.OK
+        elif isinstance(error, ServingError):
+            status = error.code
+        else:
+            status = grpc.StatusCode.INTERNAL
+        self._metrics.record(self.model_name, self._api, self._entrypoint, status,
+                             time.perf_counter() - self._start)
 
 
 class ServingCore:
@@ -70,25 +89,13 @@ class ServingCore:
             )
         return {alias: outputs[alias] for alias in call.output_aliases}
 
-    @contextlib.contextmanager
-    def observe(self, model_name: str, api: str, entrypoint: str) -> Iterator[RequestOutcome]:
-        """Time a request and count its outcome (the ServingError's code, or OK).
+    def observe(self, model_name: str, api: str, entrypoint: str) -> RequestOutcome:
+        """``with core.observe(...) as outcome:`` times a request and counts its outcome
+        (the ServingError's code, or OK).
 
         Any other exception counts as INTERNAL and propagates unchanged.
         """
-        outcome = RequestOutcome(model_name)
-        start = time.perf_counter()
-        status = grpc.StatusCode.OK
-        try:
-            yield outcome
-        except ServingError as error:
-            status = error.code
-            raise
-        except BaseException:
-            status = grpc.StatusCode.INTERNAL
-            raise
-        finally:
-            self.metrics.record(outcome.model_name, api, entrypoint, status, time.perf_counter() - start)
+        return RequestOutcome(self.metrics, model_name, api, entrypoint)
 
     def stop(self) -> None:
         """Stop the batch scheduler (queued batches still finish)."""

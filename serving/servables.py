@@ -22,7 +22,8 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from musicrec.serving.errors import ServingError
-from musicrec.serving.tensor_proto import shape_of, to_ndarray
+from musicrec.serving.signature_call import SignatureCaller
+from musicrec.serving.tensor_proto import element_count, shape_of, to_ndarray
 from musicrec.serving.warmup import read_warmup_requests
 
 SAVED_MODEL_PB = "saved_model.pb"
@@ -124,23 +125,37 @@ def _invalid(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+def _item_bytes(dtype_enum: int) -> int:
+    """Bytes one element of ``dtype_enum`` takes decoded (a string or an unknown dtype: a pointer, 8)."""
+    if dtype_enum == types_pb2.DT_STRING:
+        return 8
+    try:
+        return tf.dtypes.as_dtype(dtype_enum).size
+    except TypeError:  # DT_INVALID or newer than this TF; such an input never decodes anyway
+        return 8
+
+
 def _decode_input(
     alias: str,
     proto: tensor_pb2.TensorProto,
-    spec: meta_graph_pb2.TensorInfo,
+    expected_dtype: int,
+    item_bytes: int,
     max_decoded_bytes: int,
 ) -> np.ndarray:
-    """One request TensorProto → ndarray, checked for dtype and size (shape later)."""
-    if proto.dtype != spec.dtype:
+    """One request TensorProto → ndarray, checked for dtype and size (shape later).
+
+    ``expected_dtype`` is the signature's ``DataType`` for ``alias`` and
+    ``item_bytes`` its ``_item_bytes``.
+    """
+    if proto.dtype != expected_dtype:
         raise _invalid(
-            f"Expects arg[{alias}] to be {dtype_name(spec.dtype)} "
+            f"Expects arg[{alias}] to be {dtype_name(expected_dtype)} "
             f"but {dtype_name(proto.dtype)} is provided"
         )
     dims = shape_of(proto)
-    if any(size < 0 for size in dims):
+    if dims and min(dims) < 0:
         raise _invalid(f"tensor parsing error: {alias}: negative dimension in shape {dims}")
-    num_elements = int(np.prod(dims, dtype=np.int64))
-    item_bytes = 8 if proto.dtype == types_pb2.DT_STRING else tf.dtypes.as_dtype(proto.dtype).size
+    num_elements = element_count(dims)
     # A repeated-field proto may hold one value that fills a huge shape;
     # refuse before numpy allocates it.
     if num_elements * item_bytes > max_decoded_bytes:
@@ -232,7 +247,8 @@ class Servable:
                 f'Serving signature key "{signature_name}" not found. '
                 f"Available signatures: {sorted(self.functions)}",
             )
-        plan = self._plans[signature_name] = _SignaturePlan(self.signature_defs[signature_name])
+        plan = self._plans[signature_name] = _SignaturePlan(
+            self.signature_defs[signature_name], self.functions[signature_name])
         return plan
 
     def prepare(
@@ -246,7 +262,8 @@ class Servable:
         plan = self._plan(signature_name)
         plan.check_input_names(inputs)
         arrays = {
-            alias: _decode_input(alias, proto, plan.signature.inputs[alias], max_decoded_bytes)
+            alias: _decode_input(alias, proto, plan.input_dtype_enums[alias], plan.input_item_bytes[alias],
+                                 max_decoded_bytes)
             for alias, proto in inputs.items()
         }
         return self.prepare_arrays(signature_name, arrays, output_filter)
@@ -268,16 +285,18 @@ class Servable:
         return PreparedCall(signature_name, dict(arrays), output_aliases)
 
     def execute(self, signature_name: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run a checked call; every output alias → array (strings as ``object`` bytes)."""
-        input_dtypes = self._plan(signature_name).input_dtypes
-        tensors = {alias: tf.convert_to_tensor(array, dtype=input_dtypes[alias]) for alias, array in arrays.items()}
+        """Run a checked call; every output alias → array (strings as ``object`` bytes).
+
+        The inputs must have passed ``prepare``/``prepare_arrays`` (names,
+        dtypes, shapes): the signature runs through ``SignatureCaller``'s flat
+        call, which leaves those checks to them.
+        """
         try:
-            results = self.functions[signature_name](**tensors)
+            return self._plan(signature_name).call(arrays)
         except tf.errors.OpError as error:
             raise ServingError(_status_of(error), error.message) from error
         except (TypeError, ValueError) as error:
             raise _invalid(f"signature {signature_name} rejected the inputs: {error}") from error
-        return {alias: np.asarray(value) for alias, value in results.items()}
 
     def predict(
         self,
@@ -347,21 +366,25 @@ class Servable:
             )
         (alias,) = signature.inputs
         examples = np.array(serialized_examples(model_input), dtype=object)
-        outputs = self.execute(signature_name, {alias: examples})
+        call = self.prepare_arrays(signature_name, {alias: examples})  # the flat call leaves shapes to it
+        outputs = self.execute(signature_name, call.arrays)
         return {key: outputs[key] for key in present}
 
 
 class _SignaturePlan:
     """What a request against one SignatureDef is checked and converted with, read once."""
 
-    __slots__ = ("signature", "input_names", "input_shapes", "input_dtypes", "output_aliases")
+    __slots__ = ("signature", "input_names", "input_shapes", "input_dtype_enums", "input_item_bytes",
+                 "output_aliases", "call")
 
-    def __init__(self, signature: meta_graph_pb2.SignatureDef) -> None:
+    def __init__(self, signature: meta_graph_pb2.SignatureDef, function: Any) -> None:
         self.signature = signature
         self.input_names = frozenset(signature.inputs)
         self.input_shapes = {alias: shape_dims(info.tensor_shape) for alias, info in signature.inputs.items()}
-        self.input_dtypes = {alias: tf.dtypes.as_dtype(info.dtype) for alias, info in signature.inputs.items()}
+        self.input_dtype_enums = {alias: info.dtype for alias, info in signature.inputs.items()}
+        self.input_item_bytes = {alias: _item_bytes(info.dtype) for alias, info in signature.inputs.items()}
         self.output_aliases = list(signature.outputs)
+        self.call = SignatureCaller(function, signature)
 
     def check_input_names(self, inputs: Mapping[str, Any]) -> None:
         if len(inputs) != len(self.input_names) or any(alias not in self.input_names for alias in inputs):

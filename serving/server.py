@@ -10,7 +10,6 @@ UNIMPLEMENTED) and ``ModelService`` (``GetModelStatus``,
 from __future__ import annotations
 
 import logging
-from concurrent import futures
 from typing import Iterable, Mapping
 
 import grpc
@@ -38,6 +37,7 @@ from musicrec.serving.rest import RestServer
 from musicrec.serving.servables import DEFAULT_SIGNATURE_NAME, Servable
 from musicrec.serving.server_options import BatchingOptions
 from musicrec.serving.tensor_proto import fill_tensor_proto
+from musicrec.serving.worker_pool import LifoWorkerPool
 
 LOGGER = logging.getLogger(__name__)
 
@@ -71,9 +71,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def __init__(self, core: ServingCore) -> None:
         self._core = core
+        self._observed_predict = self._observed("Predict", self._predict)
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext):
-        return _answer(self._observed("Predict", self._predict), request, context)
+        return _answer(self._observed_predict, request, context)
 
     def Classify(self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext):
         return _answer(self._observed("Classify", self._classify), request, context)
@@ -246,6 +247,7 @@ class LocalModelServer:
         self.registry = ModelRegistry(models, poll_wait_seconds=poll_wait_seconds)
         self.core = ServingCore(self.registry, max_decoded_bytes=max_message_bytes, batching=batching)
         self._server: grpc.Server | None = None
+        self._workers: LifoWorkerPool | None = None
         self._rest: RestServer | None = None
         self.port: int | None = None
         self.rest_port: int | None = None
@@ -289,10 +291,8 @@ class LocalModelServer:
             # share a port silently; a busy port must fail loudly instead.
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="predict"),
-            options=options,
-        )
+        workers = LifoWorkerPool(max_workers=self.max_workers, thread_name_prefix="predict")
+        server = grpc.server(workers, options=options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.core), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.core), server)
         address = _bind_address(self.host, self.requested_port)
@@ -308,7 +308,7 @@ class LocalModelServer:
             self.rest_port = self._rest.port
             self._rest.start()
         server.start()
-        self._server, self.port = server, port
+        self._server, self._workers, self.port = server, workers, port
         self.registry.start_polling()
         served = ", ".join(
             f"{name} v{version}" if version is not None else f"{name} (no version yet)"
@@ -333,6 +333,8 @@ class LocalModelServer:
         if self._server is not None:
             self._server.stop(grace_seconds).wait()
             self._server = None
+            self._workers.shutdown(wait=False)  # in-flight calls have had their grace
+            self._workers = None
         self.core.stop()
 
     def wait(self, timeout_seconds: float | None = None) -> bool:

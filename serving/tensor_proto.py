@@ -10,6 +10,7 @@ identical (``tests/test_serving_parts.py`` checks both paths against them).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,16 @@ def shape_of(proto: tensor_pb2.TensorProto) -> list[int]:
     return [dim.size for dim in proto.tensor_shape.dim]
 
 
+def element_count(dims: list[int]) -> int:
+    """Elements of a tensor with non-negative ``dims`` (1 for a scalar).
+
+    ``math.prod`` on Python ints: exact for any size (``np.prod`` in int64
+    wraps around), and a tenth of ``np.prod``'s cost on a short list, which
+    matters because every request tensor is counted.
+    """
+    return math.prod(dims)
+
+
 def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
     """TensorProto → ndarray, as ``tf.make_ndarray`` returns it.
 
@@ -58,18 +69,30 @@ def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
     if proto.tensor_content:
         dtype = _NUMPY_OF_ENUM.get(proto.dtype)
         if dtype is not None:
-            count = int(np.prod(dims, dtype=np.int64))
+            count = element_count(dims)
             if len(proto.tensor_content) != count * dtype.itemsize:
                 raise ValueError(f"tensor_content holds {len(proto.tensor_content)} bytes, "
                                  f"the shape {dims} of {dtype.name} needs {count * dtype.itemsize}")
             return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(dims)
     elif proto.dtype == types_pb2.DT_STRING:
         values = proto.string_val
-        if len(values) == int(np.prod(dims, dtype=np.int64)):
+        if len(values) == element_count(dims):
             array = np.empty(len(values), dtype=object)
             array[:] = list(values)
             return array.reshape(dims)
     return tf.make_ndarray(proto)
+
+
+def to_bytes_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """A DT_STRING TensorProto → numpy ``bytes`` (``S``) array, as
+    ``to_ndarray(proto).astype(np.bytes_)`` returns it, without the ``object``
+    array in between (numpy ``S`` arrays drop trailing NUL bytes).
+    """
+    dims = shape_of(proto)
+    values = proto.string_val
+    if proto.dtype == types_pb2.DT_STRING and not proto.tensor_content and len(values) == element_count(dims):
+        return np.array(list(values), dtype=np.bytes_).reshape(dims)
+    return to_ndarray(proto).astype(np.bytes_)
 
 
 def fill_tensor_proto(proto: tensor_pb2.TensorProto, array: np.ndarray) -> tensor_pb2.TensorProto:
@@ -85,24 +108,23 @@ def fill_tensor_proto(proto: tensor_pb2.TensorProto, array: np.ndarray) -> tenso
         if array.dtype.kind != "S":
             flat = [value.encode("utf-8") if isinstance(value, str) else value for value in flat]
         proto.dtype = types_pb2.DT_STRING
-        proto.tensor_shape.dim.extend(tensor_shape_dims(array.shape))
+        _set_shape(proto, array.shape)
         proto.string_val.extend(flat)
         return proto
-    enum = _ENUM_OF_NUMPY.get(array.dtype.newbyteorder("<"))
+    enum = _ENUM_OF_NUMPY.get(array.dtype if array.dtype.isnative else array.dtype.newbyteorder("<"))
     if enum not in _CONTENT_ENCODED or array.size <= 1:  # TF uses the typed *_val fields there
         proto.CopyFrom(tf.make_tensor_proto(array))
         return proto
     proto.dtype = enum
-    proto.tensor_shape.dim.extend(tensor_shape_dims(array.shape))
+    _set_shape(proto, array.shape)
     proto.tensor_content = np.ascontiguousarray(array, dtype=_NUMPY_OF_ENUM[enum]).tobytes()
     return proto
 
 
-def tensor_shape_dims(shape: tuple[int, ...]) -> list[Any]:
-    """``TensorShapeProto.Dim`` messages for ``shape``."""
-    from tensorflow.core.framework import tensor_shape_pb2
-
-    return [tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in shape]
+def _set_shape(proto: tensor_pb2.TensorProto, shape: tuple[int, ...]) -> None:
+    dims = proto.tensor_shape.dim
+    for size in shape:
+        dims.add().size = size
 
 
 def make_tensor_proto(array: Any) -> tensor_pb2.TensorProto:

@@ -182,3 +182,39 @@ def test_clear_errors(workdir, capsys):
     assert "already exists" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["batch", "tag", "--workdir", workdir["work"], "--out", out])  # no --audio/--metadata
+
+
+def _bulk_executions(store, node_id: str):
+    return [e for e in store.executions() if store.execution_type_name(e) == "bulk_inferrer"
+            and e.custom_properties["node_id"].string_value == node_id]
+
+
+def test_a_batch_run_with_a_workdir_is_recorded_in_ml_metadata(workdir, capsys):
+    from musicrec.components.base import Artifact
+    from musicrec.pipeline import metadata as mlmd_store
+
+    store = mlmd_store.MetadataStore(mlmd_store.connection_config(None, os.path.join(workdir["work"], "runs")))
+    version = os.path.join(workdir["work"], "serving", "next_track", "2")
+    pushed = Artifact("PushedModel", str(workdir["root"] / "push-record"),  # as the pusher records a push
+                      {"model_name": "next_track", "version": 2, "pushed": True, "path": version})
+    store.put_artifact(pushed)
+    out = str(workdir["root"] / "recs-recorded")
+    assert cli.main(["batch", "recommend", "--workdir", workdir["work"], "--playlogs", workdir["plays"],
+                     "--out", out, "--top-n", "2"]) == 0
+    (execution,) = [e for e in _bulk_executions(store, "batch_recommend")
+                    if store.io(e.id)[1].get("inference_result", Artifact("", "")).uri == out]
+    assert execution.last_known_state == mlmd_store.State.COMPLETE
+    inputs, outputs = store.io(execution.id)
+    assert inputs["next_track_model"].mlmd_id == pushed.mlmd_id
+    assert inputs["data"].properties["paths"] == [workdir["plays"]]
+    assert outputs["inference_result"].properties["users_recommended"] == 4
+
+    keys = workdir["root"] / "repeated-keys.txt"
+    keys.write_text("track-1\ntrack-1\n")
+    failed_before = len(_bulk_executions(store, "batch_embeddings"))
+    assert cli.main(["batch", "embeddings", "--workdir", workdir["work"], "--keys", str(keys),
+                     "--out", str(workdir["root"] / "never-embedded")]) == 2
+    assert "repeat" in capsys.readouterr().err
+    runs = _bulk_executions(store, "batch_embeddings")[failed_before:]
+    assert [e.last_known_state for e in runs] == [mlmd_store.State.FAILED]
+    assert "repeat" in runs[0].custom_properties["error"].string_value

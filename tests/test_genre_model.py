@@ -278,3 +278,10 @@ def test_the_evaluator_scores_model_and_classical_baseline_side_by_side(trained,
     for png in ("confusion_matrix.png", "baseline_confusion_matrix.png"):
         assert open(evaluation.path(png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert report["blessing"]["blessed"] == (metrics["track_accuracy"] >= 0.5)
+    page = open(evaluation.path("report.html"), encoding="utf-8").read()
+    # Both columns of the side-by-side table, with the scores metrics.json holds.
+    assert "<th>Keras model</th><th>classical baseline</th>" in page
+    assert (f"<tr><td>track accuracy</td><td>{metrics['track_accuracy']:.3f}</td>"
+            f"<td>{baseline['track_accuracy']:.3f}</td></tr>") in page
+    for png in ("confusion_matrix.png", "baseline_confusion_matrix.png"):
+        assert f"src='{png}'" in page

@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from musicrec.models.genre.augment import spec_augment
-from musicrec.models.genre.model import (PADDING_VALUE, GenreHParams, balanced_class_weights,
+from musicrec.models.genre.model import (PADDING_VALUE, GenreHParams, SpectralSummary,
+                                         averaging_momentum, balanced_class_weights,
                                          build_classifier, new_normalization)
 from musicrec.models.genre.train import training_callbacks
 
@@ -31,6 +32,8 @@ ARCHITECTURES = [
     {"architecture": "crnn"},
     {"architecture": "crnn", "crnn_recurrent": "lstm", "bidirectional": True, "std_pooling": True,
      "input_statistics": True},
+    {"architecture": "lstm", "std_pooling": True, "spectral_summary": True},
+    {"architecture": "crnn", "spectral_summary": True, "summary_band_groups": 3},
 ]
 
 
@@ -59,6 +62,60 @@ def test_gradient_clipping_by_global_norm_is_configured(architecture):
     assert model.optimizer.global_clipnorm == pytest.approx(0.25)
     assert model.optimizer.clipnorm is None and model.optimizer.clipvalue is None
     assert [layer.name for layer in model.layers][-2:] == ["embedding", "probabilities"]
+
+
+@pytest.mark.parametrize("weight_decay, ema_momentum", [(0.0, 0.0), (0.05, 0.9)])
+def test_weight_decay_picks_adamw_and_weight_averaging_keeps_the_clipping(weight_decay,
+                                                                         ema_momentum):
+    hparams = GenreHParams(**SMALL, weight_decay=weight_decay, ema_momentum=ema_momentum,
+                           clipnorm=0.5)
+    model = build_classifier(N_MELS, 3, hparams, _normalization())
+    assert type(model.optimizer).__name__ == ("AdamW" if weight_decay else "Adam")
+    assert model.optimizer.global_clipnorm == pytest.approx(0.5)
+    assert model.optimizer.use_ema == bool(ema_momentum)
+    if weight_decay:
+        assert model.optimizer.weight_decay == pytest.approx(weight_decay)
+    if ema_momentum:
+        # After fit the weights are the running average, not the last step's.
+        keras.utils.set_random_seed(5)
+        x, y = _segments(12, 10, seed=5), np.arange(12) % 3
+        model.fit(x, y, epochs=2, batch_size=4, verbose=0)
+        averages = [v.numpy() for v in model.optimizer._model_variables_moving_average]
+        for variable, average in zip(model.trainable_variables, averages):
+            np.testing.assert_array_equal(variable.numpy(), average)
+    with pytest.raises(ValueError, match="ema_momentum"):
+        GenreHParams(ema_momentum=1.0)
+
+
+def test_weight_averaging_horizon_is_at_most_a_third_of_the_run():
+    hparams = GenreHParams(ema_momentum=0.99, epochs=12)
+    assert averaging_momentum(hparams, steps_per_epoch=100) == pytest.approx(0.99)
+    assert averaging_momentum(hparams, steps_per_epoch=2) == pytest.approx(1 - 3 / 24)
+    assert averaging_momentum(hparams, steps_per_epoch=None) == pytest.approx(0.99)
+    model = build_classifier(N_MELS, 3, GenreHParams(**SMALL, ema_momentum=0.99, epochs=4),
+                             _normalization(), steps_per_epoch=5)
+    assert model.optimizer.ema_momentum == pytest.approx(1 - 3 / 20)
+
+
+def test_spectral_summary_is_the_dct_and_the_band_group_contrast():
+    import scipy.fft
+
+    rng = np.random.default_rng(6)
+    log_mel = rng.normal(-6, 2, (2, 9, N_MELS)).astype(np.float32)
+    normalized = rng.normal(0, 1, (2, 9, N_MELS)).astype(np.float32)
+    descriptors = SpectralSummary(N_MELS, n_coefficients=5, n_groups=3)(log_mel, normalized).numpy()
+    assert descriptors.shape == (2, 9, 5 + 2 * 3)
+    np.testing.assert_allclose(descriptors[..., :5],
+                               scipy.fft.dct(normalized, norm="ortho", axis=-1)[..., :5], atol=1e-4)
+    # Groups as np.array_split cuts 16 bands in 3: 6, 5, 5 bands.
+    for group, bands in enumerate((slice(0, 6), slice(6, 11), slice(11, 16))):
+        contrast, valley = descriptors[..., 5 + 2 * group], descriptors[..., 6 + 2 * group]
+        np.testing.assert_allclose(valley, log_mel[..., bands].min(-1), atol=1e-6)
+        np.testing.assert_allclose(contrast, np.ptp(log_mel[..., bands], axis=-1), atol=1e-5)
+    with pytest.raises(ValueError, match="summary_band_groups"):
+        SpectralSummary(N_MELS, n_coefficients=5, n_groups=9)
+    with pytest.raises(ValueError, match="summary_coefficients"):
+        SpectralSummary(N_MELS, n_coefficients=17, n_groups=2)
 
 
 def test_the_optimizer_rescales_a_large_gradient_to_the_global_norm():
@@ -100,15 +157,22 @@ def test_learning_rate_schedules():
         build_classifier(N_MELS, 3, GenreHParams(**SMALL, lr_schedule="cosine"), _normalization())
 
     epoch_logger = keras.callbacks.Callback()
-    plateau = training_callbacks(GenreHParams(lr_schedule="plateau", early_stopping_patience=4),
+    plateau = training_callbacks(GenreHParams(lr_schedule="plateau", early_stopping_patience=4,
+                                              ema_momentum=0.0),
                                  "val_loss", "/tmp/unused", epoch_logger)
     kinds = {type(callback).__name__: callback for callback in plateau}
     assert kinds["ReduceLROnPlateau"].patience == 2 and kinds["ReduceLROnPlateau"].monitor == "val_loss"
     stopping = kinds["EarlyStopping"]
     assert stopping.restore_best_weights and stopping.monitor == "val_loss" and stopping.patience == 4
     assert "TensorBoard" in kinds
-    constant = training_callbacks(GenreHParams(), "loss", "/tmp/unused", epoch_logger)
+    constant = training_callbacks(GenreHParams(ema_momentum=0.0), "loss", "/tmp/unused",
+                                  epoch_logger)
     assert not any(type(c).__name__ == "ReduceLROnPlateau" for c in constant)
+    assert next(c for c in constant if type(c).__name__ == "EarlyStopping").restore_best_weights
+    # With weight averaging the average is the result: no restore may replace it.
+    averaged = training_callbacks(GenreHParams(ema_momentum=0.99), "loss", "/tmp/unused",
+                                  epoch_logger)
+    assert not next(c for c in averaged if type(c).__name__ == "EarlyStopping").restore_best_weights
 
 
 def test_balanced_class_weights():

@@ -99,17 +99,25 @@ def validation_setup(eval_files: list[str], n_mels: int, batch_size: int
 
 # Hyperparameters that change weight shapes: a checkpoint with other values cannot seed this model.
 SHAPE_HPARAMS = ("architecture", "lstm_units", "lstm_layers", "bidirectional", "crnn_recurrent",
-                 "conv_filters", "embedding_dim")
+                 "conv_filters", "embedding_dim", "std_pooling", "input_statistics",
+                 "spectral_summary", "summary_coefficients", "summary_band_groups")
 TENSORBOARD_DIR = "logs"
 CURVES_FILE = "training_curves.png"
 
 
 def training_callbacks(hparams: GenreHParams, monitor: str, model_dir: str,
                        epoch_logger: keras.callbacks.Callback) -> list[keras.callbacks.Callback]:
-    """Early stopping (best weights restored), the plateau schedule, TensorBoard logs, the epoch log."""
+    """Early stopping, the plateau schedule, TensorBoard logs, the epoch log.
+
+    Early stopping restores the best epoch's weights, except with weight
+    averaging (``ema_momentum > 0``): the model then ends with the average,
+    which Keras writes when training ends and which a restore (it runs
+    later, in ``on_train_end``) would silently replace with one epoch's raw
+    weights; early stopping then only ends training.
+    """
     callbacks = [
         keras.callbacks.EarlyStopping(monitor=monitor, patience=hparams.early_stopping_patience,
-                                      restore_best_weights=True),
+                                      restore_best_weights=hparams.ema_momentum == 0),
         keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, TENSORBOARD_DIR),
                                     write_graph=False, update_freq="epoch"),
         epoch_logger,
@@ -140,7 +148,9 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
         The metrics also written to ``<model_dir>/train_metrics.json``:
         ``history`` (per-epoch lists), ``monitor`` (``val_loss``, or
         ``loss`` without an eval split), ``best_epoch`` (1-based),
-        ``best`` (every metric at the best epoch), ``epochs_run``,
+        ``best`` (every metric at the best epoch), ``final_weights``
+        (``"best_epoch"``, or ``"moving_average"`` with ``ema_momentum``),
+        ``epochs_run``,
         ``epoch_seconds``, ``fit_seconds``, ``hparams``, ``labels``,
         ``class_weights`` (``None`` when off), ``train_segments`` and
         ``serving_dir``.
@@ -200,6 +210,8 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
         "monitor": monitor,
         "best_epoch": best_index + 1,
         "best": {name: values[best_index] for name, values in history_lists.items()},
+        # Which weights the exported model has (see training_callbacks).
+        "final_weights": "moving_average" if hparams.ema_momentum else "best_epoch",
         "epochs_run": len(history_lists[monitor]),
         "epoch_seconds": epoch_logger.epoch_seconds,
         "fit_seconds": fit_seconds,

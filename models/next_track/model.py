@@ -21,9 +21,11 @@ history slots, the boundary and the session → dropout → scores over every id
 dense output layer or, with ``tied_embeddings``, the dot product with the
 input embedding table (after a projection to its width) plus a per-track
 bias. With ``repeat_scores``, learned weights computed from the session
-state are added to the scores of tracks in the input and of the tracks that
-followed earlier plays of the current track (:class:`RepeatScores`): repeat
-listening and its recency become cheap, learned terms.
+state are added to the scores of tracks in the input and, gated by that
+state, to the sequential-rule evidence of the tracks that followed earlier
+plays of the session's last few tracks anywhere in the listener's history
+(:class:`RepeatScores`): repeat listening and its recency become cheap,
+learned terms.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 PADDING_TOKEN = ""
 PADDING_ID = 0
@@ -55,10 +58,15 @@ class NextTrackHParams:
             of a separate output layer.
         repeat_scores: add the learned repeat term (see :class:`RepeatScores`).
         successor_lags: with ``repeat_scores``, how many tracks after an
-            earlier play of the session's last track gain the learned
-            successor score (0 turns it off).
+            earlier play of an anchor (one of the session's last plays) gain
+            the learned successor evidence (0 turns it off).
+        successor_anchors: how many of the session's last plays are anchors
+            of the successor evidence (1: only the last play).
         history_length: the listener's earlier plays fed before the session, in
-            plays (0 turns personalisation off); the repeat term sees them all.
+            plays (0 turns personalisation off); the successor evidence
+            reads them all (it is sparse: cheap even for tens of thousands).
+        repeat_history_length: how many of those (the most recent) the
+            repeat term reads (it is dense over its slots, with gradients).
         rnn_history_length: how many of those (the most recent) the recurrent
             layer reads before the boundary; recurrent cost grows with
             ``rnn_history_length + 1 + max_prefix_length`` steps.
@@ -84,17 +92,19 @@ class NextTrackHParams:
     """
 
     embedding_dim: int = 64
-    lstm_units: int = 128
+    lstm_units: int = 64
     rnn: str = "lstm"
     tied_embeddings: bool = True
     repeat_scores: bool = True
-    successor_lags: int = 3
-    history_length: int = 5000
+    successor_lags: int = 10
+    successor_anchors: int = 3
+    history_length: int = 30000
+    repeat_history_length: int = 5000
     rnn_history_length: int = 10
     dropout: float = 0.2
-    learning_rate: float = 2e-3
+    learning_rate: float = 4e-3
     clipnorm: float = 1.0
-    epochs: int = 20
+    epochs: int = 3
     batch_size: int = 256
     early_stopping_patience: int = 2
     early_stopping_metric: str = "hr"
@@ -114,6 +124,10 @@ class NextTrackHParams:
                              f"{EARLY_STOPPING_METRICS}, got {self.early_stopping_metric!r}")
         if self.history_length < 0 or self.max_prefix_length < 1:
             raise ValueError("next_track hparams need history_length >= 0 and max_prefix_length >= 1")
+        if self.successor_lags < 0 or self.successor_anchors < 1:
+            raise ValueError("next_track hparams need successor_lags >= 0 and successor_anchors >= 1")
+        if not 0 <= self.repeat_history_length:
+            raise ValueError("next_track hparam repeat_history_length must be >= 0")
         if not 0 <= self.rnn_history_length <= self.history_length:
             raise ValueError("next_track hparam rnn_history_length must be in [0, history_length]")
 
@@ -295,42 +309,110 @@ def recency_buckets(history_length: int, slots: int) -> np.ndarray:
     return np.where(np.arange(slots) < history_length, bucket + RECENCY_BUCKETS, bucket).astype(np.int32)
 
 
+SUCCESSOR_CHANNELS = 2  # evidence from the last play; evidence from the anchors before it
+
+
 @keras.saving.register_keras_serializable(package="musicrec")
 class RepeatScores(keras.layers.Layer):
-    """Adds learned, state-dependent scores to tracks found in the input (repeat listening).
+    """Adds learned scores to tracks found in the input and to what followed them (repeat listening).
 
     Every slot falls in a recency bucket (:func:`recency_buckets`: log2 of
-    its distance from the end, history and session apart). Two terms, both
+    its distance from the end, history and session apart). Both terms are
     scattered onto the logits with ``UnsortedSegmentSum`` (a core op) at
     ``O(batch × slots)`` cost, not ``O(batch × catalogue)``:
 
     - repeat: ``logits[b, ids[b, s]] += state[b] · kernel[:, bucket(s)] +
       bias[bucket(s)]`` for every play slot ``s``; a track in several slots
       collects all their weights.
-    - successor (``successor_lags = L > 0``): wherever slot ``s`` holds the
-      session's last play, the track ``lag`` slots later (``lag`` = 1..L)
-      gains ``state[b] · successor_kernel[:, lag] + successor_bias[lag, bucket(s)]``:
-      what the listener played right after this track before (album and
-      playlist replays), learned end to end with its recency.
+    - successor (``successor_lags = L > 0``), a learned, personal form of
+      sequential rules: wherever slot ``s`` (before the anchor itself) holds
+      one of the session's last ``successor_anchors = A`` plays (anchor
+      ``a``: 0 the last play, 1 the one before, ...), the track ``lag``
+      slots later (``lag`` = 1..L) gathers the evidence ``1 / ((1 + a) · lag)``,
+      the rule-based weighting. Two channels of evidence per track,
+      ``E[b, t, c] >= 0`` (``c = 0``: the last play as anchor; ``c = 1``:
+      the anchors before it), enter the logits as
+      ``Σ_c gate[b, c] · E[b, t, c] + gate[b, 2 + c] · log(1 + E[b, t, c])``
+      with ``gate = state · gate_kernel + gate_bias``: the session decides
+      how much the listener's own habits count. The evidence has no weights
+      of its own, so it costs no backpropagation over the (long) history.
+      What the listener played right after these tracks before (album and
+      playlist replays) is the strongest signal in music sessions.
     """
 
-    def __init__(self, history_length: int, successor_lags: int = 0, **kwargs):
+    def __init__(self, history_length: int, successor_lags: int = 0, successor_anchors: int = 1,
+                 repeat_history_length: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.history_length = history_length
         self.successor_lags = successor_lags
+        self.successor_anchors = successor_anchors
+        self.repeat_history_length = (history_length if repeat_history_length is None
+                                      else min(repeat_history_length, history_length))
 
     def build(self, input_shapes):
         _, ids_shape, state_shape = input_shapes
         slots, units = ids_shape[-1], state_shape[-1]
-        self.buckets = recency_buckets(self.history_length, slots)
+        # The repeat term reads the last repeat_history_length history slots, the boundary and the session.
+        self.repeat_slots = slots - self.history_length + self.repeat_history_length
+        self.buckets = recency_buckets(self.repeat_history_length, self.repeat_slots)
         n_buckets = 2 * RECENCY_BUCKETS
         self.kernel = self.add_weight(shape=(units, n_buckets), initializer="zeros", name="kernel")
         self.bucket_bias = self.add_weight(shape=(n_buckets,), initializer="zeros", name="bucket_bias")
         if self.successor_lags:
-            self.successor_kernel = self.add_weight(shape=(units, self.successor_lags), initializer="zeros",
-                                                    name="successor_kernel")
-            self.successor_bias = self.add_weight(shape=(self.successor_lags, n_buckets), initializer="zeros",
-                                                  name="successor_bias")
+            self.gate_kernel = self.add_weight(shape=(units, 2 * SUCCESSOR_CHANNELS), initializer="zeros",
+                                               name="gate_kernel")
+            # Starts as log(1 + E): the rule's ranking, on a scale the softmax tolerates.
+            self.gate_bias = self.add_weight(
+                shape=(2 * SUCCESSOR_CHANNELS,), name="gate_bias",
+                initializer=keras.initializers.Constant(np.array([0.0, 0.0, 1.0, 0.5], np.float32)))
+
+    @staticmethod
+    def _scatter(ids, weights, n_ids):
+        """``[b, n_ids, c]`` sums of ``weights [b, slots, c]`` by ``ids [b, slots]``, row by row."""
+        ops = keras.ops
+        batch, channels = ops.shape(ids)[0], weights.shape[-1]
+        flat_ids = (ids + ops.arange(batch, dtype="int32")[:, None] * n_ids)[..., None] * channels
+        flat_ids = flat_ids + ops.arange(channels, dtype="int32")[None, None, :]
+        summed = ops.segment_sum(ops.reshape(weights, [-1]), ops.reshape(flat_ids, [-1]),
+                                 num_segments=batch * n_ids * channels)
+        return ops.reshape(summed, [batch, n_ids, channels])
+
+    def _successor_evidence(self, ids, real, n_ids):
+        """``[b, n_ids, 2]``: the evidence each track gains as a successor of an anchor.
+
+        Sparse: only the slots that hold an anchor (a few among thousands of
+        history slots) are gathered, so the cost is one comparison per slot
+        and anchor, plus ``O(matches × lags)``.
+        """
+        slots = ids.shape[1]
+        batch = tf.shape(ids)[0]
+        positions = tf.range(slots)[None, :]
+        lags = tf.range(1, self.successor_lags + 1)
+        lag_values = tf.cast(lags, real.dtype)[None, :]
+        rows, successors, weights = [], [], []
+        for anchor in range(min(self.successor_anchors, slots - 1)):
+            track = ids[:, slots - 1 - anchor:slots - anchor]  # [b, 1]; padding never matches a play
+            # Only earlier slots: the anchor's own slot and what follows it are the session itself.
+            matches = tf.where(tf.logical_and(tf.logical_and(tf.equal(ids, track), real > 0),
+                                              positions < slots - 1 - anchor))  # [m, 2] (row, slot)
+            row, slot = tf.cast(matches[:, 0], tf.int32), tf.cast(matches[:, 1], tf.int32)
+            channel = min(anchor, SUCCESSOR_CHANNELS - 1)
+            # Slot s + lag followed a match in slot s; past the end it is clipped and weighs 0.
+            # All lags in one gather ([m, L]): a loop over lags costs a few ops per lag per call.
+            follower = slot[:, None] + lags[None, :]
+            target = tf.minimum(follower, slots - 1)
+            row_per_lag = tf.broadcast_to(row[:, None], tf.shape(target))
+            followed = tf.stack([row_per_lag, target], axis=-1)  # [m, L, 2]
+            valid = tf.gather_nd(real, followed) * tf.cast(follower < slots, real.dtype)
+            rows.append(tf.reshape(row_per_lag, [-1]))
+            successors.append(tf.reshape(tf.gather_nd(ids, followed) * SUCCESSOR_CHANNELS + channel, [-1]))
+            weights.append(tf.reshape(valid / (float(1 + anchor) * lag_values), [-1]))
+        if not rows:
+            return tf.zeros([batch, n_ids, SUCCESSOR_CHANNELS], real.dtype)
+        segments = tf.concat(rows, 0) * (n_ids * SUCCESSOR_CHANNELS) + tf.concat(successors, 0)
+        evidence = tf.math.unsorted_segment_sum(tf.concat(weights, 0), segments,
+                                                batch * n_ids * SUCCESSOR_CHANNELS)
+        return tf.reshape(evidence, [batch, n_ids, SUCCESSOR_CHANNELS])
 
     def call(self, inputs):
         ops = keras.ops
@@ -339,30 +421,22 @@ class RepeatScores(keras.layers.Layer):
         buckets = ops.convert_to_tensor(self.buckets)
         real = ops.cast(ids > PADDING_ID, logits.dtype)  # [b, slots]: plays, not padding or boundary
         ids = ops.maximum(ids, 0)  # the boundary's weight is 0; keep its segment id in range
+        n_ids = ops.shape(logits)[1]
         per_bucket = ops.matmul(state, self.kernel) + self.bucket_bias  # [b, buckets]
-        weights = ops.take(per_bucket, buckets, axis=1) * real
-        scatter_ids, scatter_weights = [ids], [weights]
+        repeat = ops.take(per_bucket, buckets, axis=1) * real[:, -self.repeat_slots:]
+        logits = logits + self._scatter(ids[:, -self.repeat_slots:], repeat[..., None], n_ids)[..., 0]
         if self.successor_lags:
-            last = ids[:, -1:]  # the session's last play (slots are right-aligned)
-            per_lag = ops.matmul(state, self.successor_kernel)  # [b, lags]
-            for lag in range(1, self.successor_lags + 1):
-                # Slot s matches the last play; its successor sits in slot s + lag.
-                matches = ops.cast(ops.equal(ids[:, :-lag], last), logits.dtype) * real[:, :-lag]
-                lag_bias = ops.take(self.successor_bias[lag - 1], buckets[:-lag])
-                successor_weights = matches * (per_lag[:, lag - 1:lag] + lag_bias[None, :])
-                scatter_ids.append(ids[:, lag:])
-                scatter_weights.append(successor_weights * real[:, lag:])
-        all_ids = ops.concatenate(scatter_ids, axis=1)
-        all_weights = ops.concatenate(scatter_weights, axis=1)
-        batch, n_ids = ops.shape(logits)[0], ops.shape(logits)[1]
-        flat_ids = all_ids + ops.arange(batch, dtype="int32")[:, None] * n_ids
-        bonus = ops.segment_sum(ops.reshape(all_weights, [-1]), ops.reshape(flat_ids, [-1]),
-                                num_segments=batch * n_ids)
-        return logits + ops.reshape(bonus, ops.shape(logits))
+            evidence = self._successor_evidence(ids, real, n_ids)  # [b, n_ids, 2] >= 0
+            gate = ops.matmul(state, self.gate_kernel) + self.gate_bias  # [b, 4]
+            terms = (gate[:, None, :SUCCESSOR_CHANNELS] * evidence
+                     + gate[:, None, SUCCESSOR_CHANNELS:] * ops.log1p(evidence))
+            logits = logits + ops.sum(terms, axis=-1)
+        return logits
 
     def get_config(self):
         return {**super().get_config(), "history_length": self.history_length,
-                "successor_lags": self.successor_lags}
+                "successor_lags": self.successor_lags, "successor_anchors": self.successor_anchors,
+                "repeat_history_length": self.repeat_history_length}
 
 
 def build_model(vocab_size: int, hparams: NextTrackHParams) -> keras.Model:
@@ -388,7 +462,8 @@ def build_model(vocab_size: int, hparams: NextTrackHParams) -> keras.Model:
     else:
         logits = keras.layers.Dense(n_ids, name="next_track_logits")(state)
     if hparams.repeat_scores:
-        logits = RepeatScores(hparams.history_length, hparams.successor_lags, name="repeat_scores")(
+        logits = RepeatScores(hparams.history_length, hparams.successor_lags, hparams.successor_anchors,
+                              hparams.repeat_history_length, name="repeat_scores")(
             [logits, track_ids, state])
     model = keras.Model(track_ids, logits, name="next_track")
     # The serving builders read the layout from here (not saved: build_model always sets it).

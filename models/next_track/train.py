@@ -55,7 +55,7 @@ def _compile_full(model: keras.Model, hparams: NextTrackHParams, top_k: int) -> 
 
 # Hyperparameters that change weight shapes: a checkpoint with other values cannot seed this model.
 SHAPE_HPARAMS = ("embedding_dim", "lstm_units", "rnn", "tied_embeddings", "repeat_scores",
-                 "history_length", "max_prefix_length")
+                 "successor_lags", "successor_anchors", "history_length", "max_prefix_length")
 
 
 def grow_from_checkpoint(model: keras.Model, checkpoint: warm_start.Checkpoint,
