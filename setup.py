@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
     "librosa==0.11.0",
     "soundfile>=0.12,<0.15",
     "soxr>=0.5,<1.2",
+    # models/features.py calls scipy.fft directly (single-precision STFT); librosa needs it too.
+    "scipy>=1.11,<1.18",
     "numpy>=1.26,<2",
     "protobuf>=4.25,<5",
     "grpcio>=1.60,<2",

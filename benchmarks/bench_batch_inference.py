@@ -15,7 +15,8 @@ one-element input) so that the ratio can also be given without it:
 
 - **tagging**: audio seconds per wall-clock second of the ``tag`` job over a
   folder of clips, on 1 worker (Beam's in-process FnApiRunner) and on
-  ``--direct_num_workers=N --direct_running_mode=multi_processing``, against a
+  ``--direct_num_workers=N --direct_running_mode=M`` (``--running-mode``:
+  ``multi_processing``, the default, or ``multi_threading``), against a
   plain loop doing the same work in-process: ``features.track_segments`` per
   file, the genre model's ``serving_default`` signature on its segments,
   the mean per track;
@@ -25,9 +26,13 @@ one-element input) so that the ratio can also be given without it:
   the ExampleGen's session rule, ``serving_default`` on batches of 256
   users (the job's batch size too) and the same history exclusion.
 
-``--tf-threads N`` gives TensorFlow N intra-op and N inter-op threads in the
-reference and in every Beam worker alike (one per worker is how Beam scales
-out: one worker per core); the default is TensorFlow's own (one per core).
+``--tf-threads N`` gives TensorFlow N intra-op threads (and numpy's BLAS and
+OpenMP pools N threads) in the reference and in every Beam worker alike, and N inter-op threads (N × workers with
+``multi_threading``, whose workers share this process's pools, so that two
+signature calls can run at once); the default is TensorFlow's own (one per
+core). Each job timing also records the CPU seconds of this process (the
+runner, and with ``multi_threading`` the workers) and of the worker
+processes, and each worker count > 1 its rate against 1 worker's.
 
 Then the **agreement check**: every clip's ``genre`` in the tagging summary
 (opened with pandas) must equal ``musicrec classify``'s top genre for the same
@@ -43,6 +48,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -51,19 +57,38 @@ from typing import Any, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _pin_tf_threads(argv: Sequence[str]) -> int:
-    """``--tf-threads N`` (N > 0): TensorFlow's intra- and inter-op pools get N threads each, in this
-    process (the reference and the in-process runner) and in every Beam worker process, which
-    inherits the environment. It must be set before TensorFlow starts, hence before the imports."""
+RUNNING_MODES = ("multi_threading", "multi_processing")
+NUMERIC_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _pin_tf_threads(argv: Sequence[str]) -> tuple[int, int]:
+    """``--tf-threads N`` (N > 0): TensorFlow's intra-op pool gets N threads, in this process (the
+    reference and the in-process runner) and in every Beam worker process, which inherits the
+    environment. The inter-op pool gets N too, except with ``multi_threading`` workers, which share
+    this process's pools: N × the most workers, so that each worker's signature call can run while
+    another's does. It must be set before TensorFlow starts, hence before the imports.
+
+    Returns:
+        ``(intra-op, inter-op)`` threads; 0 for TensorFlow's own (one per core).
+    """
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--tf-threads", type=int, default=0)
-    threads = early.parse_known_args(argv)[0].tf_threads
-    if threads > 0:
-        os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
-    return threads
+    early.add_argument("--workers", default="1,2")
+    early.add_argument("--running-mode", choices=RUNNING_MODES, default="multi_processing")
+    known = early.parse_known_args(argv)[0]
+    if known.tf_threads <= 0:
+        return 0, 0
+    most_workers = max(int(count) for count in known.workers.split(","))
+    inter = known.tf_threads * (most_workers if known.running_mode == "multi_threading" else 1)
+    os.environ["TF_NUM_INTRAOP_THREADS"] = str(known.tf_threads)
+    os.environ["TF_NUM_INTEROP_THREADS"] = str(inter)
+    # numpy's BLAS (the mel filterbank product) and OpenMP (soxr) pools are per process too
+    for name in NUMERIC_THREAD_VARIABLES:
+        os.environ[name] = str(known.tf_threads)
+    return known.tf_threads, inter
 
 
-TF_THREADS = _pin_tf_threads(sys.argv[1:])
+TF_THREADS, TF_INTEROP_THREADS = _pin_tf_threads(sys.argv[1:])
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -86,13 +111,38 @@ TOP_N = 10
 REFERENCE_BATCH = 64
 # users per signature call, in the reference and (min = max batch size) in the job
 REFERENCE_RECOMMEND_BATCH = 256
+RUNNING_MODE = "multi_processing"  # --running-mode, for worker counts above 1
 
 
-def worker_args(workers: int) -> list[str]:
-    """Beam flags for ``workers`` worker processes (none: Beam's in-process default, one worker)."""
-    if workers <= 1:
-        return []
-    return [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+def worker_args(workers: int, running_mode: str = "multi_processing") -> list[str]:
+    """Beam flags for ``workers`` workers (none: Beam's in-process default, one worker);
+    the same flags ``musicrec batch --workers N --running-mode M`` passes."""
+    from musicrec.batch_command import worker_beam_args
+
+    return worker_beam_args(workers, running_mode)
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its finished children (worker processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def add_scaling(beam_figures: dict[str, dict[str, Any]], rate_unit: str) -> None:
+    """Adds to each worker count's figures how it compares with 1 worker: ``rate_vs_1_worker``
+    (its rate over 1 worker's) and ``ratio_vs_1_worker`` (its ratio against its own reference over
+    1 worker's against its own, which cancels the load changing between the two rounds)."""
+    one = beam_figures.get("1")
+    if not one:
+        return
+    for count, figures in beam_figures.items():
+        if count != "1":
+            figures["rate_vs_1_worker"] = round(figures[f"{rate_unit}_per_second"]
+                                                / one[f"{rate_unit}_per_second"], 3)
+            figures["ratio_vs_1_worker"] = round(figures["ratio"] / one["ratio"], 3)
+            print(f"{count} workers ({RUNNING_MODE}) vs 1: {figures['rate_vs_1_worker']:.2f}x the "
+                  f"{rate_unit}/s, {figures['ratio_vs_1_worker']:.2f}x against each one's reference",
+                  flush=True)
 
 
 def run_job(out_dir: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -163,17 +213,20 @@ def compare(label: str, rate_unit: str, work: float, reference, job, fixed_job, 
     """
     with timed() as fixed_time:
         fixed_job()
-    reference_seconds, job_seconds = [], []
+    reference_seconds, job_seconds, job_cpu = [], [], []
     reference_answer = manifest = None
     for repeat in range(repeats):
         order = (("reference", "job") if repeat % 2 == 0 else ("job", "reference"))
         for side in order:
+            cpu_before = _cpu_seconds()
             with timed() as elapsed:
                 if side == "reference":
                     reference_answer = reference()
                 else:
                     manifest = job()
             (reference_seconds if side == "reference" else job_seconds).append(elapsed.seconds)
+            if side == "job":  # where the job's CPU time went: this (runner) process, worker processes
+                job_cpu.append([round(after - before, 1) for after, before in zip(_cpu_seconds(), cpu_before)])
     job_median, reference_median = float(np.median(job_seconds)), float(np.median(reference_seconds))
     figures = {
         "seconds": round(job_median, 2), f"{rate_unit}_per_second": round(work / job_median, 1),
@@ -182,6 +235,7 @@ def compare(label: str, rate_unit: str, work: float, reference, job, fixed_job, 
         "ratio": round(reference_median / job_median, 3),
         "fixed_seconds": round(fixed_time.seconds, 2),
         "ratio_without_fixed": round(reference_median / max(job_median - fixed_time.seconds, 1e-3), 3),
+        "job_cpu_seconds_runner_workers": job_cpu,
         "samples": {"job": [round(t, 2) for t in job_seconds],
                     "reference": [round(t, 2) for t in reference_seconds]},
         "load_average_1_5_15": [round(value, 2) for value in os.getloadavg()],
@@ -221,7 +275,7 @@ def bench_tagging(data_dir: str, genre_model: str, serving_base: str, workers: S
     for count in workers:
         def job_params(catalogue_csv: str) -> dict[str, Any]:
             return {"job": "tag", "saved_model": genre_model, "metadata_csv": catalogue_csv,
-                    "beam_args": worker_args(count), "progress_seconds": 60.0}
+                    "beam_args": worker_args(count, RUNNING_MODE), "progress_seconds": 60.0}
 
         result, reference, manifest = compare(
             f"tagging, {count} worker(s)", "audio_seconds", seconds,
@@ -236,6 +290,7 @@ def bench_tagging(data_dir: str, genre_model: str, serving_base: str, workers: S
                                                    for row in summary.itertuples())))
         figures["beam"][str(count)] = result
         summary = summary.drop_duplicates("path")
+    add_scaling(figures["beam"], "audio_seconds")
     if check and summary is not None:
         figures["classify_agreement"] = classify_agreement(summary, serving_base, params)
         agreement = figures["classify_agreement"]
@@ -295,7 +350,7 @@ def bench_recommendations(next_track_model: str, users: int, plays_per_user: int
             return {"job": "recommend", "saved_model": next_track_model, "playlog_paths": list(playlogs),
                     "top_n": TOP_N, "max_prefix_length": MAX_PREFIX, "session_gap_seconds": GAP_SECONDS,
                     "min_batch_size": REFERENCE_RECOMMEND_BATCH, "max_batch_size": REFERENCE_RECOMMEND_BATCH,
-                    "beam_args": worker_args(count), "progress_seconds": 60.0}
+                    "beam_args": worker_args(count, RUNNING_MODE), "progress_seconds": 60.0}
 
         result, reference, manifest = compare(
             f"recommendations, {count} worker(s)", "users", users,
@@ -306,6 +361,7 @@ def bench_recommendations(next_track_model: str, users: int, plays_per_user: int
         result.update(users_recommended=manifest["users_recommended"], reference_users=reference,
                       dead_letters=manifest["dead_letters"])
         figures["beam"][str(count)] = result
+    add_scaling(figures["beam"], "users")
     return figures
 
 
@@ -328,12 +384,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="TensorFlow intra- and inter-op threads for the reference and every Beam "
                              "worker (0: TensorFlow's default, one per core)")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
+    parser.add_argument("--running-mode", choices=RUNNING_MODES, default="multi_processing",
+                        help="Beam's direct_running_mode for more than 1 worker: threads of this "
+                             "process or worker processes (default %(default)s)")
     parser.add_argument("--skip", choices=["tagging", "recommendations"], action="append", default=[])
     parser.add_argument("--no-classify-check", action="store_true")
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     workers = [int(w) for w in args.workers.split(",")]
+    global RUNNING_MODE
+    RUNNING_MODE = args.running_mode
 
     work_dir = tempfile.mkdtemp(prefix="bench-batch-")
     try:
@@ -347,7 +408,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         payload: dict[str, Any] = {"data": os.path.abspath(data_dir) if args.data else "synthetic",
                                    "models": {"genre": genre_model, "next_track": next_track_model,
                                               "stand_ins": not args.workdir},
-                                   "tf_threads": TF_THREADS or "default", "repeats": args.repeats}
+                                   "tf_threads": TF_THREADS or "default",
+                                   "tf_interop_threads": TF_INTEROP_THREADS or "default",
+                                   "running_mode": args.running_mode, "repeats": args.repeats,
+                                   "cores": os.cpu_count()}
         if "tagging" not in args.skip:
             payload["tagging"] = bench_tagging(data_dir, genre_model, serving_base, workers, work_dir,
                                                args.limit, not args.no_classify_check, args.repeat,

@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from common import short_machine, timed, write_result  # noqa: E402  (run as a script)
+from common import librosa_log_mel, short_machine, timed, write_result  # noqa: E402  (run as a script)
 
 NAME = "genre_inference"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         segments = [features.segment(features.log_mel(w, params), params) for w in waveforms]
 
         paths = {
-            "reference_librosa_log_mel": lambda i: features.log_mel(waveforms[i], params),
+            "reference_librosa_log_mel": lambda i: librosa_log_mel(waveforms[i], params),
             "from_waveform": lambda i: from_waveform(waveform=tf.constant(waveforms[i][None])),
             "librosa_then_serving_default": lambda i: predict_track(
                 serving_default, features.segment(features.log_mel(waveforms[i], params), params)),

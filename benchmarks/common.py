@@ -108,3 +108,15 @@ def write_result(path: str, name: str, payload: dict[str, Any],
     }
     write_json_atomic(path, result)
     return result
+
+
+def librosa_log_mel(waveform, params):
+    """Plain librosa's log-mel ``[frames, n_mels]`` for ``features.AudioFeatureParams``: the reference
+    the project's own front end (``features.log_mel``, a single-precision STFT) is measured against."""
+    import librosa
+    import numpy as np
+
+    power = librosa.feature.melspectrogram(
+        y=waveform, sr=params.sample_rate, n_fft=params.n_fft, hop_length=params.hop_length,
+        window="hann", center=False, power=2.0, n_mels=params.n_mels, fmin=params.fmin, fmax=params.fmax)
+    return np.log(power + params.log_floor).T.astype(np.float32)

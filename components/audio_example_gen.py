@@ -280,6 +280,9 @@ class DecodeTrack(beam.DoFn):
     def __init__(self, params: features.AudioFeatureParams, progress_seconds: float = 30.0):
         super().__init__()
         self._params = params
+        # Built here, on the machine that builds the pipeline: a worker handed the
+        # matrix never imports librosa (seconds of imports per worker process).
+        self._filterbank = features.mel_filterbank(params)
         self._progress_seconds = progress_seconds
         self._decoded = beam.metrics.Metrics.counter("audio_example_gen", "tracks_decoded")
         self._rejected = beam.metrics.Metrics.counter("audio_example_gen", "dead_letters")
@@ -289,7 +292,7 @@ class DecodeTrack(beam.DoFn):
 
     def process(self, source: AudioSource):
         try:
-            segments = features.track_segments(source.path, self._params)
+            segments = features.track_segments(source.path, self._params, self._filterbank)
         except features.AudioDecodeError as exc:
             self._rejected.inc()
             self._progress.add("dead_letters")

@@ -39,6 +39,11 @@ MODEL_FOR_JOB = {"tag": "genre", "recommend": "next_track", "embeddings": "next_
 # tracks never recommended to a user: all they played in the input, their latest session's, none
 EXCLUDE_MODES = ("history", "session", "none")
 EMBEDDING_SIGNATURE = "track_embeddings"
+# Earlier plays sent to ``recommend`` per user. The model reads up to its ``history_length``
+# (30 000 by default; the repeat term the last 5 000); the batch's history tensor is padded to
+# its longest row, and a call cost the same for 0 to 1 000 plays per user, 1.4x at 3 000 and
+# 3.2x at 10 000 (docs/batch.md, "Precomputed recommendations").
+DEFAULT_MAX_HISTORY_LENGTH = 1000
 KNOWN_PARAMS = {"job", "saved_model", "audio_dir", "metadata_csv", "playlog_paths", "track_keys",
                 "feature_params", "top_genres", "top_n", "exclude", "max_prefix_length",
                 "session_gap_seconds", "playlog_format", "max_history_length", "signature", "num_shards", "min_batch_size",
@@ -222,7 +227,8 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
             (``embeddings``; default: the model's vocabulary, see :func:`model_track_keys`).
         feature_params: dict for ``AudioFeatureParams.from_dict`` (``tag``; the model's).
         top_genres (3), top_n (10), exclude (``"history"``), max_prefix_length (20),
-        max_history_length (100), session_gap_seconds (1800), playlog_format (``"auto"``),
+        max_history_length (:data:`DEFAULT_MAX_HISTORY_LENGTH`), session_gap_seconds (1800),
+        playlog_format (``"auto"``),
         signature (``recommend`` when the model has it, else ``serving_default``): job settings.
         num_shards: TFRecord shards (default 1; 0 lets the runner choose).
         min_batch_size, max_batch_size: elements per signature call.
@@ -267,7 +273,8 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
             top_n=int(params.get("top_n", 10)), exclude=params.get("exclude", "history"),
             max_prefix_length=int(params.get("max_prefix_length", 20)), playlog_params=playlog_params,
             num_shards=num_shards, batching=_batching(params, (256, 256)), model_info=info,
-            progress_seconds=progress, max_history_length=int(params.get("max_history_length", 100)),
+            progress_seconds=progress,
+            max_history_length=int(params.get("max_history_length", DEFAULT_MAX_HISTORY_LENGTH)),
             signature=params.get("signature"))
     else:
         require_signature(saved_model, EMBEDDING_SIGNATURE,
@@ -297,4 +304,5 @@ SPEC = ComponentSpec(
 
 __all__ = ["SPEC", "run", "JOBS", "MODEL_FOR_JOB", "EXCLUDE_MODES", "DATA_TYPE", "data_artifact",
            "job_data_paths", "list_catalogue", "latest_version_dir", "pushed_model_dir",
-           "resolve_saved_model", "model_info", "model_track_keys", "read_keys_file", "require_signature"]
+           "resolve_saved_model", "model_info", "DEFAULT_MAX_HISTORY_LENGTH", "model_track_keys", "read_keys_file",
+           "require_signature"]

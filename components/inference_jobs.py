@@ -10,7 +10,16 @@ folder:
 - ``<job>.csv``: a summary a data analyst opens with ``pandas.read_csv``;
 - ``dead_letters.jsonl``: every input that gave no output, with its ``reason``;
 - ``manifest.json``: the counts, checked to reconcile
-  (``inputs == outputs + dead_letters``), the model and the parameters.
+  (``inputs == outputs + dead_letters``, and every output in the shards),
+  the model and the parameters.
+
+Few values cross between Beam workers and the runner: the files to read go
+out, and the records are written by the worker that ran the model, one part
+file per bundle (:class:`WriteRecordParts`), joined into shards at the end;
+only a user's plays cross once, to be grouped, as bytes. With
+``--direct_running_mode=multi_processing`` everything that crosses is
+encoded and decoded by the runner process (docs/batch.md, "Throughput and
+workers").
 
 Reading and decoding reuse ingestion: the audio ExampleGen's duplicate-id
 check and :class:`~musicrec.components.audio_example_gen.DecodeTrack` (with
@@ -25,19 +34,24 @@ import csv
 import dataclasses
 import io
 import json
+import uuid
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from musicrec.atomic import write_atomic
-from musicrec.components import audio_example_gen, beam_io, inference_handler
+from musicrec.components import audio_example_gen, beam_io, inference_handler, tfrecord_shards
 # Records are encoded by the ExampleGens' wire encoder: no TensorFlow in the writing steps, and
 # a third of the time of building tf.train.Example messages in Python.
 from musicrec.components.example_wire import byte_strings, encode_example, floats, int64s
 from musicrec.components.audio_example_gen import AudioSource
-from musicrec.components.bulk_inferrer import EXCLUDE_MODES
+from musicrec.components.bulk_inferrer import DEFAULT_MAX_HISTORY_LENGTH, EXCLUDE_MODES
 from musicrec.components.playlog_example_gen import (PlaylogParams, keyed_by_user, plays_of_user,
                                                      split_into_sessions)
 from musicrec.components.playlog_readers import Play, list_playlog_files, read_playlog
@@ -125,24 +139,136 @@ def _csv_text(rows: Iterable[Sequence[Any]]) -> str:
     return out.getvalue()[:-1]
 
 
-def _write_outputs(records, output_uri: str, name: str, to_example: Callable[[dict], bytes],
-                   to_csv_rows: Callable[[dict], list[list[Any]]], columns: Sequence[str],
-                   num_shards: int) -> None:
+@dataclasses.dataclass(frozen=True)
+class RecordParts:
+    """What one bundle of :class:`WriteRecordParts` wrote: small enough to cross to the finishing step.
+
+    Attributes:
+        first_key: the key of the bundle's first record (orders the parts, so reruns give the same files).
+        records: the TFRecord part (:class:`tfrecord_shards.Part`).
+        csv_path: the CSV part (rows without a header, UTF-8).
+    """
+
+    first_key: str
+    records: tfrecord_shards.Part
+    csv_path: str
+
+
+class WriteRecordParts(beam.DoFn):
+    """Records (dicts) → this bundle's two part files; one :class:`RecordParts` per bundle.
+
+    Each record is encoded and written by the worker that produced it, in the
+    stage that ran the model: a GZIP TFRecord part
+    (:class:`tfrecord_shards.PartWriter`, compressed in a background thread)
+    and a CSV part. Nothing but the parts' paths and counts crosses to the
+    runner, which with ``--direct_running_mode=multi_processing`` would
+    otherwise decode and re-encode every record twice (docs/batch.md,
+    "Throughput and workers"). :func:`join_record_parts` makes the shards.
+    """
+
+    def __init__(self, parts_dir: str, key_field: str, to_example: Callable[[dict], bytes],
+                 to_csv_rows: Callable[[dict], list[list[Any]]]):
+        super().__init__()
+        self._parts_dir = parts_dir
+        self._key_field = key_field
+        self._to_example = to_example
+        self._to_csv_rows = to_csv_rows
+
+    def start_bundle(self):
+        self._abort()  # a bundle that failed leaves its parts unfinished: the runner retries it
+        self._open = None
+
+    def _abort(self):
+        opened, self._open = getattr(self, "_open", None), None
+        if opened:
+            first_key, writer, handle, csv_path = opened
+            writer.abort()
+            handle.close()
+            tfrecord_shards.delete_quietly([csv_path])
+
+    def process(self, record: Mapping[str, Any]):
+        if self._open is None:
+            stem = f"{self._parts_dir}/{uuid.uuid4().hex}"
+            self._open = (str(record[self._key_field]),
+                          tfrecord_shards.PartWriter(f"{stem}.tfrecord.gz", background=True),
+                          FileSystems.create(f"{stem}.csv", compression_type=CompressionTypes.UNCOMPRESSED),
+                          f"{stem}.csv")
+        _first, writer, handle, _path = self._open
+        writer.write_record(self._to_example(record))
+        handle.write((_csv_text(self._to_csv_rows(record)) + "\n").encode("utf-8"))
+
+    def finish_bundle(self):
+        opened, self._open = self._open, None
+        if opened:
+            first_key, writer, handle, csv_path = opened
+            handle.close()
+            yield WindowedValue(RecordParts(first_key, writer.close(), csv_path),
+                                GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+    def teardown(self):
+        self._abort()
+
+
+def record_shard_path(output_uri: str, name: str, shard: int, num_shards: int) -> str:
+    """``<output_uri>/<name>/data-SSSSS-of-NNNNN.tfrecord.gz``, as Beam's file sinks name shards."""
+    return f"{output_uri}/{name}/data-{shard:05d}-of-{num_shards:05d}.tfrecord.gz"
+
+
+def join_record_parts(parts: Sequence[RecordParts], output_uri: str, name: str, columns: Sequence[str],
+                      num_shards: int, parts_dir: str) -> int:
+    """Turns the bundles' parts into ``<name>/data-*.tfrecord.gz`` and ``<name>.csv``; returns the records.
+
+    Parts are ordered by their first key; shard ``i`` of ``n`` joins parts
+    ``i, i + n, ...`` without recompressing (``num_shards`` 0: one shard per
+    part). The CSV gets the header and every part's rows. Both are written
+    under temporary names and renamed; the parts folder is deleted.
+    """
+    ordered = sorted(parts, key=lambda part: (part.first_key, part.csv_path))
+    shards = num_shards or max(1, len(ordered))
+    records = 0
+    for shard in range(shards):
+        destination = record_shard_path(output_uri, name, shard, shards)
+        shard_parts = [part.records for part in ordered[shard::shards]]
+        if shard_parts:
+            records += tfrecord_shards.join_parts(shard_parts, destination)
+        else:
+            if not FileSystems.exists(f"{output_uri}/{name}"):
+                FileSystems.mkdirs(f"{output_uri}/{name}")
+            tfrecord_shards.write_empty(destination)
+    csv_destination = f"{output_uri}/{name}.csv"
+    temporary = f"{output_uri}/.tmp-{uuid.uuid4().hex}-{name}.csv"
+    try:
+        with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as out:
+            out.write((_csv_text([columns]) + "\n").encode("utf-8"))
+            for part in ordered:
+                with FileSystems.open(part.csv_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                    while chunk := handle.read(4 << 20):
+                        out.write(chunk)
+        FileSystems.rename([temporary], [csv_destination])
+    except BaseException:
+        tfrecord_shards.delete_quietly([temporary])
+        raise
+    tfrecord_shards.delete_quietly([parts_dir])
+    return records
+
+
+def _write_outputs(records, output_uri: str, name: str, key_field: str, to_example: Callable[[dict], bytes],
+                   to_csv_rows: Callable[[dict], list[list[Any]]], columns: Sequence[str], num_shards: int):
     """Writes ``records`` (dicts) as sharded GZIP TFRecords and a one-file CSV summary.
 
-    A record's CSV rows travel as one text element (ten rows per user cost one
-    element, not ten).
+    The records are written where they are made (:class:`WriteRecordParts`);
+    one step joins the parts (:func:`join_record_parts`).
+
+    Returns:
+        A PCollection of one ``(f"{name}_written", n)`` tally: the records in the shards.
     """
-    _ = (records
-         | f"{name}ToExample" >> beam.Map(to_example)
-         | f"Write{name}Records" >> beam.io.WriteToTFRecord(
-             f"{output_uri}/{name}/data", file_name_suffix=".tfrecord.gz", num_shards=num_shards,
-             compression_type=beam.io.filesystem.CompressionTypes.GZIP))
-    _ = (records
-         | f"{name}ToCsv" >> beam.Map(lambda record: _csv_text(to_csv_rows(record)))
-         | f"Write{name}Csv" >> beam.io.WriteToText(
-             f"{output_uri}/{name}.csv", shard_name_template="", num_shards=1,
-             header=_csv_text([columns])))
+    parts_dir = f"{output_uri}/.tmp-parts-{name}-{uuid.uuid4().hex}"
+    return (records
+            | f"Write{name}Parts" >> beam.ParDo(WriteRecordParts(parts_dir, key_field, to_example, to_csv_rows))
+            | f"Collect{name}Parts" >> beam.combiners.ToList()
+            | f"Join{name}Parts" >> beam.Map(
+                lambda parts: (f"{name}_written",
+                               join_record_parts(parts, output_uri, name, columns, num_shards, parts_dir))))
 
 
 def _tally(pcoll, name: str, weight: Callable[[Any], int] | None = None, label: str | None = None):
@@ -161,7 +287,8 @@ def _finish_manifest(_, output_uri: str, static: dict, names: Sequence[str],
     Each balance ``(total, parts)`` requires ``counts[total] == sum(counts[part])``
     (``inputs == outputs + dead_letters``); a failed check is a bug (something was lost).
     """
-    counts = {name: int(totals.get(name, 0)) for name in names}
+    # a count the driver knows (e.g. the files listed) is in ``static``; the tallies add the rest
+    counts = {name: int(totals.get(name, static.get(name, 0))) for name in names}
     counts.update({name: int(count) for name, count in totals.items() if not name.startswith(_REASON_PREFIX)})
     reasons = {name[len(_REASON_PREFIX):]: int(count) for name, count in totals.items()
                if name.startswith(_REASON_PREFIX)}
@@ -286,14 +413,12 @@ def build_tagging(pipeline: beam.Pipeline, sources: Sequence[AudioSource], outpu
     params = params or features.AudioFeatureParams()
     if top_genres < 1:
         raise ValueError(f"top_genres must be >= 1, got {top_genres}")
-    listed = pipeline | "ListSources" >> beam.Create(list(sources))
-    unique = (listed
-              | "KeyByTrackId" >> beam.Map(lambda source: (source.track_id, source))
-              | "GroupByTrackId" >> beam.GroupByKey()
-              | "DropDuplicateIds" >> beam.FlatMap(audio_example_gen.keep_first_per_track_id)
-              .with_outputs(DEAD, main="kept"))
-    decoded = (unique.kept
-               | "SpreadFiles" >> beam.Reshuffle()
+    # Duplicate ids are found here, in the driver that holds the list anyway; only paths go to the
+    # workers (Create spreads them), and one fused stage per worker decodes, runs the model and
+    # writes the records: only counts and part-file paths come back (docs/batch.md).
+    kept, duplicates = audio_example_gen.drop_duplicate_track_ids(list(sources))
+    decoded = (pipeline
+               | "ListSources" >> beam.Create(kept)
                | "Decode" >> beam.ParDo(audio_example_gen.DecodeTrack(params, progress_seconds))
                .with_outputs(DEAD, main="tracks"))
     # One element per track, weighted by its segments: a signature call takes the segments
@@ -307,18 +432,20 @@ def build_tagging(pipeline: beam.Pipeline, sources: Sequence[AudioSource], outpu
                     ["probabilities", "classes", "embedding"]), batching, "tag", progress_seconds,
                     element_size_fn=inference_handler.keyed_segment_count))
     tags = inferred["predictions"] | "TagTracks" >> beam.MapTuple(tag_track, top_genres)
-    _write_outputs(tags, output_uri, TAGS, tag_example, tag_csv_rows, TAG_COLUMNS, num_shards)
+    written = _write_outputs(tags, output_uri, TAGS, "track_id", tag_example, tag_csv_rows, TAG_COLUMNS,
+                             num_shards)
     failed = inferred["failed"] | "FailedTracks" >> beam.MapTuple(
         lambda key, detail: {"path": key[1], "reason": REASON_INFERENCE, "detail": detail})
 
-    dead_letters = (unique[DEAD], decoded[DEAD], failed) | "AllDeadLetters" >> beam.Flatten()
+    listed_dead = pipeline | "DuplicateIds" >> beam.Create(duplicates, reshuffle=False)
+    dead_letters = (listed_dead, decoded[DEAD], failed) | "AllDeadLetters" >> beam.Flatten()
     static = {"job": "tag", "model": dict(model_info or {"path": saved_model_dir}),
               "feature_params": params.to_dict(), "top_genres": top_genres, "num_shards": num_shards,
+              "inputs": len(sources),
               "outputs": {"records": f"{TAGS}/data-*.tfrecord.gz", "summary": f"{TAGS}.csv"}}
-    manifest = _write_manifest(pipeline, output_uri, static, [("inputs", ("tracks", "dead_letters"))],
-                               dead_letters, [
-        _tally(listed, "inputs"), _tally(tags, "tracks"),
-        _tally(tags, "segments", lambda record: record["n_segments"])])
+    manifest = _write_manifest(pipeline, output_uri, static, [
+        ("inputs", ("tracks", "dead_letters")), (f"{TAGS}_written", ("tracks",))], dead_letters, [
+        _tally(tags, "tracks"), _tally(tags, "segments", lambda record: record["n_segments"]), written])
     return {"tags": tags, "dead_letters": dead_letters, "manifest": manifest}
 
 
@@ -329,13 +456,15 @@ RECOMMEND_SIGNATURE = "recommend"
 
 
 def user_request(user_plays: tuple[str, Iterable[Sequence[tuple]]], gap_seconds: int, max_prefix_length: int,
-                 exclude: str, top_n: int = 10, max_history_length: int = 100, personalised: bool = False
+                 exclude: str, top_n: int = 10, max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH,
+                 personalised: bool = False
                  ) -> tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any]:
     """All of a user's plays → ``(key, model input)`` for their recommendations.
 
     ``user_plays`` is ``(user_id, chunks)``: lists of play fields
     (``playlog_example_gen.keyed_by_user``), as :class:`ReadPlaysByUser`
-    groups them per file, in any order.
+    groups them per file, or those lists encoded by :func:`encode_user_plays`
+    (as the job sends them through the grouping), in any order.
 
     The plays are split into sessions by the ExampleGen's own rule
     (``playlog_example_gen.split_into_sessions``: a pause longer than
@@ -357,7 +486,8 @@ def user_request(user_plays: tuple[str, Iterable[Sequence[tuple]]], gap_seconds:
     session's in ``"session"`` mode, which are filtered out afterwards).
     """
     user_id, chunks = user_plays
-    fields = [play for chunk in chunks for play in chunk]
+    fields = [play for chunk in chunks
+              for play in (decode_user_plays(chunk) if isinstance(chunk, bytes) else chunk)]
     sessions = split_into_sessions(plays_of_user(user_id, fields), gap_seconds)
     latest = sessions[-1]
     prefix = tuple(play.track_key for play in latest[-max_prefix_length:])
@@ -378,6 +508,27 @@ def user_request(user_plays: tuple[str, Iterable[Sequence[tuple]]], gap_seconds:
     return key, (list(prefix), history, top_n + len(unseen_by_model), exclude_seen)
 
 
+def encode_user_plays(fields: Sequence[tuple]) -> bytes:
+    """One user's play fields (``playlog_example_gen.keyed_by_user``) → compact UTF-8 JSON bytes.
+
+    What crosses from the readers to the grouping by user: with
+    ``multi_processing`` the runner process buffers every element of a
+    shuffle, and a byte string costs it a copy where a list of tuples costs a
+    decode and an encode per field. ``ms_played`` is dropped (no step after
+    the grouping reads it); the file path is written once per element.
+    """
+    sources = sorted({source for _ts, _key, _ms, source, _line in fields})
+    index = {source: number for number, source in enumerate(sources)}
+    return json.dumps([sources, [[ts, key, index[source], line] for ts, key, _ms, source, line in fields]],
+                      ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def decode_user_plays(blob: bytes) -> list[tuple]:
+    """Inverse of :func:`encode_user_plays` (``ms_played`` comes back as ``None``)."""
+    sources, plays = json.loads(blob)
+    return [(ts, key, None, sources[source], line) for ts, key, source, line in plays]
+
+
 class ReadPlaysByUser(beam.DoFn):
     """``(path, format)`` → ``(user_id, [play fields])`` per user and chunk of the file, dead rows, tallies.
 
@@ -386,8 +537,9 @@ class ReadPlaysByUser(beam.DoFn):
     read, so one element per user (per ``chunk_plays`` plays read) crosses the
     shuffle instead of one per play: Beam's per-element cost was most of the
     recommendation job's overhead (docs/batch.md, "Throughput and workers"). A play
-    travels as the ExampleGen's tuple of primitives (``keyed_by_user``), which
-    Beam's fast coder encodes. The ``tally`` output holds ``("rows_in", n)``
+    is the ExampleGen's tuple of primitives (``keyed_by_user``); the job encodes
+    each user's list into bytes (:func:`encode_user_plays`) in the same fused
+    stage, before the grouping. The ``tally`` output holds ``("rows_in", n)``
     and ``("plays", n)`` per file; ``dead`` holds each bad row as a dict.
     """
 
@@ -477,7 +629,8 @@ def build_recommendations(pipeline: beam.Pipeline, playlog_paths: Sequence[str],
                           max_prefix_length: int = 20, playlog_params: PlaylogParams | None = None,
                           num_shards: int = 1, batching: Batching = Batching(),
                           model_info: Mapping[str, Any] | None = None,
-                          progress_seconds: float = 30.0, max_history_length: int = 100,
+                          progress_seconds: float = 30.0,
+                          max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH,
                           signature: str | None = None) -> dict[str, Any]:
     """Adds precomputed recommendations to ``pipeline``: every user → top-N next tracks.
 
@@ -519,12 +672,15 @@ def build_recommendations(pipeline: beam.Pipeline, playlog_paths: Sequence[str],
     files, skipped = list_playlog_files(playlog_paths, given.format)
     # Files spread over workers; each is read with its plays grouped by user, so one
     # shuffle of one element per user and file brings a user's plays together.
+    # (Create spreads them.) A user's plays of one file cross to the grouping as one string of
+    # bytes (encode_user_plays), which the runner moves without decoding.
     routed = (pipeline
               | "ListFiles" >> beam.Create(files)
-              | "SpreadFiles" >> beam.Reshuffle()
               | "ReadByUser" >> beam.ParDo(ReadPlaysByUser(progress_seconds))
               .with_output_types(beam.typehints.Tuple[str, Any]).with_outputs(DEAD, TALLY, main="plays"))
     requests = (routed.plays
+                | "EncodePlays" >> beam.MapTuple(lambda user_id, fields: (user_id, encode_user_plays(fields)))
+                .with_output_types(beam.typehints.Tuple[str, bytes])
                 | "GroupByUser" >> beam.GroupByKey()
                 | "LatestSession" >> beam.Map(user_request, given.session_gap_seconds, max_prefix_length,
                                               exclude, top_n, max_history_length, personalised))
@@ -534,8 +690,8 @@ def build_recommendations(pipeline: beam.Pipeline, playlog_paths: Sequence[str],
         batching, "recommend", progress_seconds)
     recommended = (inferred["predictions"]
                    | "Recommend" >> beam.FlatMapTuple(recommend_user, top_n).with_outputs(DEAD, main="users"))
-    _write_outputs(recommended.users, output_uri, RECOMMENDATIONS, recommendation_example,
-                   recommendation_csv_rows, RECOMMENDATION_COLUMNS, num_shards)
+    written = _write_outputs(recommended.users, output_uri, RECOMMENDATIONS, "user_id", recommendation_example,
+                             recommendation_csv_rows, RECOMMENDATION_COLUMNS, num_shards)
     failed = inferred["failed"] | "FailedUsers" >> beam.MapTuple(
         lambda key, detail: {"user_id": key[0], "reason": REASON_INFERENCE, "detail": detail})
 
@@ -552,7 +708,8 @@ def build_recommendations(pipeline: beam.Pipeline, playlog_paths: Sequence[str],
     # without recommendations; both kinds of dead letter are in the one file.
     manifest = _write_manifest(pipeline, output_uri, static, [
         ("rows_in", ("plays", "dead_rows")), ("users", ("users_recommended", "dead_users")),
-        ("dead_letters", ("dead_rows", "dead_users"))], dead_letters, [
+        ("dead_letters", ("dead_rows", "dead_users")),
+        (f"{RECOMMENDATIONS}_written", ("users_recommended",))], dead_letters, [written,
         routed[TALLY], _tally(routed[DEAD], "dead_rows"), _tally(requests, "users"),
         _tally(recommended.users, "users_recommended"), _tally(recommended[DEAD], "dead_users"),
         _tally(failed, "dead_users", label="TallyFailedUsers")])

@@ -7,6 +7,7 @@ everywhere at once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 import numpy as np
@@ -136,7 +137,11 @@ def _open_binary(path: str):
 
 
 def _decode(handle, path: str) -> tuple[np.ndarray, int]:
-    """Decodes an open file with libsndfile: ``(float32 [samples, channels], rate)``."""
+    """Decodes an open file with libsndfile: ``(float32 [samples, channels], rate)``.
+
+    A local file is decoded from its path, so libsndfile reads it without calling back
+    into Python (and without holding the GIL); ``handle`` then only supplies the first bytes.
+    """
     import soundfile as sf
 
     head = handle.read(16)
@@ -144,7 +149,7 @@ def _decode(handle, path: str) -> tuple[np.ndarray, int]:
         raise AudioDecodeError(REASON_EMPTY, f"{path} is 0 bytes")
     handle.seek(0)
     try:
-        with sf.SoundFile(handle) as sound:
+        with sf.SoundFile(path if "://" not in path else handle) as sound:
             rate = sound.samplerate
             try:
                 samples = sound.read(dtype="float32", always_2d=True)
@@ -207,32 +212,74 @@ def load_audio(path: str, params: AudioFeatureParams) -> np.ndarray:
 
 def peak_dbfs(waveform: np.ndarray) -> float:
     """Peak level of a ``[samples]`` waveform in dB relative to full scale (``-inf`` for zeros)."""
-    peak = float(np.max(np.abs(waveform))) if waveform.size else 0.0
+    peak = max(float(waveform.max()), -float(waveform.min())) if waveform.size else 0.0
     return 20.0 * float(np.log10(peak)) if peak > 0 else float("-inf")
 
 
-def log_mel(waveform: np.ndarray, params: AudioFeatureParams) -> np.ndarray:
+# STFT frames per FFT call: 256 windows of 2048 float32 samples is 2 MiB, so a
+# block stays in cache and a long track never needs one array of all its frames.
+_STFT_BLOCK_FRAMES = 256
+
+
+def log_mel(waveform: np.ndarray, params: AudioFeatureParams,
+            filterbank: np.ndarray | None = None) -> np.ndarray:
     """Log-mel spectrogram of a mono waveform.
+
+    The same spectrogram as ``librosa.feature.melspectrogram(y, sr, n_fft,
+    hop_length, window="hann", center=False, power=2.0, n_mels, fmin, fmax)``
+    (librosa's Slaney mel filters, its periodic Hann window), computed with a
+    single-precision FFT (``scipy.fft``) over blocks of frames: about twice as
+    fast as librosa's own STFT, which computes in double precision, and within
+    1e-4 of it after the log (``tests/test_features_log_mel.py``). librosa
+    itself is imported only to build the filters, so a Beam worker that is
+    handed ``filterbank`` never pays librosa's seconds of imports.
 
     Args:
         waveform: float array ``[samples]`` at ``params.sample_rate``.
         params: the feature parameters.
+        filterbank: ``mel_filterbank(params)``, float32 ``[1 + n_fft // 2,
+            n_mels]``; computed (and cached per ``params``) when ``None``.
 
     Returns:
         float32 array ``[frames, n_mels]`` with
         ``frames = 1 + (samples - n_fft) // hop_length`` (0 when the waveform
         is shorter than one window), values ``log(mel_power + log_floor)``.
     """
-    import librosa
+    import scipy.fft
 
-    waveform = np.asarray(waveform, dtype=np.float32)
+    waveform = np.ascontiguousarray(waveform, dtype=np.float32)
     if waveform.shape[0] < params.n_fft:
         return np.zeros((0, params.n_mels), dtype=np.float32)
-    power = librosa.feature.melspectrogram(
-        y=waveform, sr=params.sample_rate, n_fft=params.n_fft, hop_length=params.hop_length,
-        window="hann", center=False, power=2.0, n_mels=params.n_mels, fmin=params.fmin,
-        fmax=params.fmax)
-    return np.log(power + params.log_floor).T.astype(np.float32)
+    if filterbank is None:
+        filterbank = _cached_filterbank(params)
+    frames = np.lib.stride_tricks.sliding_window_view(waveform, params.n_fft)[::params.hop_length]
+    window = _hann_window(params.n_fft)
+    mel_power = np.empty((frames.shape[0], params.n_mels), dtype=np.float32)
+    windowed = np.empty((min(_STFT_BLOCK_FRAMES, frames.shape[0]), params.n_fft), dtype=np.float32)
+    for start in range(0, frames.shape[0], _STFT_BLOCK_FRAMES):
+        block = frames[start:start + _STFT_BLOCK_FRAMES]
+        np.multiply(block, window, out=windowed[:block.shape[0]])
+        spectrum = scipy.fft.rfft(windowed[:block.shape[0]], axis=-1)
+        power = np.square(spectrum.real)
+        power += np.square(spectrum.imag)
+        np.dot(power, filterbank, out=mel_power[start:start + block.shape[0]])
+    mel_power += params.log_floor
+    return np.log(mel_power, out=mel_power)
+
+
+@functools.lru_cache(maxsize=4)
+def _hann_window(n_fft: int) -> np.ndarray:
+    """The periodic Hann window librosa's STFT uses (``scipy.signal.get_window("hann", n_fft)``)."""
+    window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+    window.setflags(write=False)
+    return window
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_filterbank(params: AudioFeatureParams) -> np.ndarray:
+    filters = mel_filterbank(params)
+    filters.setflags(write=False)
+    return filters
 
 
 def mel_filterbank(params: AudioFeatureParams) -> np.ndarray:
@@ -274,8 +321,11 @@ def segment(features: np.ndarray, params: AudioFeatureParams) -> np.ndarray:
     return np.stack([features[s:s + length] for s in starts]).astype(np.float32, copy=False)
 
 
-def track_segments(path: str, params: AudioFeatureParams) -> np.ndarray:
+def track_segments(path: str, params: AudioFeatureParams,
+                   filterbank: np.ndarray | None = None) -> np.ndarray:
     """Loads a file and returns its segments ``[n_segments, frames, n_mels]``.
+
+    ``filterbank``: as for :func:`log_mel`.
 
     Raises:
         AudioDecodeError: undecodable (see :func:`load_audio`), ``REASON_TOO_SHORT``
@@ -294,7 +344,7 @@ def track_segments(path: str, params: AudioFeatureParams) -> np.ndarray:
     if level < SILENCE_PEAK_DBFS:
         raise AudioDecodeError(REASON_SILENT, f"{path} peaks at {level:.1f} dBFS, below "
                                               f"{SILENCE_PEAK_DBFS:.0f} dBFS")
-    return segment(log_mel(waveform, params), params)
+    return segment(log_mel(waveform, params, filterbank), params)
 
 
 def expected_segments(duration_seconds: float, params: AudioFeatureParams) -> int:

@@ -26,6 +26,34 @@ JOB_HELP = {
 }
 
 
+# Measured on the 2-core machine (docs/batch.md, "Throughput and workers"): a worker *process*
+# pays ~8 s of CPU to start (import TensorFlow, load the model), so a second one pays off only
+# on jobs of a minute or more of model work and with a free core; worker *threads* share one
+# GIL and did not scale (and Beam 2.77's multi-threaded runner once corrupted a grouped buffer).
+DEFAULT_WORKERS = 1
+RUNNING_MODES = ("multi_processing", "multi_threading")
+DEFAULT_RUNNING_MODE = "multi_processing"
+
+
+NUMERIC_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def worker_beam_args(workers: int, running_mode: str) -> list[str]:
+    """Beam flags for ``workers`` workers of the local runner (none for one: in-process, in this thread)."""
+    if workers <= 1:
+        return []
+    return [f"--direct_num_workers={workers}", f"--direct_running_mode={running_mode}"]
+
+
+def tf_threads_for(workers: int, running_mode: str, cores: int) -> int:
+    """TensorFlow threads per process when not given: 0 (TensorFlow's own, one per core) but for
+    worker processes, which get ``cores // workers`` each (at least 1) instead of all competing
+    for every core."""
+    if workers > 1 and running_mode == "multi_processing":
+        return max(1, cores // workers)
+    return 0
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--workdir", help="pipeline workdir: use the model it serves (latest pushed version)")
@@ -38,16 +66,23 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="each worker logs its counts at most this often (default %(default)s)")
     parser.add_argument("--beam-arg", action="append", default=[], dest="beam_args",
                         help="pass-through Beam flag, repeatable (e.g. --beam-arg=--direct_num_workers=2)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="Beam workers of the local runner (default %(default)s; measured in "
+                             "docs/batch.md, 'Throughput and workers'); ignored with --beam-arg=--runner=...")
+    parser.add_argument("--running-mode", choices=RUNNING_MODES, default=DEFAULT_RUNNING_MODE,
+                        help="with --workers > 1: worker processes, or threads of this process "
+                             "(default %(default)s)")
     parser.add_argument("--tf-threads", type=int, default=0,
-                        help="TensorFlow intra- and inter-op threads in this process and in every Beam "
-                             "worker process (default: TensorFlow's own, one per core); with N worker "
-                             "processes on N cores, 1 keeps them from competing")
+                        help="TensorFlow intra- and inter-op threads (and BLAS/OpenMP threads) in every "
+                             "Beam worker process and this one (default: one per core, except with "
+                             "worker processes: cores / workers each, so that they do not compete)")
     parser.add_argument("--config", help="the pipeline config: audio features the model was trained "
                                          "with (tag) and the ML Metadata store (with --workdir)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from musicrec.components.bulk_inferrer import EXCLUDE_MODES  # a light module (no Beam, no TF)
+    # a light module (no Beam, no TF)
+    from musicrec.components.bulk_inferrer import DEFAULT_MAX_HISTORY_LENGTH, EXCLUDE_MODES
 
     jobs = parser.add_subparsers(dest="job", required=True)
     tag = jobs.add_parser("tag", help=JOB_HELP["tag"])
@@ -65,8 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "their latest session's, or none (default %(default)s)")
     recommend.add_argument("--max-prefix-length", type=int, default=20,
                            help="most recent plays of the latest session given to the model")
-    recommend.add_argument("--max-history-length", type=int, default=100,
-                           help="earlier plays given to a model with the 'recommend' signature")
+    recommend.add_argument("--max-history-length", type=int, default=DEFAULT_MAX_HISTORY_LENGTH,
+                           help="earlier plays (the most recent) given to a model with the 'recommend' "
+                                "signature (default %(default)s)")
     recommend.add_argument("--signature", choices=["recommend", "serving_default"],
                            help="next_track signature (default: recommend when the model has it)")
     recommend.add_argument("--session-gap-seconds", type=int, default=1800,
@@ -100,9 +136,13 @@ def job_params(args: argparse.Namespace) -> dict:
     """The ``bulk_inferrer`` params for the parsed command line."""
     from musicrec.components.bulk_inferrer import MODEL_FOR_JOB
 
+    beam_args = list(args.beam_args)
+    if not any(arg.startswith(("--runner", "--direct_num_workers", "--direct_running_mode"))
+               for arg in beam_args):
+        beam_args += worker_beam_args(args.workers, args.running_mode)
     params = {"job": args.job, "saved_model": _saved_model(args, MODEL_FOR_JOB[args.job]),
               "num_shards": args.num_shards, "progress_seconds": args.progress_seconds,
-              "beam_args": list(args.beam_args)}
+              "beam_args": beam_args}
     for name in ("min_batch_size", "max_batch_size"):
         if getattr(args, name):
             params[name] = getattr(args, name)
@@ -194,10 +234,16 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{path} does not exist")
     if args.tf_threads < 0:
         raise UserError("--tf-threads must be >= 0")
+    if args.workers < 1:
+        raise UserError("--workers must be >= 1")
+    if not args.tf_threads:
+        args.tf_threads = tf_threads_for(args.workers, args.running_mode, os.cpu_count() or 1)
     if args.tf_threads:
         # Read by TensorFlow when it creates its thread pools (the first op), here and in the
-        # Beam worker processes, which inherit the environment.
-        os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(args.tf_threads)
+        # Beam worker processes, which inherit the environment (as do their BLAS and OpenMP pools,
+        # which numpy and the resampler size when they load).
+        for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", *NUMERIC_THREAD_VARIABLES):
+            os.environ[name] = str(args.tf_threads)
     params = job_params(args)
     record = MetadataRecord(args.workdir, load_config(args.config), params) if args.workdir else None
     staging = f"{out}.tmp-{os.getpid()}"

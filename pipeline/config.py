@@ -58,7 +58,8 @@ DEFAULTS: dict[str, Any] = {
         # time_mask_frames, freq_mask_bands (SpecAugment), std_pooling,
         # input_statistics, spectral_summary, summary_coefficients,
         # summary_band_groups, weight_decay (AdamW), ema_momentum (weight
-        # averaging).
+        # averaging), mixup_alpha (mixup), label_smoothing,
+        # recurrent_path_dropout, head_l2, ensemble_members (seed ensemble).
         "hparams": {},
         # Blessing: track accuracy must beat chance by this factor.
         "min_accuracy_over_chance": 1.5,

@@ -68,6 +68,29 @@ def test_audio_job_under_portable_runner_matches_the_default_runner(audio_dir, j
     assert _comparable(portable) == _comparable(default)
 
 
+def _records(out: str) -> list[bytes]:
+    """Every record of every split, sorted: the job's output whatever shard it went to."""
+    import tensorflow as tf
+
+    from musicrec.components import beam_io
+
+    paths = [path for split in beam_io.SPLITS
+             for path in tf.io.gfile.glob(beam_io.split_files_pattern(out, split))]
+    return sorted(bytes(record.numpy()) for record in tf.data.TFRecordDataset(paths, compression_type="GZIP"))
+
+
+def test_audio_job_on_two_worker_threads_writes_what_one_worker_writes(audio_dir, tmp_path):
+    threaded = _audio_manifest(audio_dir, str(tmp_path / "threads"), [
+        "--direct_num_workers=2", "--direct_running_mode=multi_threading"])
+    default = _audio_manifest(audio_dir, str(tmp_path / "default"), [])
+
+    assert threaded["tracks"] == 4 and threaded["dead_letters_per_reason"] == {"not audio": 1}
+    assert _comparable(threaded) == _comparable(default)
+    records = _records(str(tmp_path / "threads"))
+    assert len(records) == sum(default["segments_per_split"].values())
+    assert records == _records(str(tmp_path / "default"))
+
+
 def test_playlog_job_in_multi_processing_mode(tmp_path):
     rows = ["user_id,timestamp,track_id"] + [
         f"u{user},{1_600_000_000 + day * 86400 + minute * 60},t{(user + minute) % 5}"

@@ -23,7 +23,12 @@ def layer(successor_lags: int, repeat_history_length: int) -> RepeatScores:
 def test_successor_evidence_weighs_one_over_anchor_rank_times_lag():
     repeat = layer(successor_lags=2, repeat_history_length=6)
     ids = np.maximum(IDS, 0).astype(np.int32)
-    evidence = np.asarray(repeat._successor_evidence(ids, (IDS > 0).astype(np.float32), N_IDS))[0]
+    rows, tracks, channels, values = (np.asarray(part) for part in
+                                      repeat._successor_evidence(ids, (IDS > 0).astype(np.float32), N_IDS))
+    assert set(rows) == {0}
+    assert len(set(zip(tracks, channels))) == len(tracks), "every (row, track, channel) once"
+    evidence = np.zeros((N_IDS, 2), np.float32)
+    np.add.at(evidence, (tracks, channels), values)
     expected = np.zeros((N_IDS, 2), np.float32)
     # Anchor 0 (track 5) was in slot 2: 8 followed it (lag 1), then 9 (lag 2).
     expected[8, 0], expected[9, 0] = 1.0, 0.5
@@ -67,3 +72,20 @@ def test_hparams_reject_bad_successor_settings():
         NextTrackHParams(successor_anchors=0)
     with pytest.raises(ValueError, match="successor"):
         NextTrackHParams(successor_lags=-1)
+
+
+def test_rows_of_a_batch_score_as_they_do_alone():
+    """Scatter indices carry the row: batching requests (as the server does) changes no row's logits."""
+    repeat = layer(successor_lags=2, repeat_history_length=4)
+    rng = np.random.default_rng(1)
+    repeat.kernel.assign(rng.normal(size=repeat.kernel.shape).astype(np.float32))
+    repeat.gate_kernel.assign(rng.normal(size=repeat.gate_kernel.shape).astype(np.float32))
+    other = np.array([[0, 0, 3, 6, 3, 2, -1, 6, 3, 2]], dtype=np.int64)
+    batch_ids = np.concatenate([IDS, other, IDS])
+    state = rng.normal(size=(3, UNITS)).astype(np.float32)
+    base = rng.normal(size=(3, N_IDS)).astype(np.float32)
+    together = np.asarray(repeat([base, batch_ids, state]))
+    for row in range(3):
+        alone = np.asarray(repeat([base[row:row + 1], batch_ids[row:row + 1], state[row:row + 1]]))[0]
+        np.testing.assert_allclose(together[row], alone, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(together[0], together[1])

@@ -11,6 +11,9 @@ model would mask away. So the masks are applied to the log-mel minus each
 band's training mean and the mean added back: a masked cell becomes its
 band's mean, which the model's normalisation maps to ``0``, SpecAugment's
 intent.
+
+Mixup (:func:`mixup`) blends whole training segments and their one-hot
+labels, batch-wise, also in ``tf.data`` only.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from typing import Callable
 
 import numpy as np
 import tensorflow as tf
+
+from musicrec.models.genre.model import PADDING_VALUE
 
 Example = tuple[tf.Tensor, tf.Tensor]
 
@@ -55,4 +60,54 @@ def spec_augment(time_mask_frames: int, freq_mask_bands: int,
     return augment
 
 
-__all__ = ["spec_augment"]
+def mixup(alpha: float, n_classes: int, seed: int | None = None
+          ) -> Callable[[tf.Tensor, tf.Tensor], Example] | None:
+    """A batched ``(log_mel, labels) -> (mixed log_mel, soft targets)`` map, or ``None``.
+
+    Each segment of a (shuffled) batch is blended with the segment at the
+    mirrored place of the same batch (``tf.reverse``: mostly another clip,
+    often another genre), ``lam * own + (1 - lam) * partner`` for the log-mel
+    and for the one-hot labels, with ``lam`` drawn per segment from
+    ``Beta(alpha, alpha)`` and folded to ``max(lam, 1 - lam)`` so that every
+    segment stays mostly itself. Blending the log-mel (not the power) is
+    what audio mixup usually does; it only has to regularise. Padding stays
+    padding: a frame is blended only where both segments have a real frame;
+    where only the partner is padding the own frame is kept, and where the
+    own segment is padding the frame stays :data:`PADDING_VALUE` (0), so the
+    model's mask sees the own segment's length.
+
+    Args:
+        alpha: the Beta distribution's both parameters, > 0 (0: no mixup).
+            Small values (0.2-0.4) blend little, 1 blends uniformly.
+        n_classes: width of the one-hot targets.
+        seed: for the Beta draws (via the global seed if ``None``).
+
+    Returns:
+        The map for a batched ``tf.data.Dataset`` of ``log_mel`` float32
+        ``[batch, frames, n_mels]`` and integer labels ``[batch]``; it
+        returns targets float32 ``[batch, n_classes]``. ``None`` when
+        ``alpha`` is 0.
+    """
+    if alpha <= 0:
+        return None
+
+    def blend(log_mel: tf.Tensor, labels: tf.Tensor) -> Example:
+        targets = tf.one_hot(tf.cast(labels, tf.int32), n_classes, dtype=tf.float32)
+        batch = tf.shape(log_mel)[0]
+        # Beta(a, a) as the ratio of two Gamma(a) draws.
+        first = tf.random.gamma([batch], alpha, seed=seed)
+        second = tf.random.gamma([batch], alpha, seed=None if seed is None else seed + 1)
+        lam = first / tf.maximum(first + second, 1e-12)
+        lam = tf.maximum(lam, 1.0 - lam)
+        partner, partner_targets = tf.reverse(log_mel, [0]), tf.reverse(targets, [0])
+        own_real = tf.reduce_any(tf.not_equal(log_mel, PADDING_VALUE), axis=-1, keepdims=True)
+        partner_real = tf.reduce_any(tf.not_equal(partner, PADDING_VALUE), axis=-1, keepdims=True)
+        frame_lam = lam[:, None, None]
+        blended = frame_lam * log_mel + (1.0 - frame_lam) * partner
+        mixed = tf.where(own_real & partner_real, blended, log_mel)
+        return mixed, lam[:, None] * targets + (1.0 - lam[:, None]) * partner_targets
+
+    return blend
+
+
+__all__ = ["spec_augment", "mixup"]

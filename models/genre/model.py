@@ -107,10 +107,32 @@ class GenreHParams:
             epoch; the average is steadier). A short training run gets a
             lower momentum (:func:`averaging_momentum`), so that the average
             forgets the untrained start. 0: off.
+        recurrent_path_dropout: dropout on the recurrent (or CRNN) path's
+            pooled features alone, before they join the skip paths, in
+            [0, 1); on top of ``dropout``. A high rate keeps a few training
+            tracks from being memorised through the recurrent path while the
+            summary statistics carry the decision.
+        label_smoothing: the training target puts ``1 - label_smoothing``
+            on the true genre and spreads the rest evenly, in [0, 1).
+        head_l2: L2 penalty (per weight, added to the loss) on the kernels
+            of the ``embedding`` and ``probabilities`` layers; 0: none.
+        mixup_alpha: mixup in the training input (tf.data only,
+            :func:`musicrec.models.genre.augment.mixup`): every training
+            segment is blended with another segment of its batch, and its
+            label with that one's, by a weight from ``Beta(alpha, alpha)``
+            folded to at least 0.5; 0: off. The model is then compiled for
+            soft targets (:class:`GenreCrossentropy`), which takes integer
+            labels too.
+        ensemble_members: independently initialised copies of the
+            classifier trained together in one model (a seed ensemble, see
+            :func:`build_classifier`); the served ``probabilities`` are their
+            mean and the served ``embedding`` the concatenation of theirs
+            (``ensemble_members * embedding_dim`` wide). 1: a single model.
     """
 
-    # Defaults: the best configuration found on GTZAN dev, tuned on the benchmark's
-    # own folds (docs/genre.md, benchmarks/bench_genre_gtzan.py).
+    # Defaults: the best configuration found on GTZAN dev (docs/genre.md,
+    # benchmarks/bench_genre_gtzan.py). The earlier ones were tuned on the benchmark's own
+    # folds; mixup_alpha and label_smoothing were then chosen on fold 0 alone (two seeds).
     architecture: str = "lstm"
     lstm_units: int = 32
     lstm_layers: int = 1
@@ -135,12 +157,18 @@ class GenreHParams:
     summary_band_groups: int = 8
     weight_decay: float = 0.05
     ema_momentum: float = 0.99
+    recurrent_path_dropout: float = 0.0
+    label_smoothing: float = 0.1
+    head_l2: float = 0.0
+    mixup_alpha: float = 0.4
+    ensemble_members: int = 1
 
     def __post_init__(self):
         # YAML gives lists; a frozen dataclass keeps a tuple.
         object.__setattr__(self, "conv_filters", tuple(self.conv_filters))
         positive = ("lstm_units", "lstm_layers", "embedding_dim", "learning_rate", "clipnorm",
-                    "epochs", "batch_size", "summary_coefficients", "summary_band_groups")
+                    "epochs", "batch_size", "summary_coefficients", "summary_band_groups",
+                    "ensemble_members")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"genre hparam {name} must be positive, got {getattr(self, name)}")
@@ -155,10 +183,11 @@ class GenreHParams:
                              f"got {list(self.conv_filters)}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ValueError(f"genre hparam ema_momentum must be in [0, 1), got {self.ema_momentum}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"genre hparam dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "recurrent_path_dropout", "label_smoothing"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"genre hparam {name} must be in [0, 1), got {getattr(self, name)}")
         for name in ("early_stopping_patience", "time_mask_frames", "freq_mask_bands",
-                     "weight_decay"):
+                     "weight_decay", "head_l2", "mixup_alpha"):
             if getattr(self, name) < 0:
                 raise ValueError(f"genre hparam {name} must be >= 0, got {getattr(self, name)}")
 
@@ -392,6 +421,44 @@ def averaging_momentum(hparams: GenreHParams, steps_per_epoch: int | None) -> fl
     return max(0.0, min(hparams.ema_momentum, 1.0 - 3.0 / (hparams.epochs * steps_per_epoch)))
 
 
+def _classifier_heads(log_mel, normalization, hparams: GenreHParams, n_mels: int,
+                      n_classes: int):
+    """One classifier's graph on ``log_mel``: its ``(embedding, probabilities)`` tensors."""
+    if hparams.architecture == "crnn":
+        x = _crnn_body(log_mel, normalization, hparams, n_mels)
+    else:
+        x = _lstm_body(log_mel, normalization, hparams)
+    if hparams.recurrent_path_dropout > 0:
+        x = keras.layers.Dropout(hparams.recurrent_path_dropout, name="recurrent_path_dropout")(x)
+    if hparams.input_statistics:
+        frame_mask = PaddingMask(name="statistics_mask")(log_mel)
+        statistics = MaskedMean(with_std=True, name="input_statistics")(
+            normalization(log_mel), frame_mask)
+        x = keras.layers.Concatenate(name="with_input_statistics")([x, statistics])
+    if hparams.spectral_summary:
+        x = keras.layers.Concatenate(name="with_spectral_summary")(
+            [x, _spectral_summary(log_mel, normalization, hparams, n_mels)])
+    x = keras.layers.Dropout(hparams.dropout, name="dropout")(x)
+    head_l2 = keras.regularizers.L2(hparams.head_l2) if hparams.head_l2 > 0 else None
+    x = keras.layers.Dense(hparams.embedding_dim, activation="relu", kernel_regularizer=head_l2,
+                           name="embedding")(x)
+    probabilities = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=head_l2,
+                                       name="probabilities")(x)
+    return x, probabilities
+
+
+class MemberStack(keras.layers.Layer):
+    """Stacks the members' probabilities, each ``[batch, n_classes]``: ``[batch, members, n_classes]``."""
+
+    def call(self, member_probabilities):
+        return ops.stack(member_probabilities, axis=1)
+
+    def compute_output_spec(self, member_probabilities):
+        first = member_probabilities[0]
+        return keras.KerasTensor((first.shape[0], len(member_probabilities), first.shape[1]),
+                                 dtype=first.dtype)
+
+
 def build_classifier(n_mels: int, n_classes: int, hparams: GenreHParams,
                      normalization: keras.layers.Normalization,
                      steps_per_epoch: int | None = None) -> keras.Model:
@@ -413,25 +480,30 @@ def build_classifier(n_mels: int, n_classes: int, hparams: GenreHParams,
         to genre probabilities ``[batch, n_classes]``. Its layer
         ``"embedding"`` gives the ``[batch, embedding_dim]`` track embedding.
         Adam clips gradients by global norm (``hparams.clipnorm``).
+
+        With ``hparams.ensemble_members`` K above 1: K independently
+        initialised copies of that classifier, sub-models ``member_1`` ...
+        ``member_K`` sharing the input (and the fixed ``normalization``),
+        and the output is every member's probabilities, ``[batch, K,
+        n_classes]``. The loss is the mean of the members' own losses (each
+        learns as it would alone, rather than all fitting their average);
+        the accuracy metric and :func:`build_serving_model` use the mean of
+        the members' probabilities.
     """
     if n_classes < 2:
         raise ValueError(f"a genre classifier needs at least 2 classes, got {n_classes}")
     log_mel = keras.Input(shape=(None, n_mels), dtype="float32", name="log_mel")
-    if hparams.architecture == "crnn":
-        x = _crnn_body(log_mel, normalization, hparams, n_mels)
+    if hparams.ensemble_members == 1:
+        _, probabilities = _classifier_heads(log_mel, normalization, hparams, n_mels, n_classes)
     else:
-        x = _lstm_body(log_mel, normalization, hparams)
-    if hparams.input_statistics:
-        frame_mask = PaddingMask(name="statistics_mask")(log_mel)
-        statistics = MaskedMean(with_std=True, name="input_statistics")(
-            normalization(log_mel), frame_mask)
-        x = keras.layers.Concatenate(name="with_input_statistics")([x, statistics])
-    if hparams.spectral_summary:
-        x = keras.layers.Concatenate(name="with_spectral_summary")(
-            [x, _spectral_summary(log_mel, normalization, hparams, n_mels)])
-    x = keras.layers.Dropout(hparams.dropout, name="dropout")(x)
-    x = keras.layers.Dense(hparams.embedding_dim, activation="relu", name="embedding")(x)
-    probabilities = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+        members = []
+        for index in range(1, hparams.ensemble_members + 1):
+            member_input = keras.Input(shape=(None, n_mels), dtype="float32", name="log_mel")
+            heads = _classifier_heads(member_input, normalization, hparams, n_mels, n_classes)
+            members.append(keras.Model(member_input, heads, name=f"member_{index}"))
+        # Each member's own probabilities, so that each learns on its own loss.
+        probabilities = MemberStack(name="ensemble_probabilities")(
+            [member(log_mel)[1] for member in members])
     model = keras.Model(log_mel, probabilities, name=f"genre_{hparams.architecture}")
 
     common = dict(learning_rate=learning_rate(hparams, steps_per_epoch),
@@ -441,12 +513,61 @@ def build_classifier(n_mels: int, n_classes: int, hparams: GenreHParams,
         optimizer = keras.optimizers.AdamW(weight_decay=hparams.weight_decay, **common)
     else:
         optimizer = keras.optimizers.Adam(**common)
+    # GenreCrossentropy also averages an ensemble's members' losses, which the sparse loss cannot.
+    soft = hparams.label_smoothing > 0 or hparams.mixup_alpha > 0 or hparams.ensemble_members > 1
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        # Mixup trains on soft targets; the plain sparse loss and metric cannot read them.
+        loss=(GenreCrossentropy(hparams.label_smoothing) if soft
+              else keras.losses.SparseCategoricalCrossentropy()),
+        metrics=[keras.metrics.MeanMetricWrapper(genre_accuracy, name="accuracy") if soft
+                 else keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
     return model
+
+
+def _targets(y_true, n_classes: int):
+    """Integer labels ``[batch]`` / ``[batch, 1]`` as one-hot; soft targets ``[batch, n_classes]`` as they are."""
+    if len(y_true.shape) == 2 and y_true.shape[-1] == n_classes and n_classes > 1:
+        return ops.cast(y_true, "float32")
+    return ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), n_classes)
+
+
+class GenreCrossentropy(keras.losses.Loss):
+    """Cross-entropy of probabilities against integer labels or soft targets, with label smoothing.
+
+    ``y_true``: integer labels ``[batch]`` (or ``[batch, 1]``), or targets
+    float ``[batch, n_classes]`` (mixup's blends, :func:`~musicrec.models.
+    genre.augment.mixup`); ``y_pred``: probabilities ``[batch, n_classes]``,
+    or an ensemble's ``[batch, members, n_classes]`` (the loss is then the
+    mean over the members of each one's loss). The target becomes ``(1 - smoothing) * target + smoothing / n_classes``
+    (Keras' sparse cross-entropy has no label smoothing).
+    """
+
+    def __init__(self, smoothing: float = 0.0, name: str = "genre_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.smoothing = float(smoothing)
+
+    def call(self, y_true, y_pred):
+        n_classes = y_pred.shape[-1]
+        target = _targets(y_true, n_classes) * (1.0 - self.smoothing) + self.smoothing / n_classes
+        if len(y_pred.shape) == 3:
+            # An ensemble's [batch, members, n_classes]: the mean of the members' own losses.
+            target = ops.broadcast_to(target[:, None, :], ops.shape(y_pred))
+            return ops.mean(keras.losses.categorical_crossentropy(target, y_pred), axis=1)
+        return keras.losses.categorical_crossentropy(target, y_pred)
+
+    def get_config(self):
+        return {**super().get_config(), "smoothing": self.smoothing}
+
+
+def genre_accuracy(y_true, y_pred):
+    """Per segment, 1.0 where the most probable genre is the label (or the soft target's largest)."""
+    n_classes = y_pred.shape[-1]
+    if len(y_pred.shape) == 3:
+        y_pred = ops.mean(y_pred, axis=1)  # an ensemble's members: their mean decides
+    return ops.cast(ops.equal(ops.argmax(_targets(y_true, n_classes), axis=-1),
+                              ops.argmax(y_pred, axis=-1)), "float32")
 
 
 def balanced_class_weights(counts: Mapping[int, int], n_classes: int) -> dict[int, float]:
@@ -508,6 +629,21 @@ class LabelNames(keras.layers.Layer):
         return {**super().get_config(), "labels": self.labels}
 
 
+def _serving_heads(classifier: keras.Model) -> keras.Model:
+    """``log_mel`` to ``[probabilities, embedding]`` in one forward pass, a single model or an ensemble."""
+    members = [layer for layer in classifier.layers
+               if isinstance(layer, keras.Model) and layer.name.startswith("member_")]
+    if not members:
+        return keras.Model(classifier.input,
+                           [classifier.output, classifier.get_layer("embedding").output],
+                           name="genre_heads")
+    log_mel = keras.Input(shape=classifier.input.shape[1:], dtype="float32", name="log_mel")
+    embeddings, probabilities = zip(*(member(log_mel) for member in members))
+    mean = keras.layers.Average(name="mean_probabilities")(list(probabilities))
+    embedding = keras.layers.Concatenate(name="member_embeddings")(list(embeddings))
+    return keras.Model(log_mel, [mean, embedding], name="genre_heads")
+
+
 def build_serving_model(classifier: keras.Model, labels: list[str]) -> keras.Model:
     """Wraps a trained classifier in the ``genre`` serving contract.
 
@@ -520,16 +656,15 @@ def build_serving_model(classifier: keras.Model, labels: list[str]) -> keras.Mod
         frames, n_mels]`` (raw log-mel) and a dict of outputs:
         ``probabilities`` float32 ``[batch, n_classes]``, ``classes`` string
         ``[batch, n_classes]``, ``genre`` string ``[batch]`` and
-        ``embedding`` float32 ``[batch, embedding_dim]``.
+        ``embedding`` float32 ``[batch, embedding_dim]``; for an ensemble
+        (``ensemble_members`` K > 1), ``probabilities`` is the mean of the
+        members' and ``embedding`` the concatenation of theirs, ``[batch, K
+        * embedding_dim]``.
     """
     n_classes = classifier.output.shape[-1]
     if len(labels) != n_classes:
         raise ValueError(f"{len(labels)} labels for a classifier with {n_classes} classes")
-    # One sub-model with both heads, so the embedding and the probabilities
-    # come from the same forward pass.
-    heads = keras.Model(classifier.input,
-                        [classifier.output, classifier.get_layer("embedding").output],
-                        name="genre_heads")
+    heads = _serving_heads(classifier)
     log_mel = keras.Input(shape=classifier.input.shape[1:], dtype="float32", name="log_mel")
     probabilities, embedding = heads(log_mel)
     names = LabelNames(labels, name="label_names")(probabilities)
@@ -543,6 +678,6 @@ def build_serving_model(classifier: keras.Model, labels: list[str]) -> keras.Mod
 
 
 __all__ = ["PADDING_VALUE", "ARCHITECTURES", "GenreHParams", "LabelNames", "SpectralSummary",
-           "dct_matrix", "build_classifier",
+           "dct_matrix", "build_classifier", "MemberStack",
            "build_serving_model", "new_normalization", "balanced_class_weights", "learning_rate",
-           "averaging_momentum"]
+           "averaging_momentum", "GenreCrossentropy", "genre_accuracy"]

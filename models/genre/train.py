@@ -1,8 +1,8 @@
 """Trains the genre classifier and exports it for TF Serving.
 
 ``run_fn`` is what the Trainer component calls (TFX style): it reads the
-``AudioExamples`` splits, trains (class weights, SpecAugment on the training
-input, gradient clipping, a learning-rate schedule, early stopping on the
+``AudioExamples`` splits, trains (class weights, SpecAugment and mixup on the
+training input, gradient clipping, a learning-rate schedule, early stopping on the
 validation loss with the best weights restored), writes
 ``<model_dir>/train_metrics.json``, the training curves and TensorBoard logs,
 and exports the ``genre`` signatures to ``<model_dir>/serving`` with a Keras
@@ -25,7 +25,7 @@ from musicrec.atomic import write_json_atomic
 from musicrec.models import warm_start
 from musicrec.models.export import export_serving_model
 from musicrec.models.features import AudioFeatureParams
-from musicrec.models.genre.augment import spec_augment
+from musicrec.models.genre.augment import mixup, spec_augment
 from musicrec.models.genre.data import label_counts, make_dataset, parsed_dataset, read_labels
 from musicrec.models.genre.model import (GenreHParams, balanced_class_weights, build_classifier,
                                          build_serving_model, new_normalization)
@@ -100,7 +100,8 @@ def validation_setup(eval_files: list[str], n_mels: int, batch_size: int
 # Hyperparameters that change weight shapes: a checkpoint with other values cannot seed this model.
 SHAPE_HPARAMS = ("architecture", "lstm_units", "lstm_layers", "bidirectional", "crnn_recurrent",
                  "conv_filters", "embedding_dim", "std_pooling", "input_statistics",
-                 "spectral_summary", "summary_coefficients", "summary_band_groups")
+                 "spectral_summary", "summary_coefficients", "summary_band_groups",
+                 "ensemble_members")
 TENSORBOARD_DIR = "logs"
 CURVES_FILE = "training_curves.png"
 
@@ -185,10 +186,14 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
         # The checkpoint's Normalization statistics come too: its layers learned on them.
         model.load_weights(checkpoint.weights_path)
         logger.info("genre warm start from %s", args.warm_start_dir)
-    band_means = np.asarray(model.get_layer("normalize").mean).reshape(-1)
+    band_means = np.asarray(normalization.mean).reshape(-1)
     train_data = make_dataset(
         args.train_files, n_mels, hparams.batch_size, shuffle=True, seed=args.seed, cache=True,
         augment=spec_augment(hparams.time_mask_frames, hparams.freq_mask_bands, band_means))
+    blend = mixup(hparams.mixup_alpha, len(labels), seed=args.seed)
+    if blend is not None:
+        # Mixup blends whole batches (a segment with another of its shuffled batch), after padding.
+        train_data = train_data.map(blend, num_parallel_calls=tf.data.AUTOTUNE)
     eval_data, monitor = validation_setup(args.eval_files, n_mels, hparams.batch_size)
 
     epoch_logger = _EpochLogger(hparams.epochs)

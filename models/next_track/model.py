@@ -318,8 +318,9 @@ class RepeatScores(keras.layers.Layer):
 
     Every slot falls in a recency bucket (:func:`recency_buckets`: log2 of
     its distance from the end, history and session apart). Both terms are
-    scattered onto the logits with ``UnsortedSegmentSum`` (a core op) at
-    ``O(batch × slots)`` cost, not ``O(batch × catalogue)``:
+    added onto the logits with ``TensorScatterAdd`` (a core op) at
+    ``O(batch × slots)`` cost beyond the one pass over the logits, with no
+    catalogue-sized temporaries:
 
     - repeat: ``logits[b, ids[b, s]] += state[b] · kernel[:, bucket(s)] +
       bias[bucket(s)]`` for every play slot ``s``; a track in several slots
@@ -366,30 +367,23 @@ class RepeatScores(keras.layers.Layer):
                 shape=(2 * SUCCESSOR_CHANNELS,), name="gate_bias",
                 initializer=keras.initializers.Constant(np.array([0.0, 0.0, 1.0, 0.5], np.float32)))
 
-    @staticmethod
-    def _scatter(ids, weights, n_ids):
-        """``[b, n_ids, c]`` sums of ``weights [b, slots, c]`` by ``ids [b, slots]``, row by row."""
-        ops = keras.ops
-        batch, channels = ops.shape(ids)[0], weights.shape[-1]
-        flat_ids = (ids + ops.arange(batch, dtype="int32")[:, None] * n_ids)[..., None] * channels
-        flat_ids = flat_ids + ops.arange(channels, dtype="int32")[None, None, :]
-        summed = ops.segment_sum(ops.reshape(weights, [-1]), ops.reshape(flat_ids, [-1]),
-                                 num_segments=batch * n_ids * channels)
-        return ops.reshape(summed, [batch, n_ids, channels])
-
     def _successor_evidence(self, ids, real, n_ids):
-        """``[b, n_ids, 2]``: the evidence each track gains as a successor of an anchor.
+        """The evidence tracks gain as successors of an anchor, sparse: one entry per (row, track, channel).
 
-        Sparse: only the slots that hold an anchor (a few among thousands of
-        history slots) are gathered, so the cost is one comparison per slot
-        and anchor, plus ``O(matches × lags)``.
+        Only the slots that hold an anchor (a few among thousands of history
+        slots) are gathered, and nothing of catalogue size is built, so the
+        cost is one comparison per slot and anchor, plus ``O(matches × lags)``.
+
+        Returns:
+            ``(rows, tracks, channels, evidence)``: int64 ``[k]`` each and
+            float ``[k]``, every ``(row, track, channel)`` once, evidence ``>= 0``
+            (entries whose follower fell past the end or on padding hold 0).
         """
         slots = ids.shape[1]
-        batch = tf.shape(ids)[0]
         positions = tf.range(slots)[None, :]
         lags = tf.range(1, self.successor_lags + 1)
         lag_values = tf.cast(lags, real.dtype)[None, :]
-        rows, successors, weights = [], [], []
+        rows, keys, weights = [], [], []
         for anchor in range(min(self.successor_anchors, slots - 1)):
             track = ids[:, slots - 1 - anchor:slots - anchor]  # [b, 1]; padding never matches a play
             # Only earlier slots: the anchor's own slot and what follows it are the session itself.
@@ -404,15 +398,20 @@ class RepeatScores(keras.layers.Layer):
             row_per_lag = tf.broadcast_to(row[:, None], tf.shape(target))
             followed = tf.stack([row_per_lag, target], axis=-1)  # [m, L, 2]
             valid = tf.gather_nd(real, followed) * tf.cast(follower < slots, real.dtype)
+            successor = tf.cast(tf.gather_nd(ids, followed), tf.int64)
             rows.append(tf.reshape(row_per_lag, [-1]))
-            successors.append(tf.reshape(tf.gather_nd(ids, followed) * SUCCESSOR_CHANNELS + channel, [-1]))
+            keys.append(tf.reshape(successor * SUCCESSOR_CHANNELS + channel, [-1]))
             weights.append(tf.reshape(valid / (float(1 + anchor) * lag_values), [-1]))
         if not rows:
-            return tf.zeros([batch, n_ids, SUCCESSOR_CHANNELS], real.dtype)
-        segments = tf.concat(rows, 0) * (n_ids * SUCCESSOR_CHANNELS) + tf.concat(successors, 0)
-        evidence = tf.math.unsorted_segment_sum(tf.concat(weights, 0), segments,
-                                                batch * n_ids * SUCCESSOR_CHANNELS)
-        return tf.reshape(evidence, [batch, n_ids, SUCCESSOR_CHANNELS])
+            empty = tf.zeros([0], tf.int64)
+            return empty, empty, empty, tf.zeros([0], real.dtype)
+        # int64 keys: batch × catalogue × channels passes 2**31 for large catalogues.
+        width = tf.cast(n_ids, tf.int64) * SUCCESSOR_CHANNELS
+        keys = tf.cast(tf.concat(rows, 0), tf.int64) * width + tf.concat(keys, 0)
+        unique_keys, position = tf.unique(keys)
+        evidence = tf.math.unsorted_segment_sum(tf.concat(weights, 0), position, tf.size(unique_keys))
+        return (unique_keys // width, (unique_keys % width) // SUCCESSOR_CHANNELS,
+                unique_keys % SUCCESSOR_CHANNELS, evidence)
 
     def call(self, inputs):
         ops = keras.ops
@@ -420,17 +419,22 @@ class RepeatScores(keras.layers.Layer):
         ids = ops.cast(ids, "int32")
         buckets = ops.convert_to_tensor(self.buckets)
         real = ops.cast(ids > PADDING_ID, logits.dtype)  # [b, slots]: plays, not padding or boundary
-        ids = ops.maximum(ids, 0)  # the boundary's weight is 0; keep its segment id in range
-        n_ids = ops.shape(logits)[1]
+        ids = ops.maximum(ids, 0)  # the boundary's weight is 0; keep its index in range
         per_bucket = ops.matmul(state, self.kernel) + self.bucket_bias  # [b, buckets]
-        repeat = ops.take(per_bucket, buckets, axis=1) * real[:, -self.repeat_slots:]
-        logits = logits + self._scatter(ids[:, -self.repeat_slots:], repeat[..., None], n_ids)[..., 0]
+        repeat = ops.take(per_bucket, buckets, axis=1) * real[:, -self.repeat_slots:]  # [b, R]
+        # Scatter-adds into the logits (duplicates add up): one pass over [b, n_ids], not a
+        # catalogue-sized temporary per term, which is what batching many requests pays for.
+        recent = ids[:, -self.repeat_slots:]
+        rows = tf.broadcast_to(tf.range(tf.shape(recent)[0])[:, None], tf.shape(recent))
+        logits = tf.tensor_scatter_nd_add(logits, tf.reshape(tf.stack([rows, recent], -1), [-1, 2]),
+                                          tf.reshape(repeat, [-1]))
         if self.successor_lags:
-            evidence = self._successor_evidence(ids, real, n_ids)  # [b, n_ids, 2] >= 0
-            gate = ops.matmul(state, self.gate_kernel) + self.gate_bias  # [b, 4]
-            terms = (gate[:, None, :SUCCESSOR_CHANNELS] * evidence
-                     + gate[:, None, SUCCESSOR_CHANNELS:] * ops.log1p(evidence))
-            logits = logits + ops.sum(terms, axis=-1)
+            rows, tracks, channels, evidence = self._successor_evidence(ids, real, ops.shape(logits)[1])
+            gate = ops.matmul(state, self.gate_kernel) + self.gate_bias  # [b, 2 channels]
+            linear = tf.gather_nd(gate, tf.stack([rows, channels], -1))
+            logarithmic = tf.gather_nd(gate, tf.stack([rows, channels + SUCCESSOR_CHANNELS], -1))
+            logits = tf.tensor_scatter_nd_add(logits, tf.stack([rows, tracks], -1),
+                                              linear * evidence + logarithmic * tf.math.log1p(evidence))
         return logits
 
     def get_config(self):
