@@ -57,8 +57,8 @@ from typing import Any, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-RUNNING_MODES = ("multi_threading", "multi_processing")
-NUMERIC_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# The CLI's own choices and thread variables (a light module: nothing heavy at import).
+from musicrec.batch_command import NUMERIC_THREAD_VARIABLES, RUNNING_MODES  # noqa: E402
 
 
 def _pin_tf_threads(argv: Sequence[str]) -> tuple[int, int]:
