@@ -23,8 +23,16 @@ one-element input) so that the ratio can also be given without it:
 - **recommendations**: users per second of the ``recommend`` job over a
   generated play log (``--users``, default 10 000, over ``--playlog-files``
   CSVs), against the same work in-process: the project's play-log reader,
-  the ExampleGen's session rule, ``serving_default`` on batches of 256
-  users (the job's batch size too) and the same history exclusion.
+  the job's own request rule (the ExampleGen's sessions; the latest one's
+  prefix; the earlier plays as history), the signature the job picks
+  (``recommend``, as every pushed model has it) on batches of 256 users (the
+  job's batch size too) and the same history exclusion. The stand-in
+  next-track model is exported by the trainer's own code
+  (``next_track.serving.export_saved_model``), so its signatures are a
+  pushed model's, over a catalogue of ``--tracks`` tracks (100 000 by
+  default, as ``bench_next_track_latency.py``; the model's cost per user
+  grows with it, Beam's does not: with 2 000 tracks Beam's per-user cost
+  is most of the job).
 
 ``--tf-threads N`` gives TensorFlow N intra-op threads (and numpy's BLAS and
 OpenMP pools N threads) in the reference and in every Beam worker alike, and N inter-op threads (N × workers with
@@ -38,9 +46,10 @@ Then the **agreement check**: every clip's ``genre`` in the tagging summary
 (opened with pandas) must equal ``musicrec classify``'s top genre for the same
 file (``classify_command.classify_file`` through a local gRPC server on a free
 port). The models are the latest pushed versions of ``--workdir``, or else
-untrained stand-ins with the real architectures (as ``bench_serving_load``
-builds them): speed does not depend on training, and the agreement check
-compares two paths through the same model.
+untrained stand-ins with the real architectures (the genre model as
+``bench_serving_load`` builds it, the next-track model as the trainer exports
+it): speed does not depend on training, and the agreement check compares two
+paths through the same model.
 """
 from __future__ import annotations
 
@@ -283,6 +292,9 @@ def bench_tagging(data_dir: str, genre_model: str, serving_base: str, workers: S
             job=lambda: run_job(out, job_params(catalogue)),
             fixed_job=lambda: run_job(os.path.join(work_dir, "tags-fixed"), job_params(one_file)),
             repeats=repeats)
+        if manifest["dead_letters"]:  # a rate over skipped files would mean nothing
+            raise SystemExit(f"the tagging job wrote {manifest['dead_letters']} dead letters "
+                             f"({manifest['dead_letters_per_reason']}); see {out}")
         summary = pd.read_csv(os.path.join(out, "tags.csv"))
         result.update(tracks=manifest["tracks"], dead_letters=manifest["dead_letters"],
                       segments=manifest["segments"],
@@ -301,34 +313,55 @@ def bench_tagging(data_dir: str, genre_model: str, serving_base: str, workers: S
 # ------------------------------------------------------------------------- recommendations
 
 
+def export_next_track_stand_in(model_base: str, tracks: int) -> str:
+    """An untrained next-track model over ``tracks`` tracks, exported by the trainer's own code
+    (``serving_default``, ``recommend``, ``track_embeddings``) as the next version under
+    ``model_base``; returns its folder."""
+    from musicrec.models.next_track.model import NextTrackHParams, build_model
+    from musicrec.models.next_track.serving import export_saved_model
+
+    hparams = NextTrackHParams()
+    vocabulary = [f"track{i}" for i in range(tracks)]
+    version = max([int(name) for name in os.listdir(model_base) if name.isdigit()] + [0]) + 1 \
+        if os.path.isdir(model_base) else 1
+    export_dir = os.path.join(model_base, str(version))
+    export_saved_model(build_model(len(vocabulary), hparams), vocabulary, hparams, export_dir)
+    return export_dir
+
+
 def reference_recommendations(paths: Sequence[str], saved_model: str,
                               batch_size: int = REFERENCE_RECOMMEND_BATCH) -> int:
-    """In-process, the same work as the job: load the model, read the logs with the project's
-    readers, sessionize with the ExampleGen's rule, batched signature calls, history excluded."""
-    from musicrec.components.inference_handler import pad_track_keys
-    from musicrec.components.playlog_example_gen import split_into_sessions
+    """In-process, the same work as the job: load the model; read the logs with the project's
+    readers; each user's request built by the job's own rule (``inference_jobs.user_request``: the
+    ExampleGen's sessions, the latest one's prefix, the earlier plays as history); batched calls of
+    the signature the job picks (``recommend`` when the model has it) through the job's own
+    collate-call-split (``SignatureInference``); the same exclusion. Nothing is written."""
+    from musicrec.components.inference_handler import (
+        SignatureInference, collate_recommend, collate_track_keys, signature_names)
+    from musicrec.components.playlog_example_gen import keyed_by_user
     from musicrec.components.playlog_readers import Play, list_playlog_files, read_playlog
 
-    signature = tf.saved_model.load(saved_model).signatures["serving_default"]
-    plays_by_user: dict[str, list] = {}
+    personalised = inference_jobs.RECOMMEND_SIGNATURE in signature_names(saved_model)
+    inference = SignatureInference(inference_jobs.RECOMMEND_SIGNATURE if personalised else "serving_default",
+                                   collate_recommend if personalised else collate_track_keys,
+                                   ["track_keys", "scores"])
+    model = tf.saved_model.load(saved_model)
+    fields_by_user: dict[str, list] = {}
     for path, fmt in list_playlog_files(paths)[0]:
         for record in read_playlog(path, fmt):
             if isinstance(record, Play):
-                plays_by_user.setdefault(record.user_id, []).append(record)
-    users, prefixes, history = [], [], []
-    for user, plays in plays_by_user.items():
-        sessions = split_into_sessions(plays, GAP_SECONDS)
-        users.append(user)
-        prefixes.append([play.track_key for play in sessions[-1][-MAX_PREFIX:]])
-        history.append({play.track_key for play in plays})
+                user_id, fields = keyed_by_user(record)
+                fields_by_user.setdefault(user_id, []).append(fields)
+    requests = [inference_jobs.user_request((user_id, [fields]), GAP_SECONDS, MAX_PREFIX, "history", TOP_N,
+                                            personalised=personalised)
+                for user_id, fields in fields_by_user.items()]
     recommended = 0
-    for start in range(0, len(users), batch_size):
-        padded = pad_track_keys(prefixes[start:start + batch_size]).astype(bytes)
-        outputs = signature(track_keys=tf.constant(padded))
-        keys, scores = outputs["track_keys"].numpy(), outputs["scores"].numpy()
-        for row in range(len(padded)):
+    for start in range(0, len(requests), batch_size):
+        batch = requests[start:start + batch_size]
+        answers = inference(model, [request for _key, request in batch], None)
+        for (key, _request), answer in zip(batch, answers):
             kept, _ = inference_jobs.filter_recommendations(
-                [key.decode() for key in keys[row]], scores[row], history[start + row], TOP_N)
+                answer.inference["track_keys"], answer.inference["scores"], set(key[3]), TOP_N)
             recommended += bool(kept)
     return recommended
 
@@ -377,6 +410,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workdir", help="use the models this pipeline workdir serves")
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--plays-per-user", type=int, default=10)
+    parser.add_argument("--tracks", type=int, default=100_000,
+                        help="catalogue size of the stand-in next-track model and the generated play log "
+                             "(as bench_next_track_latency.py)")
     parser.add_argument("--playlog-files", type=int, default=4, help="CSV files the plays are spread over")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timings of each side, alternating; the median is reported (default 3)")
@@ -401,11 +437,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         serving_base = os.path.join(args.workdir, "serving") if args.workdir else os.path.join(work_dir, "serving")
         if not args.workdir:
             build_stand_ins(serving_base)
+            export_next_track_stand_in(os.path.join(serving_base, "next_track"), args.tracks)
         genre_model = bulk_inferrer.latest_version_dir(os.path.join(serving_base, "genre"))
         next_track_model = bulk_inferrer.latest_version_dir(os.path.join(serving_base, "next_track"))
-        data_dir = args.data or synthesise_clips(os.path.join(work_dir, "clips"), genres=2, clips_per_genre=6,
-                                                 seconds=30.0)
-        payload: dict[str, Any] = {"data": os.path.abspath(data_dir) if args.data else "synthetic",
+        # Absolute: the catalogue CSV the jobs read lives in the work folder, and its relative
+        # paths are read from there.
+        data_dir = (os.path.abspath(args.data) if args.data else
+                    synthesise_clips(os.path.join(work_dir, "clips"), genres=2, clips_per_genre=6, seconds=30.0))
+        payload: dict[str, Any] = {"data": data_dir if args.data else "synthetic",
                                    "models": {"genre": genre_model, "next_track": next_track_model,
                                               "stand_ins": not args.workdir},
                                    "tf_threads": TF_THREADS or "default",
@@ -418,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                args.repeats)
         if "recommendations" not in args.skip:
             payload["recommendations"] = bench_recommendations(next_track_model, args.users, args.plays_per_user,
-                                                               2000, workers, work_dir, args.playlog_files,
+                                                               args.tracks, workers, work_dir, args.playlog_files,
                                                                args.repeats)
         result = write_result(args.out, NAME, payload)
     finally:

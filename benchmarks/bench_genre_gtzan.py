@@ -4,6 +4,8 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/bench_genre_gtzan.py --data ../shared/data/gtzan_dev
     .venv/bin/python benchmarks/bench_genre_gtzan.py --data ../shared/data/gtzan_dev --folds 2 --epochs 5
+    .venv/bin/python benchmarks/bench_genre_gtzan.py --data ../shared/data/gtzan_dev --models lstm_crnn \
+        --seeds 0,1,2 --out 'benchmarks/results/genre_gtzan_lstm_crnn_seed{seed}.json'
 
 Folds: the clips of each genre, sorted by clip number, are cut into ``k``
 contiguous blocks; fold ``i`` tests on block ``i`` of every genre and trains
@@ -69,6 +71,12 @@ MODELS: dict[str, dict[str, Any]] = {
     # Seed ensembles: three independently initialised copies trained in one model.
     "lstm_x3": {"ensemble_members": 3},
     "crnn_x3": {"architecture": "crnn", "std_pooling": True, "ensemble_members": 3},
+    # Heterogeneous ensemble: one LSTM (the defaults) and one CRNN (as "crnn") in one model;
+    # "_gain" adds a random +-6 dB level change per training segment. Both fixed a priori
+    # (pre-registered, not tuned; benchmarks/README.md).
+    "lstm_crnn": {"ensemble": [{}, {"architecture": "crnn", "std_pooling": True}]},
+    "lstm_crnn_gain": {"ensemble": [{}, {"architecture": "crnn", "std_pooling": True}],
+                       "random_gain_db": 6.0},
 }
 
 
@@ -222,34 +230,10 @@ def summarise(folds: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="folder-per-genre clips, e.g. ../shared/data/gtzan_dev")
-    parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=0,
-                        help="training epochs of every model (0: each model's own, 12 by default)")
-    parser.add_argument("--models", default="lstm,crnn", help="comma-separated, of: " + ",".join(MODELS))
-    parser.add_argument("--train-hop", type=float, default=1.5,
-                        help="seconds between training segment starts (test segments use 3 s)")
-    parser.add_argument("--fold-limit", type=int, default=0, help="run only the first N folds (0: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
-    args.models = [name for name in args.models.split(",") if name]
-    unknown = set(args.models) - set(MODELS)
-    if unknown:
-        parser.error(f"unknown models {sorted(unknown)}")
-    logging.basicConfig(level=logging.WARNING)
-
-    from musicrec.models.features import AudioFeatureParams
-
-    params = AudioFeatureParams()
+def run_seed(args: argparse.Namespace, clips: list[Clip], labels: list[str],
+             folds: list[list[int]], params, out: str) -> dict[str, Any]:
+    """Every fold with ``args.seed``; writes ``out``, prints the summary line, returns the summary."""
     started = time.perf_counter()
-    clips = load_clips(args.data, params)
-    labels = sorted({clip.genre for clip in clips})
-    folds = make_folds(clips, args.folds)
-    if args.fold_limit:
-        folds = folds[:args.fold_limit]
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-genre-") as work:
         for fold, test_indices in enumerate(folds):
@@ -262,22 +246,82 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "data": os.path.abspath(args.data), "clips": len(clips), "labels": labels,
         "folds": args.folds, "folds_run": len(results), "epochs": args.epochs,
-        "train_hop_seconds": args.train_hop,
+        "train_hop_seconds": args.train_hop, "seed": args.seed,
         "hparams": {n: metrics_hparams(results, n) for n in args.models},
         "per_fold": results, "summary": summary, "best_keras_model": best,
         "best_over_baseline_accuracy_ratio": ratio,
         "wall_seconds": time.perf_counter() - started,
     }
-    result = write_result(args.out, NAME, payload)
+    result = write_result(out, NAME, payload)
     print(json.dumps(summary, indent=1), file=sys.stderr)
     scores = ", ".join(f"{name} {summary[name]['mean_track_accuracy']:.3f} "
                        f"({summary[name]['mean_train_seconds_per_fold']:.0f} s/fold)"
                        for name in args.models)
-    print(f"{NAME}: {len(results)}/{args.folds} folds, {len(clips)} clips: {scores}; baseline "
-          f"{summary['baseline']['mean_track_accuracy']:.3f} (log-mel variant "
+    print(f"{NAME} seed {args.seed}: {len(results)}/{args.folds} folds, {len(clips)} clips: "
+          f"{scores}; baseline {summary['baseline']['mean_track_accuracy']:.3f} (log-mel variant "
           f"{summary['baseline_from_log_mel']['mean_track_accuracy']:.3f}); best/baseline "
           f"{ratio:.2f}; {short_machine(result['machine'])}, load "
-          f"{result['machine']['load_average_1_5_15']}")
+          f"{result['machine']['load_average_1_5_15']}", flush=True)
+    return summary
+
+
+def over_seeds(summaries: dict[int, dict[str, Any]], names: list[str]) -> str:
+    """One line: each model's mean track accuracy per seed, their mean and the worst, vs the baseline."""
+    baseline = float(np.mean([s["baseline"]["mean_track_accuracy"] for s in summaries.values()]))
+    parts = []
+    for name in names:
+        means = [summaries[seed][name]["mean_track_accuracy"] for seed in summaries]
+        wins = sum(mean > s["baseline"]["mean_track_accuracy"] + 1e-9
+                   for mean, s in zip(means, summaries.values()))
+        parts.append(f"{name} {' / '.join(f'{m:.3f}' for m in means)} (mean {np.mean(means):.3f}, "
+                     f"min {min(means):.3f}, above the baseline on {wins} of {len(means)} seeds)")
+    return (f"{NAME} over seeds {', '.join(map(str, summaries))}: {'; '.join(parts)}; "
+            f"baseline {baseline:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="folder-per-genre clips, e.g. ../shared/data/gtzan_dev")
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="training epochs of every model (0: each model's own, 12 by default)")
+    parser.add_argument("--models", default="lstm,crnn", help="comma-separated, of: " + ",".join(MODELS))
+    parser.add_argument("--train-hop", type=float, default=1.5,
+                        help="seconds between training segment starts (test segments use 3 s)")
+    parser.add_argument("--fold-limit", type=int, default=0, help="run only the first N folds (0: all)")
+    parser.add_argument("--seed", type=int, default=0, help="fold i trains with seed + i")
+    parser.add_argument("--seeds", default="",
+                        help="comma-separated seeds run one after the other on the clips loaded "
+                             "once (overrides --seed); --out must then hold '{seed}'")
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    args.models = [name for name in args.models.split(",") if name]
+    unknown = set(args.models) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}")
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()] or [args.seed]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if len(seeds) > 1 and "{seed}" not in args.out:
+        parser.error("with several --seeds, --out must hold '{seed}' (one result file per seed)")
+    logging.basicConfig(level=logging.WARNING)
+
+    from musicrec.models.features import AudioFeatureParams
+
+    params = AudioFeatureParams()
+    clips = load_clips(args.data, params)
+    labels = sorted({clip.genre for clip in clips})
+    folds = make_folds(clips, args.folds)
+    if args.fold_limit:
+        folds = folds[:args.fold_limit]
+    summaries = {}
+    for seed in seeds:
+        seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
+        summaries[seed] = run_seed(seed_args, clips, labels, folds, params,
+                                   args.out.replace("{seed}", str(seed)))
+    if len(seeds) > 1:
+        print(over_seeds(summaries, args.models))
     return 0
 
 

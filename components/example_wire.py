@@ -73,11 +73,17 @@ def int64s(values: Iterable[int]) -> EncodedFeature:
     return EncodedFeature(_length_delimited(_INT64_LIST, body))
 
 
+_VALUE_TAG = varint(1 << 3 | 2)  # field 1 (``value``), wire type 2
+
+
 def byte_strings(values: Iterable[bytes | str]) -> EncodedFeature:
     """A ``bytes_list`` feature; ``str`` values are encoded as UTF-8."""
-    body = b"".join(_length_delimited(1, value.encode("utf-8") if isinstance(value, str) else bytes(value))
-                    for value in values)
-    return EncodedFeature(_length_delimited(_BYTES_LIST, body))
+    parts = []
+    for value in values:  # inlined _length_delimited: a record holds dozens of short strings
+        data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        size = len(data)
+        parts.append(_VALUE_TAG + (_ONE_BYTE[size] if size < 128 else varint(size)) + data)
+    return EncodedFeature(_length_delimited(_BYTES_LIST, b"".join(parts)))
 
 
 def encode_example(feature_map: Mapping[str, EncodedFeature]) -> bytes:

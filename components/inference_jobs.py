@@ -105,6 +105,15 @@ def _failed_keys(failure: tuple[Any, Any]) -> Iterator[tuple[Any, str]]:
         yield key, detail
 
 
+class _UnwrapWithProgress(beam_io.LogProgress):
+    """``(key, PredictionResult)`` → ``(key, outputs)``, counted for the progress log (one step, not two)."""
+
+    def process(self, element):
+        key, result = element
+        self._progress.add(self._what)
+        yield key, result.inference
+
+
 class RunSignature(beam.PTransform):
     """``(key, element)`` → ``{"predictions": (key, {output: array}), "failed": (key, detail)}``.
 
@@ -124,10 +133,8 @@ class RunSignature(beam.PTransform):
 
     def expand(self, keyed):
         main, other = keyed | "RunInference" >> RunInference(self._handler).with_exception_handling()
-        predictions = (main
-                       | "Unwrap" >> beam.MapTuple(lambda key, result: (key, result.inference))
-                       | "Progress" >> beam.ParDo(beam_io.LogProgress(
-                           f"bulk_inferrer {self._stage}", "inferred", self._progress_seconds)))
+        predictions = main | "Unwrap" >> beam.ParDo(_UnwrapWithProgress(
+            f"bulk_inferrer {self._stage}", "inferred", self._progress_seconds))
         failed = other.failed_inferences | "FailedKeys" >> beam.FlatMap(_failed_keys)
         return {"predictions": predictions, "failed": failed}
 
@@ -181,27 +188,30 @@ class WriteRecordParts(beam.DoFn):
     def _abort(self):
         opened, self._open = getattr(self, "_open", None), None
         if opened:
-            first_key, writer, handle, csv_path = opened
+            first_key, writer, text, _rows, csv_path = opened
             writer.abort()
-            handle.close()
+            text.close()
             tfrecord_shards.delete_quietly([csv_path])
 
     def process(self, record: Mapping[str, Any]):
         if self._open is None:
             stem = f"{self._parts_dir}/{uuid.uuid4().hex}"
+            # One CSV writer per part: a writer (and a buffer) per record cost more than the rows.
+            text = io.TextIOWrapper(
+                FileSystems.create(f"{stem}.csv", compression_type=CompressionTypes.UNCOMPRESSED),
+                encoding="utf-8", newline="")
             self._open = (str(record[self._key_field]),
                           tfrecord_shards.PartWriter(f"{stem}.tfrecord.gz", background=True),
-                          FileSystems.create(f"{stem}.csv", compression_type=CompressionTypes.UNCOMPRESSED),
-                          f"{stem}.csv")
-        _first, writer, handle, _path = self._open
+                          text, csv.writer(text, lineterminator="\n"), f"{stem}.csv")
+        _first, writer, _text, rows, _path = self._open
         writer.write_record(self._to_example(record))
-        handle.write((_csv_text(self._to_csv_rows(record)) + "\n").encode("utf-8"))
+        rows.writerows(self._to_csv_rows(record))
 
     def finish_bundle(self):
         opened, self._open = self._open, None
         if opened:
-            first_key, writer, handle, csv_path = opened
-            handle.close()
+            first_key, writer, text, _rows, csv_path = opened
+            text.close()
             yield WindowedValue(RecordParts(first_key, writer.close(), csv_path),
                                 GlobalWindow().max_timestamp(), [GlobalWindow()])
 

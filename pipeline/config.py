@@ -59,7 +59,9 @@ DEFAULTS: dict[str, Any] = {
         # input_statistics, spectral_summary, summary_coefficients,
         # summary_band_groups, weight_decay (AdamW), ema_momentum (weight
         # averaging), mixup_alpha (mixup), label_smoothing,
-        # recurrent_path_dropout, head_l2, ensemble_members (seed ensemble).
+        # recurrent_path_dropout, head_l2, ensemble_members (seed ensemble),
+        # ensemble (per-member overrides: LSTM + CRNN in one model),
+        # random_gain_db (training-input level augmentation).
         "hparams": {},
         # Blessing: track accuracy must beat chance by this factor.
         "min_accuracy_over_chance": 1.5,

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_genre_model import (LABELS, N_MELS, SEGMENTS_PER_TRACK, _split_files,  # noqa: E402
+from test_genre_model import (LABELS, N_MELS, _split_files,  # noqa: E402
                               write_examples)
 
 from musicrec.models import export_check
@@ -103,15 +103,20 @@ def test_trained_ensemble_exports_the_contract_with_masking(tmp_path):
                      feature_params=AudioFeatureParams(n_mels=N_MELS), seed=3)
     metrics = run_fn(args)  # run_fn also checks the from_waveform signature
     assert metrics["hparams"]["ensemble_members"] == 2
-    assert export_check.non_core_ops(args.serving_dir) == set()
+    check_exported_ensemble(args.serving_dir, next(iter(tracks["test"].values()))[1],
+                            2 * hparams["embedding_dim"])
 
-    signature = tf.saved_model.load(args.serving_dir).signatures["serving_default"]
+
+def check_exported_ensemble(serving_dir: str, segments: np.ndarray, embedding_width: int) -> None:
+    """An exported ensemble keeps the contract: core ops, the four outputs, the members' embeddings
+    side by side, probabilities that sum to 1, and padding frames that change nothing."""
+    assert export_check.non_core_ops(serving_dir) == set()
+    signature = tf.saved_model.load(serving_dir).signatures["serving_default"]
     assert set(signature.structured_outputs) == {"probabilities", "classes", "genre", "embedding"}
-    _, segments = next(iter(tracks["test"].values()))
     plain = signature(log_mel=tf.constant(segments))
-    assert plain["embedding"].shape == (SEGMENTS_PER_TRACK, 2 * hparams["embedding_dim"])
+    assert plain["embedding"].shape == (len(segments), embedding_width)
     np.testing.assert_allclose(plain["probabilities"].numpy().sum(axis=1), 1.0, atol=1e-5)
-    padding = np.full((SEGMENTS_PER_TRACK, 7, N_MELS), PADDING_VALUE, dtype=np.float32)
+    padding = np.full((len(segments), 7, N_MELS), PADDING_VALUE, dtype=np.float32)
     padded = signature(log_mel=tf.constant(np.concatenate([segments, padding], axis=1)))
     np.testing.assert_allclose(padded["probabilities"].numpy(), plain["probabilities"].numpy(),
                                atol=1e-5)

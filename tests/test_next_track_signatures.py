@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from musicrec.models.export_check import non_core_ops
-from musicrec.models.next_track.model import NextTrackHParams, build_model, output_embeddings
+from musicrec.models.next_track.model import NextTrackHParams, build_model, input_layout, output_embeddings
 from musicrec.models.next_track.serving import export_saved_model
 
 VOCABULARY = [f"artist{i % 4} - song{i}" for i in range(30)]
@@ -49,6 +49,30 @@ def test_signature_names_dtypes_and_shapes(exported):
     assert _spec(signatures["track_embeddings"]) == (
         {"track_keys": (tf.string, [None])}, {"embedding": (tf.float32, [None, HPARAMS.embedding_dim])})
     assert non_core_ops(exported["dir"]) == set()
+
+
+def test_the_layout_is_as_wide_as_the_longest_history_and_scores_as_the_full_layout():
+    """Serving feeds only the history slots a batch uses; the training layout has all of them."""
+    core = build_model(len(VOCABULARY), HPARAMS)
+    _randomise(core)
+    session = tf.constant([[5, 6, 7, 0], [8, 9, 0, 0], [6, 0, 0, 0]], tf.int64)
+    history = tf.constant([[10, 11, 5, 0], [12, 0, 0, 0], [0, 0, 0, 0]], tf.int64)
+    after_history = 1 + HPARAMS.max_prefix_length
+
+    layout = input_layout(history, session, HPARAMS)
+    assert layout.shape == (3, 3 + after_history)  # the longest history has 3 plays
+    full = np.pad(layout.numpy(), [[0, 0], [HPARAMS.history_length - 3, 0]])  # as training lays it out
+    scores = core(layout).numpy()
+    np.testing.assert_allclose(scores, core(full).numpy(), rtol=1e-5, atol=1e-5)
+    for row in range(3):  # alone, a row gets a narrower layout and the same scores
+        alone = input_layout(history[row:row + 1], session[row:row + 1], HPARAMS)
+        np.testing.assert_allclose(core(alone).numpy()[0], scores[row], rtol=1e-5, atol=1e-5)
+    assert alone.shape[1] == HPARAMS.rnn_history_length + after_history  # what the recurrent layer reads
+
+    longest = tf.constant([list(range(10, 17))], tf.int64)  # 7 plays: only the last history_length count
+    assert input_layout(longest, session[:1], HPARAMS).shape[1] == HPARAMS.history_length + after_history
+    assert input_layout(tf.zeros([3, 0], tf.int64), session, HPARAMS).shape[1] == \
+        HPARAMS.rnn_history_length + after_history
 
 
 def recommend(signatures, sessions, histories, ks, exclude):

@@ -13,7 +13,8 @@ band's mean, which the model's normalisation maps to ``0``, SpecAugment's
 intent.
 
 Mixup (:func:`mixup`) blends whole training segments and their one-hot
-labels, batch-wise, also in ``tf.data`` only.
+labels, batch-wise, also in ``tf.data`` only; so does the random gain
+(:func:`random_gain`).
 """
 from __future__ import annotations
 
@@ -58,6 +59,55 @@ def spec_augment(time_mask_frames: int, freq_mask_bands: int,
         return centred + fill, label
 
     return augment
+
+
+def random_gain(max_db: float, seed: int | None = None
+                ) -> Callable[[tf.Tensor, tf.Tensor], Example] | None:
+    """A ``(log_mel, label) -> (log_mel, label)`` map that changes one segment's level, or ``None``.
+
+    The segment's power is multiplied by ``10 ** (g / 10)`` with ``g`` drawn
+    uniformly from ``[-max_db, max_db]`` decibels per segment: on the raw
+    (natural-log) log-mel that is the constant ``g * ln(10) / 10`` added to
+    every cell. Meant for unbatched segments before padding (as
+    :func:`musicrec.models.genre.data.make_dataset` applies ``augment``),
+    so every frame it shifts is real; a shift never makes a real frame all
+    :data:`PADDING_VALUE` in practice (every band would have to land on
+    exactly ``0.0``).
+
+    Args:
+        max_db: the largest gain, in decibels of power, >= 0 (0: off).
+        seed: for the draws (via the global seed if ``None``).
+
+    Returns:
+        The map for ``tf.data.Dataset.map`` (``log_mel`` float32 ``[frames,
+        n_mels]``), or ``None`` when ``max_db`` is 0.
+    """
+    if max_db <= 0:
+        return None
+    max_log = float(max_db) * np.log(10.0) / 10.0
+
+    def shift(log_mel: tf.Tensor, label: tf.Tensor) -> Example:
+        gain = tf.random.uniform([], -max_log, max_log, dtype=log_mel.dtype, seed=seed)
+        return log_mel + gain, label
+
+    return shift
+
+
+def chain(*maps: Callable[[tf.Tensor, tf.Tensor], Example] | None
+          ) -> Callable[[tf.Tensor, tf.Tensor], Example] | None:
+    """One ``(log_mel, label)`` map applying ``maps`` in order, skipping ``None``; ``None`` if all are."""
+    present = [step for step in maps if step is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+
+    def apply(log_mel: tf.Tensor, label: tf.Tensor) -> Example:
+        for step in present:
+            log_mel, label = step(log_mel, label)
+        return log_mel, label
+
+    return apply
 
 
 def mixup(alpha: float, n_classes: int, seed: int | None = None
@@ -110,4 +160,4 @@ def mixup(alpha: float, n_classes: int, seed: int | None = None
     return blend
 
 
-__all__ = ["spec_augment", "mixup"]
+__all__ = ["spec_augment", "random_gain", "chain", "mixup"]

@@ -128,6 +128,21 @@ class GenreHParams:
             :func:`build_classifier`); the served ``probabilities`` are their
             mean and the served ``embedding`` the concatenation of theirs
             (``ensemble_members * embedding_dim`` wide). 1: a single model.
+        ensemble: a heterogeneous ensemble: one mapping per member, each
+            overriding :data:`MEMBER_HPARAMS` (architecture and model-shape
+            keys) of these hyperparameters, e.g. ``({}, {"architecture":
+            "crnn", "std_pooling": True})`` for an LSTM and a CRNN; trained
+            and served as the seed ensemble is, the embedding being the
+            concatenation of the members' (the sum of their
+            ``embedding_dim``). Two members or more; ``ensemble_members``
+            must then be 1 or the number of members. Empty: no such
+            ensemble.
+        random_gain_db: training input only (tf.data,
+            :func:`musicrec.models.genre.augment.random_gain`): every
+            training segment's power is scaled by a random gain, uniform in
+            ``[-random_gain_db, +random_gain_db]`` decibels (a constant added
+            to its raw log-mel), so that the recording level of a few
+            training clips is not learned as a genre cue; 0: off.
     """
 
     # Defaults: the best configuration found on GTZAN dev (docs/genre.md,
@@ -162,10 +177,13 @@ class GenreHParams:
     head_l2: float = 0.0
     mixup_alpha: float = 0.4
     ensemble_members: int = 1
+    ensemble: tuple[Mapping[str, Any], ...] = ()
+    random_gain_db: float = 0.0
 
     def __post_init__(self):
         # YAML gives lists; a frozen dataclass keeps a tuple.
         object.__setattr__(self, "conv_filters", tuple(self.conv_filters))
+        object.__setattr__(self, "ensemble", tuple(_member_overrides(self.ensemble)))
         positive = ("lstm_units", "lstm_layers", "embedding_dim", "learning_rate", "clipnorm",
                     "epochs", "batch_size", "summary_coefficients", "summary_band_groups",
                     "ensemble_members")
@@ -187,9 +205,24 @@ class GenreHParams:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"genre hparam {name} must be in [0, 1), got {getattr(self, name)}")
         for name in ("early_stopping_patience", "time_mask_frames", "freq_mask_bands",
-                     "weight_decay", "head_l2", "mixup_alpha"):
+                     "weight_decay", "head_l2", "mixup_alpha", "random_gain_db"):
             if getattr(self, name) < 0:
                 raise ValueError(f"genre hparam {name} must be >= 0, got {getattr(self, name)}")
+        if self.ensemble:
+            if len(self.ensemble) < 2:
+                raise ValueError("genre hparam ensemble needs two members or more (one member's "
+                                 "overrides can be set directly)")
+            if self.ensemble_members not in (1, len(self.ensemble)):
+                raise ValueError(f"genre hparam ensemble_members ({self.ensemble_members}) "
+                                 f"contradicts the {len(self.ensemble)} members of ensemble")
+            self.members()  # each member's values checked by its own __post_init__
+
+    def members(self) -> list["GenreHParams"]:
+        """The hyperparameters of each classifier in the model: one, or an ensemble's members."""
+        if self.ensemble:
+            return [dataclasses.replace(self, ensemble=(), ensemble_members=1, **overrides)
+                    for overrides in self.ensemble]
+        return [dataclasses.replace(self, ensemble_members=1)] * self.ensemble_members
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> "GenreHParams":
@@ -210,7 +243,36 @@ class GenreHParams:
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["conv_filters"] = list(self.conv_filters)
+        values["ensemble"] = [dict(overrides) for overrides in self.ensemble]
         return values
+
+
+# What a heterogeneous ensemble's member may set for itself: its architecture, shape and
+# regularisation. The optimizer, schedule, epochs, batches and training input are the model's.
+MEMBER_HPARAMS = ("architecture", "lstm_units", "lstm_layers", "bidirectional", "crnn_recurrent",
+                  "conv_filters", "embedding_dim", "dropout", "std_pooling", "input_statistics",
+                  "spectral_summary", "summary_coefficients", "summary_band_groups",
+                  "recurrent_path_dropout", "head_l2")
+
+
+def _member_overrides(ensemble) -> list[dict[str, Any]]:
+    """``ensemble`` (a sequence of mappings, from YAML or code) as plain dicts, keys checked."""
+    if isinstance(ensemble, (str, bytes, Mapping)):
+        raise ValueError(f"genre hparam ensemble must be a list of mappings, got {ensemble!r}")
+    members = []
+    for index, overrides in enumerate(ensemble, start=1):
+        if not isinstance(overrides, Mapping):
+            raise ValueError(f"genre hparam ensemble member {index} must be a mapping, "
+                             f"got {overrides!r}")
+        unknown = sorted(set(overrides) - set(MEMBER_HPARAMS))
+        if unknown:
+            raise ValueError(f"genre hparam ensemble member {index}: {unknown} cannot be set per "
+                             f"member; allowed: {list(MEMBER_HPARAMS)}")
+        member = dict(overrides)
+        if "conv_filters" in member:
+            member["conv_filters"] = [int(f) for f in member["conv_filters"]]
+        members.append(member)
+    return members
 
 
 class PaddingMask(keras.layers.Layer):
@@ -483,7 +545,9 @@ def build_classifier(n_mels: int, n_classes: int, hparams: GenreHParams,
 
         With ``hparams.ensemble_members`` K above 1: K independently
         initialised copies of that classifier, sub-models ``member_1`` ...
-        ``member_K`` sharing the input (and the fixed ``normalization``),
+        ``member_K`` sharing the input (and the fixed ``normalization``);
+        with ``hparams.ensemble``, one such sub-model per member, each with
+        its own overrides (:meth:`GenreHParams.members`),
         and the output is every member's probabilities, ``[batch, K,
         n_classes]``. The loss is the mean of the members' own losses (each
         learns as it would alone, rather than all fitting their average);
@@ -493,18 +557,20 @@ def build_classifier(n_mels: int, n_classes: int, hparams: GenreHParams,
     if n_classes < 2:
         raise ValueError(f"a genre classifier needs at least 2 classes, got {n_classes}")
     log_mel = keras.Input(shape=(None, n_mels), dtype="float32", name="log_mel")
-    if hparams.ensemble_members == 1:
+    member_hparams = hparams.members()
+    if len(member_hparams) == 1:
         _, probabilities = _classifier_heads(log_mel, normalization, hparams, n_mels, n_classes)
     else:
         members = []
-        for index in range(1, hparams.ensemble_members + 1):
+        for index, member in enumerate(member_hparams, start=1):
             member_input = keras.Input(shape=(None, n_mels), dtype="float32", name="log_mel")
-            heads = _classifier_heads(member_input, normalization, hparams, n_mels, n_classes)
+            heads = _classifier_heads(member_input, normalization, member, n_mels, n_classes)
             members.append(keras.Model(member_input, heads, name=f"member_{index}"))
         # Each member's own probabilities, so that each learns on its own loss.
         probabilities = MemberStack(name="ensemble_probabilities")(
             [member(log_mel)[1] for member in members])
-    model = keras.Model(log_mel, probabilities, name=f"genre_{hparams.architecture}")
+    architectures = "_".join(dict.fromkeys(member.architecture for member in member_hparams))
+    model = keras.Model(log_mel, probabilities, name=f"genre_{architectures}")
 
     common = dict(learning_rate=learning_rate(hparams, steps_per_epoch),
                   global_clipnorm=hparams.clipnorm, use_ema=hparams.ema_momentum > 0,
@@ -514,7 +580,7 @@ def build_classifier(n_mels: int, n_classes: int, hparams: GenreHParams,
     else:
         optimizer = keras.optimizers.Adam(**common)
     # GenreCrossentropy also averages an ensemble's members' losses, which the sparse loss cannot.
-    soft = hparams.label_smoothing > 0 or hparams.mixup_alpha > 0 or hparams.ensemble_members > 1
+    soft = hparams.label_smoothing > 0 or hparams.mixup_alpha > 0 or len(member_hparams) > 1
     model.compile(
         optimizer=optimizer,
         # Mixup trains on soft targets; the plain sparse loss and metric cannot read them.
@@ -659,7 +725,8 @@ def build_serving_model(classifier: keras.Model, labels: list[str]) -> keras.Mod
         ``embedding`` float32 ``[batch, embedding_dim]``; for an ensemble
         (``ensemble_members`` K > 1), ``probabilities`` is the mean of the
         members' and ``embedding`` the concatenation of theirs, ``[batch, K
-        * embedding_dim]``.
+        * embedding_dim]`` (with ``ensemble``, the sum of the members'
+        ``embedding_dim``).
     """
     n_classes = classifier.output.shape[-1]
     if len(labels) != n_classes:
@@ -677,7 +744,7 @@ def build_serving_model(classifier: keras.Model, labels: list[str]) -> keras.Mod
     return keras.Model(log_mel, outputs, name="genre_serving")
 
 
-__all__ = ["PADDING_VALUE", "ARCHITECTURES", "GenreHParams", "LabelNames", "SpectralSummary",
+__all__ = ["PADDING_VALUE", "ARCHITECTURES", "MEMBER_HPARAMS", "GenreHParams", "LabelNames", "SpectralSummary",
            "dct_matrix", "build_classifier", "MemberStack",
            "build_serving_model", "new_normalization", "balanced_class_weights", "learning_rate",
            "averaging_momentum", "GenreCrossentropy", "genre_accuracy"]

@@ -1,7 +1,7 @@
 """Trains the genre classifier and exports it for TF Serving.
 
 ``run_fn`` is what the Trainer component calls (TFX style): it reads the
-``AudioExamples`` splits, trains (class weights, SpecAugment and mixup on the
+``AudioExamples`` splits, trains (class weights, random gain, SpecAugment and mixup on the
 training input, gradient clipping, a learning-rate schedule, early stopping on the
 validation loss with the best weights restored), writes
 ``<model_dir>/train_metrics.json``, the training curves and TensorBoard logs,
@@ -25,7 +25,7 @@ from musicrec.atomic import write_json_atomic
 from musicrec.models import warm_start
 from musicrec.models.export import export_serving_model
 from musicrec.models.features import AudioFeatureParams
-from musicrec.models.genre.augment import mixup, spec_augment
+from musicrec.models.genre.augment import chain, mixup, random_gain, spec_augment
 from musicrec.models.genre.data import label_counts, make_dataset, parsed_dataset, read_labels
 from musicrec.models.genre.model import (GenreHParams, balanced_class_weights, build_classifier,
                                          build_serving_model, new_normalization)
@@ -101,7 +101,21 @@ def validation_setup(eval_files: list[str], n_mels: int, batch_size: int
 SHAPE_HPARAMS = ("architecture", "lstm_units", "lstm_layers", "bidirectional", "crnn_recurrent",
                  "conv_filters", "embedding_dim", "std_pooling", "input_statistics",
                  "spectral_summary", "summary_coefficients", "summary_band_groups",
-                 "ensemble_members")
+                 "ensemble_members", "ensemble")
+
+
+def warm_start_keys(hparams: GenreHParams, checkpoint_hparams: dict[str, Any]) -> tuple[str, ...]:
+    """The :data:`SHAPE_HPARAMS` a checkpoint must share with ``hparams`` to seed the model.
+
+    ``ensemble`` counts only where either side has the key set: a checkpoint
+    written before heterogeneous ensembles existed lacks it and had none, so
+    it still seeds a model without one.
+    """
+    if hparams.ensemble or "ensemble" in checkpoint_hparams:
+        return SHAPE_HPARAMS
+    return tuple(key for key in SHAPE_HPARAMS if key != "ensemble")
+
+
 TENSORBOARD_DIR = "logs"
 CURVES_FILE = "training_curves.png"
 
@@ -178,7 +192,7 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
                              steps_per_epoch=max(1, math.ceil(train_segments / hparams.batch_size)))
     checkpoint = warm_start.load_checkpoint(args.warm_start_dir)
     if checkpoint and (checkpoint.tokens != labels or warm_start.shape_mismatch(
-            checkpoint, hparams.to_dict(), SHAPE_HPARAMS)):
+            checkpoint, hparams.to_dict(), warm_start_keys(hparams, checkpoint.hparams))):
         logger.warning("genre warm start skipped: the labels or %s differ from the checkpoint's",
                        SHAPE_HPARAMS)
         checkpoint = None
@@ -189,7 +203,8 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
     band_means = np.asarray(normalization.mean).reshape(-1)
     train_data = make_dataset(
         args.train_files, n_mels, hparams.batch_size, shuffle=True, seed=args.seed, cache=True,
-        augment=spec_augment(hparams.time_mask_frames, hparams.freq_mask_bands, band_means))
+        augment=chain(random_gain(hparams.random_gain_db, seed=args.seed),
+                      spec_augment(hparams.time_mask_frames, hparams.freq_mask_bands, band_means)))
     blend = mixup(hparams.mixup_alpha, len(labels), seed=args.seed)
     if blend is not None:
         # Mixup blends whole batches (a segment with another of its shuffled batch), after padding.
@@ -243,4 +258,5 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
 
 
 __all__ = ["run_fn", "adapt_normalization", "validation_setup", "training_callbacks",
+           "warm_start_keys",
            "NORMALIZATION_SAMPLE_SEGMENTS", "SHAPE_HPARAMS"]

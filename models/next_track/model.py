@@ -10,12 +10,16 @@ one place that builds that mapping; training (``data.py``) and the exported
 graph (``serving.py``) both use it, so the ids the model learned are the ids
 it serves.
 
-The model reads one fixed layout of ``input_length = history_length + 1 +
-max_prefix_length`` ids (see :func:`input_layout`)::
+The model reads one layout of ids (see :func:`input_layout`)::
 
     [ earlier plays, left-padded | BOUNDARY | session plays, left-padded ]
 
-Padding is masked, so where it sits does not change the output. The network:
+with ``1 + max_prefix_length`` slots for the boundary and the session and
+up to ``history_length`` history slots. Training feeds all of them
+(``input_length``); serving feeds only as many history slots as the longest
+history of the batch, so a request without history does not pay for 30 000
+empty slots. Padding is masked (or weighs 0), so neither its width nor
+where it sits changes the output. The network:
 track embedding → LSTM (or GRU) over the last ``rnn_history_length``
 history slots, the boundary and the session → dropout → scores over every id, either a
 dense output layer or, with ``tied_embeddings``, the dot product with the
@@ -61,7 +65,8 @@ class NextTrackHParams:
             earlier play of an anchor (one of the session's last plays) gain
             the learned successor evidence (0 turns it off).
         successor_anchors: how many of the session's last plays are anchors
-            of the successor evidence (1: only the last play).
+            of the successor evidence (1: only the last play; more than
+            ``max_prefix_length`` count as ``max_prefix_length``).
         history_length: the listener's earlier plays fed before the session, in
             plays (0 turns personalisation off); the successor evidence
             reads them all (it is sparse: cheap even for tens of thousands).
@@ -133,8 +138,13 @@ class NextTrackHParams:
 
     @property
     def input_length(self) -> int:
-        """Ids the core model reads: history, boundary, session."""
+        """Ids the core model reads at most (and in training): history, boundary, session."""
         return self.history_length + 1 + self.max_prefix_length
+
+    @property
+    def session_slots(self) -> int:
+        """Slots of the layout after the history: the boundary and the session."""
+        return 1 + self.max_prefix_length
 
     def uses_full_softmax(self, vocab_size: int) -> bool:
         """Whether training uses the full softmax for a catalogue of ``vocab_size`` tracks."""
@@ -220,13 +230,30 @@ def right_aligned(ids, length: int):
 
 
 def input_layout(history_ids, session_ids, hparams: NextTrackHParams):
-    """The core model's input ``[batch, input_length]`` from right-padded history and session ids."""
+    """The core model's input from right-padded history and session ids.
+
+    Args:
+        history_ids: int ``[batch, h]``, each row's earlier plays, oldest first, right-padded with 0.
+        session_ids: int ``[batch, s]``, each row's session so far, right-padded with 0.
+        hparams: the layout's sizes.
+
+    Returns:
+        int ``[batch, w + 1 + max_prefix_length]`` with ``w`` history slots: the
+        most plays any row of the batch has, at least ``rnn_history_length``
+        (what the recurrent layer reads) and at most ``history_length``. Each
+        row scores as it would with all ``history_length`` slots: the extra
+        slots would only hold padding.
+    """
     ops = keras.ops
     session = right_aligned(session_ids, hparams.max_prefix_length)
     boundary = ops.full((ops.shape(session)[0], 1), BOUNDARY_ID, dtype=session.dtype)
     if hparams.history_length == 0:
         return ops.concatenate([boundary, session], axis=1)
-    history = right_aligned(ops.cast(history_ids, session.dtype), hparams.history_length)
+    history_ids = ops.cast(history_ids, session.dtype)
+    most_plays = ops.max(ops.sum(ops.cast(ops.not_equal(history_ids, PADDING_ID), "int32"), axis=1),
+                         initial=0)
+    width = ops.clip(most_plays, hparams.rnn_history_length, hparams.history_length)
+    history = right_aligned(history_ids, width)
     return ops.concatenate([history, boundary, session], axis=1)
 
 
@@ -339,12 +366,18 @@ class RepeatScores(keras.layers.Layer):
       of its own, so it costs no backpropagation over the (long) history.
       What the listener played right after these tracks before (album and
       playlist replays) is the strongest signal in music sessions.
+
+    The input's width may vary from call to call (``session_slots`` given):
+    the slots are counted from the end, and the missing oldest history slots
+    would only have held padding, which weighs nothing.
     """
 
     def __init__(self, history_length: int, successor_lags: int = 0, successor_anchors: int = 1,
-                 repeat_history_length: int | None = None, **kwargs):
+                 repeat_history_length: int | None = None, session_slots: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.history_length = history_length
+        # With a variable-width input (serving), the slots after the history are known only from here.
+        self.session_slots = session_slots
         self.successor_lags = successor_lags
         self.successor_anchors = successor_anchors
         self.repeat_history_length = (history_length if repeat_history_length is None
@@ -353,8 +386,14 @@ class RepeatScores(keras.layers.Layer):
     def build(self, input_shapes):
         _, ids_shape, state_shape = input_shapes
         slots, units = ids_shape[-1], state_shape[-1]
+        if self.session_slots is None and slots is None:
+            raise ValueError("RepeatScores over a variable number of slots needs session_slots")
+        session_slots = self.session_slots or slots - self.history_length
+        # Anchors are session plays (the slot before them is the boundary); an input is never
+        # narrower than its session part.
+        self.anchors = min(self.successor_anchors, session_slots - 1)
         # The repeat term reads the last repeat_history_length history slots, the boundary and the session.
-        self.repeat_slots = slots - self.history_length + self.repeat_history_length
+        self.repeat_slots = session_slots + self.repeat_history_length
         self.buckets = recency_buckets(self.repeat_history_length, self.repeat_slots)
         n_buckets = 2 * RECENCY_BUCKETS
         self.kernel = self.add_weight(shape=(units, n_buckets), initializer="zeros", name="kernel")
@@ -379,12 +418,12 @@ class RepeatScores(keras.layers.Layer):
             float ``[k]``, every ``(row, track, channel)`` once, evidence ``>= 0``
             (entries whose follower fell past the end or on padding hold 0).
         """
-        slots = ids.shape[1]
+        slots = tf.shape(ids)[1]
         positions = tf.range(slots)[None, :]
         lags = tf.range(1, self.successor_lags + 1)
         lag_values = tf.cast(lags, real.dtype)[None, :]
         rows, keys, weights = [], [], []
-        for anchor in range(min(self.successor_anchors, slots - 1)):
+        for anchor in range(self.anchors):
             track = ids[:, slots - 1 - anchor:slots - anchor]  # [b, 1]; padding never matches a play
             # Only earlier slots: the anchor's own slot and what follows it are the session itself.
             matches = tf.where(tf.logical_and(tf.logical_and(tf.equal(ids, track), real > 0),
@@ -417,14 +456,14 @@ class RepeatScores(keras.layers.Layer):
         ops = keras.ops
         logits, ids, state = inputs
         ids = ops.cast(ids, "int32")
-        buckets = ops.convert_to_tensor(self.buckets)
         real = ops.cast(ids > PADDING_ID, logits.dtype)  # [b, slots]: plays, not padding or boundary
         ids = ops.maximum(ids, 0)  # the boundary's weight is 0; keep its index in range
-        per_bucket = ops.matmul(state, self.kernel) + self.bucket_bias  # [b, buckets]
-        repeat = ops.take(per_bucket, buckets, axis=1) * real[:, -self.repeat_slots:]  # [b, R]
         # Scatter-adds into the logits (duplicates add up): one pass over [b, n_ids], not a
         # catalogue-sized temporary per term, which is what batching many requests pays for.
-        recent = ids[:, -self.repeat_slots:]
+        recent = ids[:, -self.repeat_slots:]  # [b, R]: R < repeat_slots when the input is narrower
+        buckets = tf.constant(self.buckets)[self.repeat_slots - tf.shape(recent)[1]:]  # the last R
+        per_bucket = ops.matmul(state, self.kernel) + self.bucket_bias  # [b, buckets]
+        repeat = ops.take(per_bucket, buckets, axis=1) * real[:, -self.repeat_slots:]  # [b, R]
         rows = tf.broadcast_to(tf.range(tf.shape(recent)[0])[:, None], tf.shape(recent))
         logits = tf.tensor_scatter_nd_add(logits, tf.reshape(tf.stack([rows, recent], -1), [-1, 2]),
                                           tf.reshape(repeat, [-1]))
@@ -440,11 +479,14 @@ class RepeatScores(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "history_length": self.history_length,
                 "successor_lags": self.successor_lags, "successor_anchors": self.successor_anchors,
-                "repeat_history_length": self.repeat_history_length}
+                "repeat_history_length": self.repeat_history_length, "session_slots": self.session_slots}
 
 
 def build_model(vocab_size: int, hparams: NextTrackHParams) -> keras.Model:
-    """Core model: ids ``[batch, input_length]`` → next-track logits ``[batch, vocab_size + 2]``.
+    """Core model: ids ``[batch, slots]`` → next-track logits ``[batch, vocab_size + 2]``.
+
+    ``slots`` is at most ``input_length`` (see :func:`input_layout`); training
+    feeds all of them.
 
     Layers that hold one entry per id are named ``track_embedding`` (table
     ``[n_ids, embedding_dim]``, then the boundary vector) and ``next_track_logits`` (dense kernel
@@ -453,7 +495,7 @@ def build_model(vocab_size: int, hparams: NextTrackHParams) -> keras.Model:
     the reserved ids exist and are suppressed at serving time.
     """
     n_ids = vocab_size + NUM_RESERVED_IDS
-    track_ids = keras.Input(shape=(hparams.input_length,), dtype="int64", name="track_ids")
+    track_ids = keras.Input(shape=(None,), dtype="int64", name="track_ids")
     embedding = TrackEmbedding(n_ids, hparams.embedding_dim, mask_zero=True, name="track_embedding")
     rnn_steps = hparams.rnn_history_length + 1 + hparams.max_prefix_length
     embedded = embedding(LastSlots(rnn_steps, name="recurrent_slots")(track_ids))
@@ -467,7 +509,7 @@ def build_model(vocab_size: int, hparams: NextTrackHParams) -> keras.Model:
         logits = keras.layers.Dense(n_ids, name="next_track_logits")(state)
     if hparams.repeat_scores:
         logits = RepeatScores(hparams.history_length, hparams.successor_lags, hparams.successor_anchors,
-                              hparams.repeat_history_length, name="repeat_scores")(
+                              hparams.repeat_history_length, hparams.session_slots, name="repeat_scores")(
             [logits, track_ids, state])
     model = keras.Model(track_ids, logits, name="next_track")
     # The serving builders read the layout from here (not saved: build_model always sets it).
