@@ -313,20 +313,15 @@ def bench_tagging(data_dir: str, genre_model: str, serving_base: str, workers: S
 # ------------------------------------------------------------------------- recommendations
 
 
-def export_next_track_stand_in(model_base: str, tracks: int) -> str:
-    """An untrained next-track model over ``tracks`` tracks, exported by the trainer's own code
-    (``serving_default``, ``recommend``, ``track_embeddings``) as the next version under
-    ``model_base``; returns its folder."""
+def export_next_track_stand_in(export_dir: str, tracks: int) -> None:
+    """An untrained next-track model over ``tracks`` tracks, exported to ``export_dir`` by the
+    trainer's own code (``serving_default``, ``recommend``, ``track_embeddings``)."""
     from musicrec.models.next_track.model import NextTrackHParams, build_model
     from musicrec.models.next_track.serving import export_saved_model
 
     hparams = NextTrackHParams()
     vocabulary = [f"track{i}" for i in range(tracks)]
-    version = max([int(name) for name in os.listdir(model_base) if name.isdigit()] + [0]) + 1 \
-        if os.path.isdir(model_base) else 1
-    export_dir = os.path.join(model_base, str(version))
     export_saved_model(build_model(len(vocabulary), hparams), vocabulary, hparams, export_dir)
-    return export_dir
 
 
 def reference_recommendations(paths: Sequence[str], saved_model: str,
@@ -436,8 +431,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         serving_base = os.path.join(args.workdir, "serving") if args.workdir else os.path.join(work_dir, "serving")
         if not args.workdir:
-            build_stand_ins(serving_base)
-            export_next_track_stand_in(os.path.join(serving_base, "next_track"), args.tracks)
+            build_stand_ins(serving_base, models=("genre",))
+            export_next_track_stand_in(os.path.join(serving_base, "next_track", "1"), args.tracks)
         genre_model = bulk_inferrer.latest_version_dir(os.path.join(serving_base, "genre"))
         next_track_model = bulk_inferrer.latest_version_dir(os.path.join(serving_base, "next_track"))
         # Absolute: the catalogue CSV the jobs read lives in the work folder, and its relative

@@ -76,20 +76,25 @@ BATCHING_PARAMETERS = "max_batch_size { value: 32 }\nbatch_timeout_micros { valu
 # ------------------------------------------------------------------------- models
 
 
-def build_stand_ins(serving_base: str, genres: int = 8, vocabulary_size: int = 2000) -> None:
-    """Untrained genre and next-track SavedModels with the real signatures, as version 1."""
+def build_stand_ins(serving_base: str, genres: int = 8, vocabulary_size: int = 2000,
+                    models: tuple[str, ...] = MODELS) -> None:
+    """Untrained SavedModels of ``models`` (genre, next_track) with the real signatures, as version 1."""
     from musicrec.models.export import export_serving_model
     from musicrec.models.features import AudioFeatureParams
     from musicrec.models.genre import model as genre_model
     from musicrec.models.next_track import model as next_track_model
 
-    params = AudioFeatureParams()
-    normalization = genre_model.new_normalization()
-    normalization.adapt(np.random.default_rng(0).normal(size=(256, params.n_mels)).astype(np.float32))
-    classifier = genre_model.build_classifier(params.n_mels, genres, genre_model.GenreHParams(), normalization)
-    export_serving_model(genre_model.build_serving_model(classifier, [f"genre{i}" for i in range(genres)]),
-                         os.path.join(serving_base, "genre", "1"), ["log_mel"],
-                         ["probabilities", "classes", "genre", "embedding"])
+    if "genre" in models:
+        params = AudioFeatureParams()
+        normalization = genre_model.new_normalization()
+        normalization.adapt(np.random.default_rng(0).normal(size=(256, params.n_mels)).astype(np.float32))
+        classifier = genre_model.build_classifier(params.n_mels, genres, genre_model.GenreHParams(),
+                                                  normalization)
+        export_serving_model(genre_model.build_serving_model(classifier, [f"genre{i}" for i in range(genres)]),
+                             os.path.join(serving_base, "genre", "1"), ["log_mel"],
+                             ["probabilities", "classes", "genre", "embedding"])
+    if "next_track" not in models:
+        return
     hparams = next_track_model.NextTrackHParams()
     vocabulary = [f"track{i}" for i in range(vocabulary_size)]
     core = next_track_model.build_model(len(vocabulary), hparams)
