@@ -77,6 +77,10 @@ MODELS: dict[str, dict[str, Any]] = {
     "lstm_crnn": {"ensemble": [{}, {"architecture": "crnn", "std_pooling": True}]},
     "lstm_crnn_gain": {"ensemble": [{}, {"architecture": "crnn", "std_pooling": True}],
                        "random_gain_db": 6.0},
+    # Sixth pass, pre-registered (fixed a priori, not tuned): "crnn" plus tf.data-only training
+    # augmentation: tempo +-10 %, mel-band shift +-2 of 64 bands (pitch), the +-6 dB gain.
+    "crnn_pitch_tempo": {"architecture": "crnn", "std_pooling": True, "band_shift_max": 2,
+                         "tempo_max_fraction": 0.1, "random_gain_db": 6.0},
 }
 
 

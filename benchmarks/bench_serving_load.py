@@ -10,9 +10,11 @@ The server runs as ``python -m musicrec.serving`` in its own process (as
 users run it), serving the ``genre`` and ``next_track`` SavedModels; the
 clients are threads of this process, each sending one-example Predict
 requests back to back for ``--seconds`` seconds per point (60 by default). Each point
-reports p50/p99 latency, QPS and errors. Points: concurrency 1, 8 and 32
-without batching, then 32 again against a server started with
-``--enable_batching``.
+reports p50/p99 latency, QPS and errors. Points: concurrency 1 and 8 against
+a server without batching; then 32 against it and against a second server
+started with ``--enable_batching``, the two taking turns in 10 s windows
+(``--seconds`` each in all; ``alternating_points``) so that their QPS ratio
+is not load drift.
 
 Reference, measured in the same run on the same SavedModel and request: a
 direct in-process call of the loaded ``serving_default`` signature, one at a
@@ -26,6 +28,10 @@ a user writes; the server runs the same function through its flat signature
 on inputs it has already checked (``musicrec.serving.signature_call``), so
 part of the overhead it saves is the keyword call's own Python. Each figure
 carries the 1-minute load average it was measured under: the machine is shared.
+In the same alternating windows the same client sends the same request to
+an ``EchoServer``, gRPC's server set up as the model server's but answering
+with canned bytes: its p50 is the floor any Python gRPC server pays, and the
+overhead beyond it is what musicrec's request path adds.
 
 TensorFlow's thread pools: both servers run with ``--tf-threads`` intra- and
 inter-op threads (``--tensorflow_intra_op_parallelism`` /
@@ -183,8 +189,81 @@ def reference_worker(model: str, export_dir: str) -> int:
     return 0
 
 
+class EchoServer:
+    """gRPC's own floor: a PredictionService in its own process whose Predict returns canned bytes.
+
+    It runs gRPC's server as ``LocalModelServer`` does (the same worker pool,
+    thread count and options) and answers every Predict with ``response``, a
+    real answer of the model server to the benchmark's request, so a client
+    sends and parses exactly what it does against the model server. Its
+    round trip is what any Python gRPC server pays before its handler does
+    anything: ``paired_overhead`` reports the overhead beyond it.
+    """
+
+    def __init__(self, response: bytes, scratch: str) -> None:
+        path = os.path.join(scratch, f"echo-{len(os.listdir(scratch))}.bin")
+        with open(path, "wb") as handle:
+            handle.write(response)
+        self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--echo-server", path],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True)
+        port = self.process.stdout.readline().strip()
+        if not port:
+            raise RuntimeError(f"the echo server exited with {self.process.wait()}")
+        self.target = f"127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+def echo_server(response_path: str) -> int:
+    """The child side of :class:`EchoServer`: serve until stdin closes."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from musicrec.serving.server import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_WORKERS
+    from musicrec.serving.worker_pool import LifoWorkerPool
+
+    with open(response_path, "rb") as handle:
+        canned = predict_pb2.PredictResponse.FromString(handle.read())
+
+    class Echo(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):
+            return canned
+
+    server = grpc.server(LifoWorkerPool(DEFAULT_MAX_WORKERS, thread_name_prefix="predict"), options=[
+        ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0)])
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Echo(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    sys.stdin.read()
+    server.stop(grace=None)
+    return 0
+
+
+def model_response(target: str, model: str, inputs: dict[str, np.ndarray]) -> bytes:
+    """The serialized PredictResponse the server gives the benchmark's request."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from musicrec.serving.tensor_proto import fill_tensor_proto
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    for alias, value in inputs.items():
+        fill_tensor_proto(request.inputs[alias], value)
+    with grpc.insecure_channel(target) as channel:
+        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+            request, timeout=60).SerializeToString()
+
+
 def paired_overhead(target: str, model: str, reference: ReferenceProcess, inputs: dict[str, np.ndarray],
-                    seconds: float, window_seconds: float = 1.0, pause_seconds: float = 0.002) -> dict[str, float]:
+                    seconds: float, window_seconds: float = 1.0, pause_seconds: float = 0.002,
+                    floor_target: str | None = None) -> dict[str, float]:
     """p50 of one-at-a-time calls in-process and over gRPC, in alternating windows.
 
     Alternating ``window_seconds`` windows of each (``seconds`` of each in
@@ -199,25 +278,37 @@ def paired_overhead(target: str, model: str, reference: ReferenceProcess, inputs
     more), which made the overhead against it negative; the hop reference
     is the conservative one and the overhead reported against it. Both
     sides pause ``pause_seconds`` between calls for the same reason.
+
+    With ``floor_target`` (an ``EchoServer``), a third side times the same
+    client and request against it: gRPC's floor, reported with the
+    overhead beyond it.
     """
-    with PredictionClient(target, timeout_seconds=30, retries=0) as client:
+    with (PredictionClient(target, timeout_seconds=30, retries=0) as client,
+          PredictionClient(floor_target or target, timeout_seconds=30, retries=0) as floor_client):
         windows = {
             "in_process_direct": lambda window: reference.time_calls("direct", window, pause_seconds),
             "in_process": lambda window: reference.time_calls("hop", window, pause_seconds),
             "grpc": lambda window: time_calls(lambda: client.predict(model, inputs), window, pause_seconds),
         }
+        if floor_target:
+            windows["grpc_floor"] = lambda window: time_calls(lambda: floor_client.predict(model, inputs),
+                                                              window, pause_seconds)
         latencies: dict[str, list[float]] = {name: [] for name in windows}
         for run in windows.values():
             run(0.5)  # warm-up: first calls, channel, traced functions
         for _ in range(max(1, round(seconds / window_seconds))):
             for name, run in windows.items():
                 latencies[name] += run(window_seconds)
-    direct, in_process, over_grpc = (float(np.percentile(latencies[name], 50) * 1e3)
-                                     for name in ("in_process_direct", "in_process", "grpc"))
-    return {"in_process_p50_ms": in_process, "grpc_p50_ms": over_grpc, "overhead_p50_ms": over_grpc - in_process,
-            "in_process_direct_loop_p50_ms": direct, "overhead_vs_direct_loop_p50_ms": over_grpc - direct,
-            "in_process_calls": len(latencies["in_process"]), "grpc_calls": len(latencies["grpc"]),
-            "pause_between_calls_ms": pause_seconds * 1e3, "load_average_1min": os.getloadavg()[0]}
+    p50 = {name: float(np.percentile(values, 50) * 1e3) for name, values in latencies.items()}
+    direct, in_process, over_grpc = p50["in_process_direct"], p50["in_process"], p50["grpc"]
+    result = {"in_process_p50_ms": in_process, "grpc_p50_ms": over_grpc, "overhead_p50_ms": over_grpc - in_process,
+              "in_process_direct_loop_p50_ms": direct, "overhead_vs_direct_loop_p50_ms": over_grpc - direct,
+              "in_process_calls": len(latencies["in_process"]), "grpc_calls": len(latencies["grpc"]),
+              "pause_between_calls_ms": pause_seconds * 1e3, "load_average_1min": os.getloadavg()[0]}
+    if floor_target:
+        result["grpc_floor_p50_ms"] = p50["grpc_floor"]
+        result["overhead_beyond_floor_p50_ms"] = over_grpc - in_process - p50["grpc_floor"]
+    return result
 
 
 # ------------------------------------------------------------------------- server
@@ -253,9 +344,13 @@ class ServerProcess:
 # --------------------------------------------------------------------------- load
 
 
-def run_point(target: str, model: str, inputs: dict[str, np.ndarray], concurrency: int,
-              seconds: float) -> dict[str, Any]:
-    """``concurrency`` client threads (one channel each) sending requests for ``seconds``."""
+def load_window(target: str, model: str, inputs: dict[str, np.ndarray], concurrency: int,
+                seconds: float) -> tuple[np.ndarray, list[str], float]:
+    """``concurrency`` client threads (one channel each) sending requests for ``seconds``.
+
+    Returns the latencies (s) of the answered requests, the error messages
+    and the seconds the window lasted.
+    """
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors: list[str] = []
     start_barrier = threading.Barrier(concurrency + 1)
@@ -286,18 +381,48 @@ def run_point(target: str, model: str, inputs: dict[str, np.ndarray], concurrenc
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - began
-    merged = np.concatenate([np.asarray(values) for values in latencies])
+    return np.concatenate([np.asarray(values) for values in latencies]), errors, elapsed
+
+
+def point_summary(model: str, concurrency: int,
+                  windows: list[tuple[np.ndarray, list[str], float]]) -> dict[str, Any]:
+    """One load point from its windows: QPS over their summed time, latency percentiles over all."""
+    merged = np.concatenate([latencies for latencies, _, _ in windows])
+    errors = [message for _, messages, _ in windows for message in messages]
     return {
         "model": model,
         "concurrency": concurrency,
         "requests": int(merged.size),
         "errors": len(errors),
         "first_errors": errors[:3],
-        "qps": merged.size / elapsed,
+        "qps": merged.size / sum(elapsed for _, _, elapsed in windows),
         "p50_ms": float(np.percentile(merged, 50) * 1e3),
         "p99_ms": float(np.percentile(merged, 99) * 1e3),
+        "windows": len(windows),
         "load_average_1min": os.getloadavg()[0],  # the machine is shared: how busy it was
     }
+
+
+def run_point(target: str, model: str, inputs: dict[str, np.ndarray], concurrency: int,
+              seconds: float) -> dict[str, Any]:
+    """One load point: ``concurrency`` clients for ``seconds`` (see ``load_window``)."""
+    return point_summary(model, concurrency, [load_window(target, model, inputs, concurrency, seconds)])
+
+
+def alternating_points(targets: dict[str, str], model: str, inputs: dict[str, np.ndarray], concurrency: int,
+                       seconds: float, window_seconds: float = 10.0) -> dict[str, dict[str, Any]]:
+    """One load point per target, measured in alternating ``window_seconds`` windows.
+
+    Each target gets ``seconds`` in all. Taking turns exposes every target to
+    the same background load, so their QPS ratio is not load drift: on the
+    shared 2-core machine one server's 60 s point at 32 clients ranged from
+    305 to 446 QPS between runs minutes apart.
+    """
+    windows: dict[str, list] = {name: [] for name in targets}
+    for _ in range(max(1, round(seconds / window_seconds))):
+        for name, target in targets.items():
+            windows[name].append(load_window(target, model, inputs, concurrency, min(window_seconds, seconds)))
+    return {name: point_summary(model, concurrency, measured) for name, measured in windows.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8,32", help="client counts, comma separated")
     parser.add_argument("--out", default=DEFAULT_OUT, help="result JSON path")
     parser.add_argument("--reference-worker", nargs=2, metavar=("MODEL", "EXPORT_DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--echo-server", metavar="RESPONSE_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.tf_threads:
         # Before any TF op runs in this process.
@@ -318,7 +444,11 @@ def main(argv: list[str] | None = None) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(args.tf_threads)
     if args.reference_worker:
         return reference_worker(*args.reference_worker)
-    levels = [int(value) for value in args.concurrency.split(",")]
+    if args.echo_server:
+        return echo_server(args.echo_server)
+    levels = sorted({int(value) for value in args.concurrency.split(",")})
+    if levels[0] <= 0:
+        parser.error("--concurrency: client counts must be positive")
     server_flags = []
     if args.tf_threads:
         server_flags = [f"--tensorflow_intra_op_parallelism={args.tf_threads}",
@@ -347,28 +477,40 @@ def main(argv: list[str] | None = None) -> int:
 
         points: list[dict[str, Any]] = []
         overhead: dict[str, dict[str, float]] = {}
-        for batching in (False, True):
-            server = ServerProcess(config_path, batching_file if batching else None, server_flags)
+
+        def record(point: dict[str, Any], batching: bool) -> None:
+            point["batching"] = batching
+            points.append(point)
+            print(json.dumps({key: (round(value, 3) if isinstance(value, float) else value)
+                              for key, value in point.items() if key != "first_errors"}), flush=True)
+
+        plain = ServerProcess(config_path, None, server_flags)
+        try:
+            for model in MODELS:
+                reference = ReferenceProcess(model, export_dirs[model], args.tf_threads)
+                echo = EchoServer(model_response(plain.target, model, inputs[model]), scratch)
+                try:
+                    overhead[model] = paired_overhead(plain.target, model, reference, inputs[model], args.seconds,
+                                                      floor_target=echo.target)
+                finally:
+                    reference.stop()
+                    echo.stop()
+                print(json.dumps({"model": model, **{key: round(value, 3) for key, value
+                                                     in overhead[model].items()}}), flush=True)
+                for concurrency in levels[:-1]:
+                    record(run_point(plain.target, model, inputs[model], concurrency, args.seconds), False)
+            # The top level runs against both servers at once, taking turns.
+            batched = ServerProcess(config_path, batching_file, server_flags)
             try:
                 for model in MODELS:
-                    if not batching:
-                        reference = ReferenceProcess(model, export_dirs[model], args.tf_threads)
-                        try:
-                            overhead[model] = paired_overhead(server.target, model, reference,
-                                                              inputs[model], args.seconds)
-                        finally:
-                            reference.stop()
-                        print(json.dumps({"model": model, **{key: round(value, 3) for key, value
-                                                             in overhead[model].items()}}), flush=True)
-                    for concurrency in (levels if not batching else [max(levels)]):
-                        point = run_point(server.target, model, inputs[model], concurrency, args.seconds)
-                        point["batching"] = batching
-                        points.append(point)
-                        print(json.dumps({key: (round(value, 3) if isinstance(value, float) else value)
-                                          for key, value in point.items() if key != "first_errors"}),
-                              flush=True)
+                    pair = alternating_points({"off": plain.target, "on": batched.target}, model,
+                                              inputs[model], levels[-1], args.seconds)
+                    record(pair["off"], False)
+                    record(pair["on"], True)
             finally:
-                server.stop()
+                batched.stop()
+        finally:
+            plain.stop()
 
     summary: dict[str, Any] = {}
     for model in MODELS:
@@ -391,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     })
     line = "; ".join(
         f"{model}: overhead p50 {values['overhead_p50_ms']:.2f} ms at 1 client "
-        f"(in-process {values['in_process_p50_ms']:.2f} ms), batching ×{values['batching_qps_ratio_at_max']:.2f} "
+        f"(in-process {values['in_process_p50_ms']:.2f} ms; gRPC floor {values['grpc_floor_p50_ms']:.2f} ms), batching ×{values['batching_qps_ratio_at_max']:.2f} "
         f"QPS at {max(levels)}"
         for model, values in summary.items()
     )

@@ -61,7 +61,8 @@ DEFAULTS: dict[str, Any] = {
         # averaging), mixup_alpha (mixup), label_smoothing,
         # recurrent_path_dropout, head_l2, ensemble_members (seed ensemble),
         # ensemble (per-member overrides: LSTM + CRNN in one model),
-        # random_gain_db (training-input level augmentation).
+        # random_gain_db (training-input level augmentation), band_shift_max,
+        # tempo_max_fraction (training-input pitch and tempo augmentation).
         "hparams": {},
         # Blessing: track accuracy must beat chance by this factor.
         "min_accuracy_over_chance": 1.5,

@@ -23,6 +23,7 @@ import numpy as np
 
 from musicrec.serving.errors import ServingError
 from musicrec.serving.server_options import BatchingOptions
+from musicrec.serving.worker_pool import LifoWorkerPool
 
 Arrays = Mapping[str, np.ndarray]
 Execute = Callable[[Arrays], dict[str, np.ndarray]]
@@ -31,16 +32,25 @@ IDLE_QUEUE_SECONDS = 30.0  # a queue (and its dispatcher thread) with no request
 
 
 class _Task:
-    __slots__ = ("arrays", "rows", "shape_key", "enqueued_at", "done", "outputs", "error")
+    __slots__ = ("arrays", "rows", "shape_key", "enqueued_at", "unfinished", "outputs", "error")
 
     def __init__(self, arrays: Arrays, rows: int) -> None:
         self.arrays = arrays
         self.rows = rows
         self.shape_key = tuple(sorted((alias, array.shape[1:]) for alias, array in arrays.items()))
         self.enqueued_at = time.monotonic()
-        self.done = threading.Event()
+        # Held until the batch is done: one lock per request is cheaper to make
+        # and to signal than an Event (a Condition and a lock).
+        self.unfinished = threading.Lock()
+        self.unfinished.acquire()
         self.outputs: dict[str, np.ndarray] | None = None
         self.error: BaseException | None = None
+
+    def finish(self) -> None:
+        self.unfinished.release()
+
+    def wait(self) -> None:
+        self.unfinished.acquire()
 
 
 def _rows_of(arrays: Arrays) -> int:
@@ -79,7 +89,10 @@ class _BatchQueue:
                 )
             self._tasks.append(task)
             self._queued_rows += task.rows
-            self._condition.notify()
+            # The dispatcher waits for a first task, then for a full batch or its
+            # oldest task's timeout (a timed wait): other arrivals need not wake it.
+            if len(self._tasks) == 1 or self._queued_rows >= options.max_batch_size:
+                self._condition.notify()
 
     def _wait_for_work(self) -> bool:
         """Block until a task is queued; False when the queue idled out or the scheduler stops."""
@@ -152,7 +165,7 @@ class _BatchQueue:
                 task.error = error
         finally:
             for task in batch:
-                task.done.set()
+                task.finish()
             self._scheduler.slots.release()
 
 
@@ -175,15 +188,23 @@ class BatchScheduler:
         self.slots = threading.BoundedSemaphore(options.num_batch_threads)
         self._queues: dict[tuple, _BatchQueue] = {}
         self._lock = threading.Lock()
+        # Threads that outlive a batch: starting one per batch cost a thread's
+        # start-up in every batch cycle.
+        self._batch_threads = LifoWorkerPool(options.num_batch_threads, thread_name_prefix="batch-run")
 
     def pool_submit(self, function: Callable, *args) -> None:
-        # One short-lived thread per batch; ``slots`` bounds how many run at once.
-        threading.Thread(target=function, args=args, name="batch-run", daemon=True).start()
+        # ``slots`` bounds how many batches run at once.
+        try:
+            self._batch_threads.submit(function, *args)
+        except RuntimeError:  # the threads were stopped: a batch queued since then still runs
+            function(*args)
 
     def forget(self, key: tuple, queue: _BatchQueue) -> None:
         with self._lock:
             if self._queues.get(key) is queue:
                 del self._queues[key]
+            if self.stopping and not self._queues:
+                self._batch_threads.shutdown(wait=False)  # they exit once the batches handed to them ran
 
     def run(self, key: tuple, execute: Execute, arrays: Arrays) -> dict[str, np.ndarray]:
         """Run ``execute`` on ``arrays``, batched with concurrent calls of the same ``key``.
@@ -224,11 +245,14 @@ class BatchScheduler:
                 break
             except _QueueClosed:
                 continue
-        task.done.wait()
+        task.wait()
         if task.error is not None:
             raise task.error
         return task.outputs
 
     def stop(self) -> None:
-        """Finish queued batches, then let the dispatcher threads exit."""
+        """Finish queued batches, then let the dispatcher and batch threads exit."""
         self.stopping = True
+        with self._lock:
+            if not self._queues:
+                self._batch_threads.shutdown(wait=False)

@@ -3,7 +3,7 @@
 ``python -m musicrec.serving --port=8500 --rest_api_port=8501 --model_name=genre
 --model_base_path=/srv/genre`` or ``--model_config_file=models.config``, plus
 ``--enable_batching [--batching_parameters_file=batching.config]`` and
-``--monitoring_config_file=monitoring.config``. Flags take ``--flag=value``
+``--monitoring_config_file=monitoring.config`` and ``--grpc_max_threads``. Flags take ``--flag=value``
 or ``--flag value``; boolean flags also ``--flag`` alone. ``--host`` is ours:
 the real binary always listens on all interfaces, the local server on
 loopback unless told otherwise. As in TF Serving, ``--rest_api_port=0`` (the
@@ -60,6 +60,7 @@ class ServerFlags:
     model_config_file_poll_wait_seconds: float = 0.0
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
+    grpc_max_threads: int | None = None
 
 
 def _parse_bool(text: str) -> bool:
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="threads one TF op may use (0: TensorFlow's default, one per core)")
     parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
                         help="TF ops that may run at once (0: TensorFlow's default, one per core)")
+    parser.add_argument("--grpc_max_threads", type=int, default=None,
+                        help="most gRPC calls handled at once (default 16, or with batching enough "
+                             "threads for full batches: max_batch_size x (num_batch_threads + 1))")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="interface to bind (ours, not a TF Serving flag)")
     parser.add_argument("--max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
@@ -151,6 +155,8 @@ def parse_flags(argv: Sequence[str] | None = None) -> ServerFlags:
         parser.error("--max_message_bytes must be positive")
     if args.tensorflow_intra_op_parallelism < 0 or args.tensorflow_inter_op_parallelism < 0:
         parser.error("TF parallelism flags must be >= 0")
+    if args.grpc_max_threads is not None and args.grpc_max_threads <= 0:
+        parser.error("--grpc_max_threads must be positive")
     return ServerFlags(
         host=args.host,
         port=args.port,
@@ -165,6 +171,7 @@ def parse_flags(argv: Sequence[str] | None = None) -> ServerFlags:
         model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
+        grpc_max_threads=args.grpc_max_threads,
     )
 
 
@@ -179,6 +186,7 @@ def server_from_flags(flags: ServerFlags) -> LocalModelServer:
         poll_wait_seconds=flags.file_system_poll_wait_seconds,
         batching=flags.batching,
         metrics_path=flags.metrics_path,
+        max_workers=flags.grpc_max_threads,
     )
 
 

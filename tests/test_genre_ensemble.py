@@ -15,15 +15,11 @@ import pytest
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_genre_model import (LABELS, N_MELS, _split_files,  # noqa: E402
-                              write_examples)
+from test_genre_model import LABELS, N_MELS, train_on_examples  # noqa: E402
 
 from musicrec.models import export_check
-from musicrec.models.features import AudioFeatureParams
 from musicrec.models.genre.model import (PADDING_VALUE, GenreCrossentropy, GenreHParams,
                                          build_classifier, build_serving_model, new_normalization)
-from musicrec.models.genre.train import run_fn
-from musicrec.models.train_args import TrainArgs
 
 MEMBERS = 3
 SMALL = {"lstm_units": 4, "embedding_dim": 5, "ensemble_members": MEMBERS}
@@ -93,15 +89,9 @@ def test_ensemble_members_must_be_positive():
 
 
 def test_trained_ensemble_exports_the_contract_with_masking(tmp_path):
-    examples_dir = str(tmp_path / "examples")
-    tracks = write_examples(examples_dir)
     hparams = {"lstm_units": 8, "embedding_dim": 4, "dropout": 0.1, "learning_rate": 1e-2,
                "epochs": 3, "batch_size": 16, "ensemble_members": 2}
-    args = TrainArgs(train_files=_split_files(examples_dir, "train"),
-                     eval_files=_split_files(examples_dir, "eval"), examples_dir=examples_dir,
-                     model_dir=str(tmp_path / "model"), hparams=hparams,
-                     feature_params=AudioFeatureParams(n_mels=N_MELS), seed=3)
-    metrics = run_fn(args)  # run_fn also checks the from_waveform signature
+    args, metrics, tracks = train_on_examples(tmp_path, hparams)
     assert metrics["hparams"]["ensemble_members"] == 2
     check_exported_ensemble(args.serving_dir, next(iter(tracks["test"].values()))[1],
                             2 * hparams["embedding_dim"])

@@ -16,15 +16,12 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_genre_ensemble import check_exported_ensemble  # noqa: E402
-from test_genre_model import (LABELS, N_MELS, _split_files,  # noqa: E402
-                              write_examples)
+from test_genre_model import LABELS, N_MELS, train_on_examples  # noqa: E402
 
-from musicrec.models.features import AudioFeatureParams
 from musicrec.models.genre.augment import chain, random_gain
 from musicrec.models.genre.model import (PADDING_VALUE, GenreHParams, build_classifier,
                                          build_serving_model, new_normalization)
-from musicrec.models.genre.train import SHAPE_HPARAMS, run_fn, warm_start_keys
-from musicrec.models.train_args import TrainArgs
+from musicrec.models.genre.train import SHAPE_HPARAMS, warm_start_keys
 
 # An LSTM member and a CRNN member of different embedding widths.
 LSTM_EMBEDDING, CRNN_EMBEDDING = 5, 3
@@ -144,17 +141,11 @@ def test_an_old_checkpoint_without_ensemble_still_warm_starts_a_plain_model():
 
 
 def test_trained_lstm_crnn_ensemble_with_random_gain_exports_the_contract(tmp_path):
-    examples_dir = str(tmp_path / "examples")
-    tracks = write_examples(examples_dir)
     hparams = {"lstm_units": 8, "embedding_dim": 4, "dropout": 0.1, "learning_rate": 1e-2,
                "epochs": 2, "batch_size": 16, "random_gain_db": 6.0,
                "ensemble": [{}, {"architecture": "crnn", "std_pooling": True,
                                  "conv_filters": [4, 4], "embedding_dim": 6}]}
-    args = TrainArgs(train_files=_split_files(examples_dir, "train"),
-                     eval_files=_split_files(examples_dir, "eval"), examples_dir=examples_dir,
-                     model_dir=str(tmp_path / "model"), hparams=hparams,
-                     feature_params=AudioFeatureParams(n_mels=N_MELS), seed=3)
-    metrics = run_fn(args)  # run_fn also checks the from_waveform signature
+    args, metrics, tracks = train_on_examples(tmp_path, hparams)
     assert metrics["hparams"]["ensemble"][1]["architecture"] == "crnn"
     assert metrics["hparams"]["random_gain_db"] == 6.0
     check_exported_ensemble(args.serving_dir, next(iter(tracks["test"].values()))[1], 4 + 6)

@@ -91,17 +91,25 @@ def _split_files(uri: str, split: str) -> list[str]:
     return sorted(tf.io.gfile.glob(f"{uri}/Split-{split}/data-*.tfrecord.gz"))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("genre")
+def train_on_examples(root, hparams: dict, seed: int = 3) -> tuple[TrainArgs, dict, dict]:
+    """Write the small example set under ``root`` and train on it with the pipeline's ``run_fn``.
+
+    Returns ``(args, metrics, tracks)``: the TrainArgs (``args.serving_dir``
+    holds the export), run_fn's metrics and ``write_examples``' tracks.
+    """
     examples_dir = str(root / "examples")
     tracks = write_examples(examples_dir)
     args = TrainArgs(train_files=_split_files(examples_dir, "train"),
                      eval_files=_split_files(examples_dir, "eval"),
                      examples_dir=examples_dir, model_dir=str(root / "model"),
-                     hparams=TEST_HPARAMS, feature_params=AudioFeatureParams(n_mels=N_MELS),
-                     seed=3)
-    metrics = run_fn(args)
+                     hparams=hparams, feature_params=AudioFeatureParams(n_mels=N_MELS),
+                     seed=seed)
+    return args, run_fn(args), tracks  # run_fn also checks the from_waveform signature
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    args, metrics, tracks = train_on_examples(tmp_path_factory.mktemp("genre"), TEST_HPARAMS)
     signature = tf.saved_model.load(args.serving_dir).signatures["serving_default"]
     return {"args": args, "metrics": metrics, "tracks": tracks, "signature": signature}
 

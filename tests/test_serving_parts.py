@@ -11,6 +11,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import grpc
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -153,6 +154,43 @@ def test_server_with_batching_answers_like_without(tmp_path):
         np.testing.assert_allclose(outputs["total"], expected["total"])
 
 
+def export_batch_rows(export_dir: str) -> None:
+    """Input "x" [batch, 3] → {"rows": float32 [batch]}: each row gets the row count of the call it ran in."""
+    x = keras.Input(shape=(3,), name="x")
+    rows = keras.layers.Lambda(
+        lambda values: keras.ops.sum(keras.ops.ones_like(values[:, :1])) * keras.ops.ones_like(values[:, 0]),
+        name="rows")(x)
+    keras.Model(x, {"rows": rows}).export(export_dir, verbose=False)
+
+
+def test_with_batching_the_default_threads_let_full_batches_form(tmp_path):
+    # Each call holds a gRPC thread while it waits for its batch: with the old
+    # fixed 16 threads, 24 concurrent one-row calls could never fill a batch of 24.
+    export_batch_rows(str(tmp_path / "rows" / "1"))
+    options = BatchingOptions(max_batch_size=24, batch_timeout_micros=3_000_000, num_batch_threads=1)
+    server = LocalModelServer({"rows": str(tmp_path / "rows")}, port=0, poll_wait_seconds=0, batching=options)
+    assert server.max_workers == 24 * 2
+    assert LocalModelServer({"rows": str(tmp_path / "rows")}, port=0, poll_wait_seconds=0).max_workers == 16
+    results, errors = [], []
+    with server, PredictionClient(server.address, timeout_seconds=30) as client:
+        client.predict("rows", {"x": X[:1]})  # the first call of a servable traces; keep it out of the batch
+
+        def one_row_call():
+            try:
+                results.append(float(client.predict("rows", {"x": X[:1]})["rows"][0]))
+            except ServingError as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=one_row_call) for _ in range(24)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert not errors
+    # The batch closes when full, long before its 3 s timeout; one of 16 would have waited it out.
+    assert results == [24.0] * 24
+
+
 # ------------------------------------------------------------------------- JSON tensors
 
 
@@ -257,6 +295,12 @@ def test_new_flags_parse(tmp_path):
         f"--batching_parameters_file={tmp_path / 'b.config'}", f"--monitoring_config_file={tmp_path / 'm.config'}"])
     assert parsed.batching.max_batch_size == 8 and parsed.metrics_path == "/metrics"
     assert parsed.rest_api_port == 8501
+    # Default with batching: a full batch of 8 for each of the 4 batch threads plus one filling.
+    assert parsed.grpc_max_threads is None and flags.server_from_flags(parsed).max_workers == 8 * (4 + 1)
+    threads = flags.parse_flags([f"--model_base_path={tmp_path}", "--grpc_max_threads=4"])
+    assert flags.server_from_flags(threads).max_workers == 4
+    with pytest.raises(SystemExit):
+        flags.parse_flags([f"--model_base_path={tmp_path}", "--grpc_max_threads=0"])
     assert flags.parse_flags([f"--model_base_path={tmp_path}", "--enable_batching=false"]).batching is None
     with pytest.raises(SystemExit):
         flags.parse_flags([f"--model_base_path={tmp_path}", "--enable_batching",

@@ -13,8 +13,9 @@ band's mean, which the model's normalisation maps to ``0``, SpecAugment's
 intent.
 
 Mixup (:func:`mixup`) blends whole training segments and their one-hot
-labels, batch-wise, also in ``tf.data`` only; so does the random gain
-(:func:`random_gain`).
+labels, batch-wise, also in ``tf.data`` only; so do the random gain
+(:func:`random_gain`), the pitch-shift approximation (:func:`random_band_shift`)
+and the time-stretch approximation (:func:`random_tempo`).
 """
 from __future__ import annotations
 
@@ -93,6 +94,115 @@ def random_gain(max_db: float, seed: int | None = None
     return shift
 
 
+def shift_bands(log_mel: tf.Tensor, bands: tf.Tensor | int) -> tf.Tensor:
+    """``log_mel`` with its mel axis shifted by ``bands``; vacated bands repeat the nearest edge band.
+
+    Args:
+        log_mel: float ``[frames, n_mels]``.
+        bands: integer shift in mel bands; positive moves band ``b`` to
+            ``b + bands`` (up in pitch), negative down. Bands shifted past
+            the top or bottom are dropped (no wrap-around).
+
+    Returns:
+        float ``[frames, n_mels]``, same dtype.
+    """
+    n_mels = tf.shape(log_mel)[-1]
+    # Output band j reads input band j - bands, clipped: the vacated side gets the edge band.
+    source = tf.clip_by_value(tf.range(n_mels) - tf.cast(bands, tf.int32), 0, n_mels - 1)
+    return tf.gather(log_mel, source, axis=-1)
+
+
+def random_band_shift(max_bands: int, seed: int | None = None
+                      ) -> Callable[[tf.Tensor, tf.Tensor], Example] | None:
+    """A ``(log_mel, label) -> (log_mel, label)`` map that shifts one segment's pitch, or ``None``.
+
+    An approximation of a pitch shift on the mel scale: the whole segment
+    moves by ``k`` mel bands (:func:`shift_bands`), ``k`` an integer drawn
+    uniformly from ``[-max_bands, max_bands]`` per segment. Meant for
+    unbatched raw segments before padding, as :func:`random_gain`.
+
+    Args:
+        max_bands: the largest shift, in mel bands, >= 0 (0: off). Two of
+            64 bands is roughly a small pitch change (a few semitones in
+            the mid range).
+        seed: for the draws (via the global seed if ``None``).
+
+    Returns:
+        The map for ``tf.data.Dataset.map`` (``log_mel`` float32 ``[frames,
+        n_mels]``, shape kept), or ``None`` when ``max_bands`` is 0.
+    """
+    if max_bands <= 0:
+        return None
+    limit = int(max_bands)
+
+    def shift(log_mel: tf.Tensor, label: tf.Tensor) -> Example:
+        bands = tf.random.uniform([], -limit, limit + 1, dtype=tf.int32, seed=seed)
+        return shift_bands(log_mel, bands), label
+
+    return shift
+
+
+def stretch_frames(log_mel: tf.Tensor, rate: tf.Tensor | float) -> tf.Tensor:
+    """``log_mel`` resampled along time by ``rate``, then cut or edge-padded to its frame count.
+
+    Args:
+        log_mel: float ``[frames, n_mels]``.
+        rate: the resampling factor, > 0: the content is stretched to
+            ``round(frames * rate)`` frames by bilinear interpolation over
+            frames (bands untouched); above 1 slows the music down, below 1
+            speeds it up. The first ``frames`` frames are kept, and a shorter
+            result is padded by repeating its last frame.
+
+    Returns:
+        float ``[frames, n_mels]``, same dtype; ``rate == 1`` returns the
+        input's values.
+    """
+    frames = tf.shape(log_mel)[0]
+    n_mels = tf.shape(log_mel)[1]
+    stretched_frames = tf.maximum(
+        1, tf.cast(tf.round(tf.cast(frames, tf.float32) * tf.cast(rate, tf.float32)), tf.int32))
+    stretched = tf.image.resize(log_mel[:, :, tf.newaxis], tf.stack([stretched_frames, n_mels]),
+                                method="bilinear")[:, :, 0]
+    # One gather both crops and edge-pads: frames past the stretched end read its last frame.
+    source = tf.minimum(tf.range(frames), stretched_frames - 1)
+    return tf.cast(tf.gather(stretched, source, axis=0), log_mel.dtype)
+
+
+def random_tempo(max_fraction: float, seed: int | None = None
+                 ) -> Callable[[tf.Tensor, tf.Tensor], Example] | None:
+    """A ``(log_mel, label) -> (log_mel, label)`` map that changes one segment's tempo, or ``None``.
+
+    An approximation of a time stretch: the frame axis is resampled by a
+    factor ``r`` drawn uniformly from ``[1 - max_fraction, 1 + max_fraction]``
+    per segment, and brought back to the segment's frame count
+    (:func:`stretch_frames`), so shapes do not change. Meant for unbatched
+    raw segments before padding, as :func:`random_gain`.
+
+    Args:
+        max_fraction: the largest relative tempo change, in ``[0, 1)``
+            (0: off; 0.1 is +-10 %).
+        seed: for the draws (via the global seed if ``None``).
+
+    Returns:
+        The map for ``tf.data.Dataset.map`` (``log_mel`` float32 ``[frames,
+        n_mels]``, shape kept), or ``None`` when ``max_fraction`` is 0.
+
+    Raises:
+        ValueError: ``max_fraction`` is 1 or more (the segment could vanish).
+    """
+    if max_fraction <= 0:
+        return None
+    if max_fraction >= 1:
+        raise ValueError(f"random_tempo: max_fraction must be in [0, 1), got {max_fraction}")
+    low, high = 1.0 - float(max_fraction), 1.0 + float(max_fraction)
+
+    def stretch(log_mel: tf.Tensor, label: tf.Tensor) -> Example:
+        rate = tf.random.uniform([], low, high, dtype=tf.float32, seed=seed)
+        return stretch_frames(log_mel, rate), label
+
+    return stretch
+
+
 def chain(*maps: Callable[[tf.Tensor, tf.Tensor], Example] | None
           ) -> Callable[[tf.Tensor, tf.Tensor], Example] | None:
     """One ``(log_mel, label)`` map applying ``maps`` in order, skipping ``None``; ``None`` if all are."""
@@ -160,4 +270,5 @@ def mixup(alpha: float, n_classes: int, seed: int | None = None
     return blend
 
 
-__all__ = ["spec_augment", "random_gain", "chain", "mixup"]
+__all__ = ["spec_augment", "random_gain", "shift_bands", "random_band_shift", "stretch_frames",
+           "random_tempo", "chain", "mixup"]

@@ -143,6 +143,17 @@ class GenreHParams:
             ``[-random_gain_db, +random_gain_db]`` decibels (a constant added
             to its raw log-mel), so that the recording level of a few
             training clips is not learned as a genre cue; 0: off.
+        band_shift_max: training input only (tf.data,
+            :func:`musicrec.models.genre.augment.random_band_shift`): every
+            training segment's mel axis is shifted by a random whole number
+            of bands in ``[-band_shift_max, +band_shift_max]`` (a pitch-shift
+            approximation; vacated bands repeat the edge band); 0: off.
+        tempo_max_fraction: training input only (tf.data,
+            :func:`musicrec.models.genre.augment.random_tempo`): every
+            training segment's frame axis is resampled by a random factor in
+            ``[1 - tempo_max_fraction, 1 + tempo_max_fraction]`` and cut or
+            edge-padded back to its length (a time-stretch approximation),
+            in [0, 1); 0: off.
     """
 
     # Defaults: the best configuration found on GTZAN dev (docs/genre.md,
@@ -179,6 +190,8 @@ class GenreHParams:
     ensemble_members: int = 1
     ensemble: tuple[Mapping[str, Any], ...] = ()
     random_gain_db: float = 0.0
+    band_shift_max: int = 0
+    tempo_max_fraction: float = 0.0
 
     def __post_init__(self):
         # YAML gives lists; a frozen dataclass keeps a tuple.
@@ -201,13 +214,17 @@ class GenreHParams:
                              f"got {list(self.conv_filters)}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ValueError(f"genre hparam ema_momentum must be in [0, 1), got {self.ema_momentum}")
-        for name in ("dropout", "recurrent_path_dropout", "label_smoothing"):
+        for name in ("dropout", "recurrent_path_dropout", "label_smoothing", "tempo_max_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"genre hparam {name} must be in [0, 1), got {getattr(self, name)}")
         for name in ("early_stopping_patience", "time_mask_frames", "freq_mask_bands",
-                     "weight_decay", "head_l2", "mixup_alpha", "random_gain_db"):
+                     "weight_decay", "head_l2", "mixup_alpha", "random_gain_db",
+                     "band_shift_max"):
             if getattr(self, name) < 0:
                 raise ValueError(f"genre hparam {name} must be >= 0, got {getattr(self, name)}")
+        if self.band_shift_max != int(self.band_shift_max):
+            raise ValueError(f"genre hparam band_shift_max must be a whole number of mel bands, "
+                             f"got {self.band_shift_max}")
         if self.ensemble:
             if len(self.ensemble) < 2:
                 raise ValueError("genre hparam ensemble needs two members or more (one member's "

@@ -1,9 +1,9 @@
 """Trains the genre classifier and exports it for TF Serving.
 
 ``run_fn`` is what the Trainer component calls (TFX style): it reads the
-``AudioExamples`` splits, trains (class weights, random gain, SpecAugment and mixup on the
-training input, gradient clipping, a learning-rate schedule, early stopping on the
-validation loss with the best weights restored), writes
+``AudioExamples`` splits, trains (class weights; random tempo, band shift and gain,
+SpecAugment and mixup on the training input; gradient clipping, a learning-rate
+schedule, early stopping on the validation loss with the best weights restored), writes
 ``<model_dir>/train_metrics.json``, the training curves and TensorBoard logs,
 and exports the ``genre`` signatures to ``<model_dir>/serving`` with a Keras
 ``ExportArchive`` (:mod:`musicrec.models.genre.signatures`).
@@ -25,7 +25,8 @@ from musicrec.atomic import write_json_atomic
 from musicrec.models import warm_start
 from musicrec.models.export import export_serving_model
 from musicrec.models.features import AudioFeatureParams
-from musicrec.models.genre.augment import chain, mixup, random_gain, spec_augment
+from musicrec.models.genre.augment import (chain, mixup, random_band_shift, random_gain,
+                                           random_tempo, spec_augment)
 from musicrec.models.genre.data import label_counts, make_dataset, parsed_dataset, read_labels
 from musicrec.models.genre.model import (GenreHParams, balanced_class_weights, build_classifier,
                                          build_serving_model, new_normalization)
@@ -203,7 +204,11 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
     band_means = np.asarray(normalization.mean).reshape(-1)
     train_data = make_dataset(
         args.train_files, n_mels, hparams.batch_size, shuffle=True, seed=args.seed, cache=True,
-        augment=chain(random_gain(hparams.random_gain_db, seed=args.seed),
+        # Distinct op seeds: draws of ops sharing one seed would move together (mixup uses
+        # seed and seed + 1).
+        augment=chain(random_tempo(hparams.tempo_max_fraction, seed=args.seed + 2),
+                      random_band_shift(hparams.band_shift_max, seed=args.seed + 3),
+                      random_gain(hparams.random_gain_db, seed=args.seed),
                       spec_augment(hparams.time_mask_frames, hparams.freq_mask_bands, band_means)))
     blend = mixup(hparams.mixup_alpha, len(labels), seed=args.seed)
     if blend is not None:
