@@ -29,9 +29,11 @@ on inputs it has already checked (``musicrec.serving.signature_call``), so
 part of the overhead it saves is the keyword call's own Python. Each figure
 carries the 1-minute load average it was measured under: the machine is shared.
 In the same alternating windows the same client sends the same request to
-an ``EchoServer``, gRPC's server set up as the model server's but answering
-with canned bytes: its p50 is the floor any Python gRPC server pays, and the
-overhead beyond it is what musicrec's request path adds.
+two ``EchoServer``s, gRPC's server set up as the model server's but answering
+with canned bytes: one at once (its p50 is the floor any Python gRPC server
+pays) and one after making the reference's own model call (a bare model
+server: its overhead is what the shortest Python gRPC server around the same
+call pays; the model server's overhead beyond it is musicrec's request path).
 
 TensorFlow's thread pools: both servers run with ``--tf-threads`` intra- and
 inter-op threads (``--tensorflow_intra_op_parallelism`` /
@@ -198,15 +200,26 @@ class EchoServer:
     sends and parses exactly what it does against the model server. Its
     round trip is what any Python gRPC server pays before its handler does
     anything: ``paired_overhead`` reports the overhead beyond it.
+
+    With ``model`` and ``export_dir`` it is a *bare model server*: before
+    answering, each Predict makes the reference's own call (``in_process_call``:
+    the loaded ``serving_default`` on tensors made once, with the same TF
+    threads), and nothing of musicrec's request path. Its overhead over the
+    reference is what the shortest Python gRPC server around the same model
+    call pays on this machine.
     """
 
-    def __init__(self, response: bytes, scratch: str) -> None:
+    def __init__(self, response: bytes, scratch: str, model: str | None = None, export_dir: str | None = None,
+                 tf_threads: int = 1) -> None:
         path = os.path.join(scratch, f"echo-{len(os.listdir(scratch))}.bin")
         with open(path, "wb") as handle:
             handle.write(response)
-        self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--echo-server", path],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True)
+        command = [sys.executable, os.path.abspath(__file__), "--echo-server", path, f"--tf-threads={tf_threads}"]
+        if model:
+            command += ["--echo-model", model, export_dir]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True,
+                                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         port = self.process.stdout.readline().strip()
         if not port:
             raise RuntimeError(f"the echo server exited with {self.process.wait()}")
@@ -217,7 +230,7 @@ class EchoServer:
         self.process.wait(timeout=30)
 
 
-def echo_server(response_path: str) -> int:
+def echo_server(response_path: str, model: str | None = None, export_dir: str | None = None) -> int:
     """The child side of :class:`EchoServer`: serve until stdin closes."""
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -227,9 +240,14 @@ def echo_server(response_path: str) -> int:
 
     with open(response_path, "rb") as handle:
         canned = predict_pb2.PredictResponse.FromString(handle.read())
+    model_call = in_process_call(model, export_dir) if model else None
+    if model_call:
+        model_call()  # the first call traces
 
     class Echo(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
+            if model_call:
+                model_call()
             return canned
 
     server = grpc.server(LifoWorkerPool(DEFAULT_MAX_WORKERS, thread_name_prefix="predict"), options=[
@@ -263,7 +281,7 @@ def model_response(target: str, model: str, inputs: dict[str, np.ndarray]) -> by
 
 def paired_overhead(target: str, model: str, reference: ReferenceProcess, inputs: dict[str, np.ndarray],
                     seconds: float, window_seconds: float = 1.0, pause_seconds: float = 0.002,
-                    floor_target: str | None = None) -> dict[str, float]:
+                    floor_target: str | None = None, bare_target: str | None = None) -> dict[str, float]:
     """p50 of one-at-a-time calls in-process and over gRPC, in alternating windows.
 
     Alternating ``window_seconds`` windows of each (``seconds`` of each in
@@ -279,26 +297,32 @@ def paired_overhead(target: str, model: str, reference: ReferenceProcess, inputs
     is the conservative one and the overhead reported against it. Both
     sides pause ``pause_seconds`` between calls for the same reason.
 
-    With ``floor_target`` (an ``EchoServer``), a third side times the same
-    client and request against it: gRPC's floor, reported with the
-    overhead beyond it.
+    Two more sides time the same client and request against ``EchoServer``s:
+    ``floor_target`` answers at once (gRPC's floor), ``bare_target`` makes
+    the reference's model call first (the shortest Python gRPC server around
+    the same call). Each is reported with the model server's overhead
+    beyond it.
     """
-    with (PredictionClient(target, timeout_seconds=30, retries=0) as client,
-          PredictionClient(floor_target or target, timeout_seconds=30, retries=0) as floor_client):
+    targets = {"grpc": target, "grpc_floor": floor_target, "bare_server": bare_target}
+    clients = {name: PredictionClient(address, timeout_seconds=30, retries=0)
+               for name, address in targets.items() if address}
+    try:
         windows = {
             "in_process_direct": lambda window: reference.time_calls("direct", window, pause_seconds),
             "in_process": lambda window: reference.time_calls("hop", window, pause_seconds),
-            "grpc": lambda window: time_calls(lambda: client.predict(model, inputs), window, pause_seconds),
         }
-        if floor_target:
-            windows["grpc_floor"] = lambda window: time_calls(lambda: floor_client.predict(model, inputs),
-                                                              window, pause_seconds)
+        for name, client in clients.items():
+            windows[name] = (lambda client: lambda window: time_calls(
+                lambda: client.predict(model, inputs), window, pause_seconds))(client)
         latencies: dict[str, list[float]] = {name: [] for name in windows}
         for run in windows.values():
             run(0.5)  # warm-up: first calls, channel, traced functions
         for _ in range(max(1, round(seconds / window_seconds))):
             for name, run in windows.items():
                 latencies[name] += run(window_seconds)
+    finally:
+        for client in clients.values():
+            client.close()
     p50 = {name: float(np.percentile(values, 50) * 1e3) for name, values in latencies.items()}
     direct, in_process, over_grpc = p50["in_process_direct"], p50["in_process"], p50["grpc"]
     result = {"in_process_p50_ms": in_process, "grpc_p50_ms": over_grpc, "overhead_p50_ms": over_grpc - in_process,
@@ -308,6 +332,10 @@ def paired_overhead(target: str, model: str, reference: ReferenceProcess, inputs
     if floor_target:
         result["grpc_floor_p50_ms"] = p50["grpc_floor"]
         result["overhead_beyond_floor_p50_ms"] = over_grpc - in_process - p50["grpc_floor"]
+    if bare_target:
+        result["bare_server_p50_ms"] = p50["bare_server"]
+        result["bare_server_overhead_p50_ms"] = p50["bare_server"] - in_process
+        result["overhead_beyond_bare_server_p50_ms"] = over_grpc - p50["bare_server"]
     return result
 
 
@@ -437,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=DEFAULT_OUT, help="result JSON path")
     parser.add_argument("--reference-worker", nargs=2, metavar=("MODEL", "EXPORT_DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--echo-server", metavar="RESPONSE_FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--echo-model", nargs=2, metavar=("MODEL", "EXPORT_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.tf_threads:
         # Before any TF op runs in this process.
@@ -445,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference_worker:
         return reference_worker(*args.reference_worker)
     if args.echo_server:
-        return echo_server(args.echo_server)
+        return echo_server(args.echo_server, *(args.echo_model or ()))
     levels = sorted({int(value) for value in args.concurrency.split(",")})
     if levels[0] <= 0:
         parser.error("--concurrency: client counts must be positive")
@@ -488,13 +517,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for model in MODELS:
                 reference = ReferenceProcess(model, export_dirs[model], args.tf_threads)
-                echo = EchoServer(model_response(plain.target, model, inputs[model]), scratch)
+                response = model_response(plain.target, model, inputs[model])
+                echo = EchoServer(response, scratch)
+                bare = EchoServer(response, scratch, model, export_dirs[model], args.tf_threads)
                 try:
                     overhead[model] = paired_overhead(plain.target, model, reference, inputs[model], args.seconds,
-                                                      floor_target=echo.target)
+                                                      floor_target=echo.target, bare_target=bare.target)
                 finally:
                     reference.stop()
                     echo.stop()
+                    bare.stop()
                 print(json.dumps({"model": model, **{key: round(value, 3) for key, value
                                                      in overhead[model].items()}}), flush=True)
                 for concurrency in levels[:-1]:
@@ -533,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     })
     line = "; ".join(
         f"{model}: overhead p50 {values['overhead_p50_ms']:.2f} ms at 1 client "
-        f"(in-process {values['in_process_p50_ms']:.2f} ms; gRPC floor {values['grpc_floor_p50_ms']:.2f} ms), batching ×{values['batching_qps_ratio_at_max']:.2f} "
+        f"(in-process {values['in_process_p50_ms']:.2f} ms; gRPC floor {values['grpc_floor_p50_ms']:.2f} ms; "
+        f"a bare gRPC server's overhead {values['bare_server_overhead_p50_ms']:.2f} ms), batching ×{values['batching_qps_ratio_at_max']:.2f} "
         f"QPS at {max(levels)}"
         for model, values in summary.items()
     )
