@@ -5,10 +5,12 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/bench_genre_inference.py --data ../shared/data/gtzan_dev --limit 10
     .venv/bin/python benchmarks/bench_genre_inference.py                     # synthetic 30 s clips
     .venv/bin/python benchmarks/bench_genre_inference.py --saved-model work/serving/genre/3
+    .venv/bin/python benchmarks/bench_genre_inference.py --data ../shared/data/gtzan_dev --config crnn_pitch_tempo_x3
 
 The model is a SavedModel exported as ``run_fn`` exports it: the one given
 with ``--saved-model``, or else an untrained stand-in of ``--architecture``
-with the default hyperparameters (speed does not depend on the weights).
+with the default hyperparameters, or of ``--config``, one of the models that
+``bench_genre_gtzan.py`` compares (speed does not depend on the weights).
 One clip per call, as ``musicrec classify`` sends one file per request;
 ``--repeats`` passes over the clips after one untimed warm-up pass. Three
 paths are timed, each in audio seconds per wall-clock second:
@@ -34,7 +36,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from common import librosa_log_mel, short_machine, timed, write_result  # noqa: E402  (run as a script)
+from bench_genre_gtzan import MODELS as GTZAN_MODELS  # noqa: E402  (run as a script)
+from common import librosa_log_mel, short_machine, timed, write_result  # noqa: E402
 
 NAME = "genre_inference"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,8 +65,8 @@ def load_waveforms(data: str | None, limit: int, seconds: float, params) -> list
              + 0.05 * rng.standard_normal(t.size)).astype(np.float32) for _ in range(limit)]
 
 
-def stand_in_model(architecture: str, params, out_dir: str) -> str:
-    """Exports an untrained default-size model of ``architecture``; returns its folder."""
+def stand_in_model(overrides: dict, params, out_dir: str) -> str:
+    """Exports an untrained model of ``GenreHParams(**overrides)``; returns its folder."""
     from musicrec.models.export import export_serving_model
     from musicrec.models.genre.model import (GenreHParams, build_classifier, build_serving_model,
                                              new_normalization)
@@ -72,7 +75,7 @@ def stand_in_model(architecture: str, params, out_dir: str) -> str:
     labels = [f"genre{i}" for i in range(10)]
     normalization = new_normalization()
     normalization.adapt(np.random.default_rng(0).normal(-8, 3, (500, params.n_mels)).astype(np.float32))
-    classifier = build_classifier(params.n_mels, len(labels), GenreHParams(architecture=architecture),
+    classifier = build_classifier(params.n_mels, len(labels), GenreHParams(**overrides),
                                   normalization)
     serving_dir = os.path.join(out_dir, "serving")
     export_serving_model(GenreSignatures(build_serving_model(classifier, labels), labels, params),
@@ -88,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the clips")
     parser.add_argument("--saved-model", help="a genre SavedModel folder (default: untrained stand-in)")
     parser.add_argument("--architecture", default="lstm", choices=["lstm", "crnn"])
+    parser.add_argument("--config", choices=sorted(GTZAN_MODELS),
+                        help="stand-in with the hyperparameters of this bench_genre_gtzan.py model "
+                             "(instead of --architecture's defaults)")
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
@@ -100,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     waveforms = load_waveforms(args.data, args.limit, args.seconds, params)
     audio_seconds = sum(w.shape[0] for w in waveforms) / params.sample_rate
     with tempfile.TemporaryDirectory(prefix="bench-genre-inference-") as work:
-        saved_model = args.saved_model or stand_in_model(args.architecture, params, work)
+        overrides = GTZAN_MODELS[args.config] if args.config else {"architecture": args.architecture}
+        saved_model = args.saved_model or stand_in_model(overrides, params, work)
         signatures = tf.saved_model.load(saved_model).signatures
         serving_default, from_waveform = signatures["serving_default"], signatures["from_waveform"]
         segments = [features.segment(features.log_mel(w, params), params) for w in waveforms]
@@ -127,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "data": os.path.abspath(args.data) if args.data else f"synthetic {args.seconds} s clips",
         "clips": len(waveforms), "audio_seconds": audio_seconds, "repeats": args.repeats,
-        "model": args.saved_model or f"untrained stand-in, architecture {args.architecture}",
+        "model": args.saved_model or (f"untrained stand-in, bench_genre_gtzan model {args.config}"
+                                      if args.config else
+                                      f"untrained stand-in, architecture {args.architecture}"),
         "x_real_time": speeds,
         "ratio_to_reference": {name: speed / reference for name, speed in speeds.items()},
         "target_x_real_time": TARGET_REAL_TIME,

@@ -157,17 +157,18 @@ def test_model_learns_the_easy_genres(trained):
 def test_evaluate_matches_an_independent_count(trained):
     args, signature, test_tracks = trained["args"], trained["signature"], trained["tracks"]["test"]
     results = evaluate(args.serving_dir, _split_files(args.examples_dir, "test"),
-                       args.examples_dir, batch_size=2)
+                       args.examples_dir, batch_size=2, with_track_predictions=True)
 
     track_hits = segment_hits = 0
-    for label, segments in test_tracks.values():
+    for track_id, (label, segments) in test_tracks.items():
         probabilities = signature(log_mel=tf.constant(segments))["probabilities"].numpy()
         segment_hits += int((probabilities.argmax(axis=1) == label).sum())
         track_hits += int(probabilities.mean(axis=0).argmax() == label)
+        assert results["track_predictions"][track_id] == LABELS[probabilities.mean(axis=0).argmax()]
         np.testing.assert_allclose(predict_track(signature, segments),
                                    probabilities.mean(axis=0), atol=1e-6)
     n_tracks = len(test_tracks)
-    assert results["n_tracks"] == n_tracks
+    assert results["n_tracks"] == n_tracks == len(results["track_predictions"])
     assert results["n_segments"] == n_tracks * SEGMENTS_PER_TRACK
     assert results["track_accuracy"] == pytest.approx(track_hits / n_tracks)
     assert results["segment_accuracy"] == pytest.approx(segment_hits / results["n_segments"])

@@ -159,3 +159,24 @@ def test_a_crnn_trained_with_pitch_and_tempo_exports_a_serving_graph_without_the
     first, second = signature(log_mel=segments), signature(log_mel=segments)
     np.testing.assert_array_equal(first["probabilities"].numpy(), second["probabilities"].numpy())
     assert first["probabilities"].shape == (len(segments), len(LABELS))
+
+
+def test_the_documented_most_accurate_configuration_is_the_one_the_benchmark_measured():
+    """docs/genre.md's YAML block loads through the pipeline config and equals ``crnn_pitch_tempo_x3``."""
+    import yaml
+
+    from musicrec.pipeline.config import make_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "genre.md"), encoding="utf-8") as handle:
+        section = handle.read().split("### The most accurate configuration on GTZAN dev", 1)[1]
+    block = section.split("```yaml", 1)[1].split("```", 1)[0]
+    config = make_config(yaml.safe_load(block))
+    sys.path.insert(0, os.path.join(root, "benchmarks"))
+    try:
+        from bench_genre_gtzan import MODELS
+    finally:
+        sys.path.remove(os.path.join(root, "benchmarks"))
+    documented = GenreHParams(**config["genre_model"]["hparams"])
+    assert documented == GenreHParams(**MODELS["crnn_pitch_tempo_x3"])
+    assert documented != GenreHParams()

@@ -124,7 +124,8 @@ CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 
 
 def evaluate(saved_model_dir: str, test_files: Sequence[str], examples_dir: str,
-             batch_size: int = 64, output_dir: str | None = None) -> dict[str, Any]:
+             batch_size: int = 64, output_dir: str | None = None,
+             with_track_predictions: bool = False) -> dict[str, Any]:
     """Segment- and track-level scores of a served genre model.
 
     Args:
@@ -133,6 +134,10 @@ def evaluate(saved_model_dir: str, test_files: Sequence[str], examples_dir: str,
         examples_dir: the examples artifact (``labels.txt``).
         batch_size: segments per signature call.
         output_dir: where ``confusion_matrix.png`` goes; ``None`` writes none.
+        with_track_predictions: also return ``track_predictions``, the
+            predicted genre name per track id (for paired comparisons of
+            models on the same tracks; off by default, as it grows with the
+            test split).
 
     Returns:
         ``segment_accuracy`` and ``track_accuracy`` (a track's class is the
@@ -175,7 +180,7 @@ def evaluate(saved_model_dir: str, test_files: Sequence[str], examples_dir: str,
                               os.path.join(output_dir, CONFUSION_MATRIX_FILE))
     tracks_by_class = Counter(track_labels)
     n_segments, n_tracks = len(segment_labels), len(track_labels)
-    return {
+    result = {
         "segment_accuracy": segment_hits / n_segments,
         "track_accuracy": scores["accuracy"],
         "macro_f1": scores["macro_f1"],
@@ -191,6 +196,10 @@ def evaluate(saved_model_dir: str, test_files: Sequence[str], examples_dir: str,
         "tracks_per_class": {name: tracks_by_class[index] for index, name in enumerate(labels)},
         "labels": labels,
     }
+    if with_track_predictions:
+        result["track_predictions"] = {track_id: labels[prediction] for track_id, prediction
+                                       in zip(segments_by_track, track_predictions)}
+    return result
 
 
 BASELINE_CONFUSION_MATRIX_FILE = "baseline_confusion_matrix.png"
