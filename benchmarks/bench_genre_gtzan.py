@@ -196,7 +196,7 @@ def run_fold(fold: int, test_indices: list[int], clips: list[Clip], labels: list
                               "truth": {clip_id(clips[i]): clips[i].genre for i in test_indices}}
     train_y = [labels.index(clips[i].genre) for i in train_indices]
     test_y = np.array([labels.index(clips[i].genre) for i in test_indices])
-    test_ids = [clip_id(clips[i]) for i in test_indices]
+    test_ids = list(result["truth"])
     for variant, attribute in (("baseline", "baseline_audio"),
                                ("baseline_from_log_mel", "baseline_log_mel")):
         with timed() as fit_time:

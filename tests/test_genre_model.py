@@ -162,9 +162,10 @@ def test_evaluate_matches_an_independent_count(trained):
     track_hits = segment_hits = 0
     for track_id, (label, segments) in test_tracks.items():
         probabilities = signature(log_mel=tf.constant(segments))["probabilities"].numpy()
+        track_prediction = int(probabilities.mean(axis=0).argmax())
         segment_hits += int((probabilities.argmax(axis=1) == label).sum())
-        track_hits += int(probabilities.mean(axis=0).argmax() == label)
-        assert results["track_predictions"][track_id] == LABELS[probabilities.mean(axis=0).argmax()]
+        track_hits += int(track_prediction == label)
+        assert results["track_predictions"][track_id] == LABELS[track_prediction]
         np.testing.assert_allclose(predict_track(signature, segments),
                                    probabilities.mean(axis=0), atol=1e-6)
     n_tracks = len(test_tracks)
