@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from musicrec import commands  # imports TensorFlow: keep --help fast
     from musicrec.pipeline.lock import PipelineLockedError
+    from musicrec.pipeline.runner import PipelineRunError
     from musicrec.serving.errors import ServingError
 
     handlers = {"demo": commands.demo, "generate-data": commands.generate_data, "run": commands.run,
@@ -131,6 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineLockedError as exc:
         print(f"musicrec {args.command}: error: {exc}", file=sys.stderr)
         return 75  # EX_TEMPFAIL: try again when the other run is done
+    except PipelineRunError as exc:
+        # The stage's own message says what is missing; the traceback is for --verbose.
+        logging.getLogger("musicrec").debug("pipeline failure", exc_info=True)
+        print(f"musicrec {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except ServingError as exc:
         print(f"musicrec {args.command}: server error: {exc}", file=sys.stderr)
         return 1

@@ -27,7 +27,7 @@ def pipeline_run(tmp_path_factory):
                           "genre_model": {**TINY_OVERRIDES["genre_model"],
                                           "min_accuracy_over_chance": 0.0},
                           "next_track_model": {**TINY_OVERRIDES["next_track_model"],
-                                               "must_beat_popularity": False}})
+                                               "must_beat_baselines": False}})
     result = commands.run_pipeline(config, workdir, audio_dir=data.audio_dir,
                                    playlog_paths=data.playlog_paths)
     return workdir, data, result

@@ -202,11 +202,12 @@ def test_lstm_beats_popularity_on_structured_sessions(trained):
     with open(os.path.join(output_dir, "comparison.png"), "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
     expected_cases = sum(len(plays) - 1 for plays in trained["test_sessions"] if len(plays) >= 2)
-    assert report["skipped_oov_targets"] == 1
+    assert report["skipped_targets"] == 1
     assert report["n_predictions"] == expected_cases - 1
     assert set(report["model"]) == ({f"{name}@{k}" for name in ("hr", "mrr", "ndcg") for k in (1, 5, 10, 20)}
                                      | {"coverage@20", "popularity_bias@20", "cases"})
     assert set(report["baselines"]) == {"popularity", "user_popularity", "markov", "sequential_rules",
+                                        "personal_rules",
                                         "sknn", "vsknn"}
     assert report["personalised"] is True
     model, popularity = report["model"], report["baselines"]["popularity"]

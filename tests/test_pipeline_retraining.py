@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(600)
 SPAN_A, SPAN_B = "2026-01-10", "2026-01-25"
 OVERRIDES = {"seed": 3, "spans": {"policy": "all"},
              "next_track_model": {**TINY_OVERRIDES["next_track_model"],
-                                  "must_beat_popularity": False}}
+                                  "must_beat_baselines": False}}
 # Warm start would hand it the serving model's weights, so it is turned off here.
 DEGRADED = {**OVERRIDES, "next_track_model": {
     **OVERRIDES["next_track_model"], "warm_start": False,
