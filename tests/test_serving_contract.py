@@ -5,7 +5,8 @@ Every test talks to the server only through gRPC and REST, so a client cannot
 tell the two apart: every RPC and REST route, the status codes, the version
 policy and labels, and hot reload under traffic with zero failed requests.
 Each test names the TF Serving 2.17.1 source file (under
-``tensorflow_serving/``) whose behaviour it asserts.
+``tensorflow_serving/``) whose behaviour it asserts; ``test_serving_parity.py``
+continues the contract.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serving_example_models import export_examples_model, export_ints  # noqa: E402
 from test_serving import export_lookup, export_scorer  # noqa: E402  (shared tiny models)
 
 from musicrec.demo import stop_process
@@ -84,7 +86,8 @@ def export_classifier(export_dir: str) -> None:
 
 
 def config_text(base: str) -> str:
-    """scorer: versions 1 and 2 (policy all, labels); latest_scorer: same folder, default policy."""
+    """scorer: versions 1 and 2 (policy all, labels); latest_scorer: same folder, default policy;
+    examples and ints: see serving_example_models."""
     return f"""
 model_config_list {{
   config {{
@@ -96,6 +99,8 @@ model_config_list {{
   config {{ name: "latest_scorer" base_path: "{base}/scorer" model_platform: "tensorflow" }}
   config {{ name: "lookup" base_path: "{base}/lookup" model_platform: "tensorflow" }}
   config {{ name: "classifier" base_path: "{base}/classifier" model_platform: "tensorflow" }}
+  config {{ name: "examples" base_path: "{base}/examples" model_platform: "tensorflow" }}
+  config {{ name: "ints" base_path: "{base}/ints" model_platform: "tensorflow" }}
 }}
 """
 
@@ -174,6 +179,8 @@ def model_base(tmp_path_factory) -> str:
     export_scorer(str(base / "scorer" / "2"), weight=2.0)
     export_lookup(str(base / "lookup" / "1"))
     export_classifier(str(base / "classifier" / "1"))
+    export_examples_model(str(base / "examples" / "1"))
+    export_ints(str(base / "ints" / "1"))
     (base / "models.config").write_text(config_text(str(base)))
     (base / "monitoring.config").write_text(
         f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
