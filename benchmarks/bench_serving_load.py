@@ -237,7 +237,7 @@ def echo_server(response_path: str, model: str | None = None, export_dir: str | 
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from musicrec.serving.server import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_WORKERS
+    from musicrec.serving.server import DEFAULT_MAX_MESSAGE_BYTES, default_max_workers
     from musicrec.serving.worker_pool import LifoWorkerPool
 
     with open(response_path, "rb") as handle:
@@ -252,7 +252,8 @@ def echo_server(response_path: str, model: str | None = None, export_dir: str | 
                 model_call()
             return canned
 
-    server = grpc.server(LifoWorkerPool(DEFAULT_MAX_WORKERS, thread_name_prefix="predict"), options=[
+    # The model server's own default thread count without batching.
+    server = grpc.server(LifoWorkerPool(default_max_workers(None), thread_name_prefix="predict"), options=[
         ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0)])
