@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from musicrec.serving.config import ModelEntry, read_model_entries
+from musicrec.serving.errors import ServingError
 from musicrec.serving.model_registry import DEFAULT_POLL_WAIT_SECONDS, LoadCancelled, ModelLoadError
 from musicrec.serving.server_options import (
     DEFAULT_REST_TIMEOUT_MS,
@@ -267,8 +268,12 @@ class _ConfigFileWatcher:
         except (OSError, ValueError) as error:
             LOGGER.error("not reloading %s: %s", self._path, error)
             return
-        for error in self._server.registry.reload(entries):
-            LOGGER.error("reload of %s: %s", self._path, error)
+        try:
+            errors = self._server.registry.reload(entries)
+        except ServingError as error:  # e.g. a label on a version not available
+            errors = [error.message]
+        for message in errors:
+            LOGGER.error("reload of %s: %s", self._path, message)
 
 
 def _configure_tensorflow_threads(flags: ServerFlags) -> None:

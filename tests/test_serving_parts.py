@@ -3,6 +3,7 @@ warmup files, the batching/monitoring config files, metrics and the new flags.""
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import sys
 import threading
@@ -350,7 +351,7 @@ def test_rest_refuses_an_oversized_body_unread_and_keeps_serving(tmp_path):
         assert rest.predict("scorer", inputs={"x": X.tolist()})["total"] == pytest.approx([13.0, 8.0])
 
 
-def test_config_file_watcher_reloads_changed_models(tmp_path):
+def test_config_file_watcher_reloads_changed_models(tmp_path, caplog):
     from musicrec.serving.config import write_model_config
 
     export_scorer(str(tmp_path / "scorer" / "1"), weight=1.0)
@@ -371,6 +372,14 @@ def test_config_file_watcher_reloads_changed_models(tmp_path):
             with pytest.raises(ServingError) as raised:
                 client.predict("scorer", {"x": X})
             assert raised.value.code == grpc.StatusCode.NOT_FOUND
+        # A label on a version that is not loaded is refused, as TF Serving logs a failed poll.
+        with open(config_path, "w", encoding="utf-8") as handle:
+            handle.write(f'model_config_list {{ config {{ name: "lookup" base_path: "{tmp_path / "lookup"}" '
+                         'version_labels { key: "next" value: 9 } } }')
+        with caplog.at_level(logging.ERROR, logger="musicrec.serving.flags"):
+            watcher.check()
+        assert "Request to assign label to version 9 of model lookup" in caplog.text
+        assert server.registry.served_versions() == {"lookup": 1}
 
 
 # --------------------------------------------------------------------------- TensorProto conversions
