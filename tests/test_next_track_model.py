@@ -263,7 +263,7 @@ def test_popularity_ranks_by_count_and_ties_never_favour_the_target():
 
 
 @pytest.mark.parametrize("validation_share", [0.2, 0.0])
-def test_run_fn_without_eval_pairs_holds_out_training_sessions_or_watches_the_training_loss(
+def test_run_fn_without_eval_pairs_holds_out_training_sessions_or_trains_every_epoch(
         tmp_path, validation_share):
     examples_dir = str(tmp_path / "examples")
     sessions = successor_sessions(random.Random(3), 20)
@@ -279,5 +279,7 @@ def test_run_fn_without_eval_pairs_holds_out_training_sessions_or_watches_the_tr
         assert metrics["monitor"] == f"val_hr@{TOP_K}" and metrics["examples"]["validation"] > 0
         assert metrics["validation_source"] == "20% of training sessions"
     else:
-        assert metrics["monitor"] == f"hr@{TOP_K}" and metrics["validation"] is None
+        # Nothing to stop on: every epoch runs and the last one is kept.
+        assert metrics["monitor"] is None and metrics["validation"] is None
+        assert metrics["epochs_run"] == metrics["best_epoch"] == 1
     assert os.path.exists(os.path.join(args.serving_dir, "saved_model.pb"))

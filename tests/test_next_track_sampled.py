@@ -73,3 +73,12 @@ def test_a_batch_target_among_the_rows_candidates_is_scored_once_exactly():
     logits = model(inputs, training=False).numpy()
     row0 = np.logaddexp.reduce([logits[0, 3], logits[0, 2]]) - logits[0, 3]
     np.testing.assert_allclose(trainer([inputs, targets], training=False).numpy()[0], row0, rtol=1e-5)
+
+
+def test_training_the_trainer_trains_every_weight_that_scores():
+    model, trainer = _model_and_trainer(np.ones(VOCAB_SIZE + 2))
+    trained = {id(variable) for variable in trainer.trainable_weights}
+    assert len(trained) == len(trainer.trainable_weights), "no variable twice"
+    for name in ("repeat_scores", "next_track_logits", "session_lstm", "track_embedding"):
+        for variable in model.get_layer(name).trainable_weights:
+            assert id(variable) in trained, f"{name}/{variable.name} is not trained"

@@ -47,6 +47,7 @@ BOUNDARY_ID = -1  # model-internal; never looked up from a key, never scored
 NUM_RESERVED_IDS = 2  # padding + one OOV bucket
 RNN_KINDS = ("lstm", "gru")
 SOFTMAX_KINDS = ("auto", "full", "sampled")
+SCORERS = ("gates", "mlp")
 EARLY_STOPPING_METRICS = ("hr", "loss")
 
 
@@ -63,7 +64,19 @@ class NextTrackHParams:
         neural_scores: score every track by the session vector and its
             embedding (off: only the repeat and successor terms score, so the
             model ranks the listener's own tracks and nothing else).
+        track_bias: with ``neural_scores`` off, still learn one bias per track
+            (a popularity prior for the tracks the listener never played).
         repeat_scores: add the learned repeat term (see :class:`RepeatScores`).
+        state_gates: the repeat and successor weights depend on the session
+            state (off: one learned weight per recency bucket and evidence channel).
+        scorer: how the listener's own tracks are scored: ``"gates"``
+            (:class:`RepeatScores`, with ``repeat_scores``) or ``"mlp"``
+            (:class:`~candidates.CandidateScorer`: a small ranker over repeat
+            and successor facts).
+        scorer_units: hidden units of the ``"mlp"`` scorer.
+        scorer_context: what the ``"mlp"`` scorer knows of the row besides a
+            track's facts: ``"none"``, ``"lengths"`` (of the session and the
+            history) or ``"state"`` (those and the recurrent session state).
         successor_lags: with ``repeat_scores``, how many tracks after an
             earlier play of an anchor (one of the session's last plays) gain
             the learned successor evidence (0 turns it off).
@@ -112,7 +125,12 @@ class NextTrackHParams:
     rnn: str = "lstm"
     tied_embeddings: bool = True
     neural_scores: bool = True
+    track_bias: bool = False
     repeat_scores: bool = True
+    state_gates: bool = True
+    scorer: str = "gates"
+    scorer_units: int = 32
+    scorer_context: str = "none"
     successor_lags: int = 10
     successor_anchors: int = 3
     successor_recent_slots: int = 0
@@ -138,6 +156,8 @@ class NextTrackHParams:
             raise ValueError(f"next_track hparam rnn must be one of {RNN_KINDS}, got {self.rnn!r}")
         if self.softmax not in SOFTMAX_KINDS:
             raise ValueError(f"next_track hparam softmax must be one of {SOFTMAX_KINDS}, got {self.softmax!r}")
+        if self.scorer not in SCORERS:
+            raise ValueError(f"next_track hparam scorer must be one of {SCORERS}, got {self.scorer!r}")
         if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
             raise ValueError(f"next_track hparam early_stopping_metric must be one of "
                              f"{EARLY_STOPPING_METRICS}, got {self.early_stopping_metric!r}")
@@ -324,21 +344,29 @@ class TiedLogits(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="musicrec")
-class ZeroLogits(keras.layers.Layer):
-    """Scores every id 0: the model ranks by the repeat and successor terms alone (``neural_scores`` off)."""
+class BiasLogits(keras.layers.Layer):
+    """Scores every id by a learned bias alone, or 0 without one (``neural_scores`` off): the
+    model then ranks the listener's own tracks by its repeat and successor terms, the rest by
+    the bias (how often a track is the next play at all)."""
 
-    def __init__(self, n_ids: int, **kwargs):
+    def __init__(self, n_ids: int, use_bias: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.n_ids = n_ids
+        self.use_bias = use_bias
+
+    def build(self, input_shape):
+        if self.use_bias:
+            self.bias = self.add_weight(shape=(self.n_ids,), initializer="zeros", name="bias")
 
     def call(self, state):
-        return keras.ops.zeros((keras.ops.shape(state)[0], self.n_ids), dtype=state.dtype)
+        zeros = keras.ops.zeros((keras.ops.shape(state)[0], self.n_ids), dtype=state.dtype)
+        return zeros + self.bias if self.use_bias else zeros
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.n_ids)
 
     def get_config(self):
-        return {**super().get_config(), "n_ids": self.n_ids}
+        return {**super().get_config(), "n_ids": self.n_ids, "use_bias": self.use_bias}
 
 
 @keras.saving.register_keras_serializable(package="musicrec")
@@ -408,9 +436,12 @@ class RepeatScores(keras.layers.Layer):
 
     def __init__(self, history_length: int, successor_lags: int = 0, successor_anchors: int = 1,
                  repeat_history_length: int | None = None, session_slots: int | None = None,
-                 successor_recent_slots: int = 0, predecessor_lags: int = 0, **kwargs):
+                 successor_recent_slots: int = 0, predecessor_lags: int = 0, state_gates: bool = True,
+                 **kwargs):
         super().__init__(**kwargs)
         self.history_length = history_length
+        # Off: the weights of the terms do not depend on the session (their kernels stay 0).
+        self.state_gates = state_gates
         self.successor_recent_slots = successor_recent_slots
         self.predecessor_lags = predecessor_lags
         # Evidence channels: anchor group (last play, the ones before), then optionally whether
@@ -437,11 +468,12 @@ class RepeatScores(keras.layers.Layer):
         self.repeat_slots = session_slots + self.repeat_history_length
         self.buckets = recency_buckets(self.repeat_history_length, self.repeat_slots)
         n_buckets = 2 * RECENCY_BUCKETS
-        self.kernel = self.add_weight(shape=(units, n_buckets), initializer="zeros", name="kernel")
+        self.kernel = self.add_weight(shape=(units, n_buckets), initializer="zeros", name="kernel",
+                                      trainable=self.state_gates)
         self.bucket_bias = self.add_weight(shape=(n_buckets,), initializer="zeros", name="bucket_bias")
         if self.successor_lags:
             self.gate_kernel = self.add_weight(shape=(units, 2 * self.channels), initializer="zeros",
-                                               name="gate_kernel")
+                                               name="gate_kernel", trainable=self.state_gates)
             # Starts as log(1 + E) (the last play's evidence weighing most): the rule's ranking,
             # on a scale the softmax tolerates.
             start = np.tile(np.array([1.0, 0.5], np.float32), self.channels // SUCCESSOR_CHANNELS)
@@ -545,7 +577,8 @@ class RepeatScores(keras.layers.Layer):
         return {**super().get_config(), "history_length": self.history_length,
                 "successor_lags": self.successor_lags, "successor_anchors": self.successor_anchors,
                 "repeat_history_length": self.repeat_history_length, "session_slots": self.session_slots,
-                "successor_recent_slots": self.successor_recent_slots, "predecessor_lags": self.predecessor_lags}
+                "successor_recent_slots": self.successor_recent_slots, "predecessor_lags": self.predecessor_lags,
+                "state_gates": self.state_gates}
 
 
 def build_model(vocab_size: int, hparams: NextTrackHParams) -> keras.Model:
@@ -569,22 +602,40 @@ def build_model(vocab_size: int, hparams: NextTrackHParams) -> keras.Model:
     state = rnn(hparams.lstm_units, name="session_lstm")(embedded)
     state = keras.layers.Dropout(hparams.dropout, name="session_dropout")(state)
     if not hparams.neural_scores:
-        logits = ZeroLogits(n_ids, name="next_track_logits")(state)
+        logits = BiasLogits(n_ids, hparams.track_bias, name="next_track_logits")(state)
     elif hparams.tied_embeddings:
         projected = keras.layers.Dense(hparams.embedding_dim, name="session_projection")(state)
         logits = TiedLogits(embedding, name="next_track_logits")(projected)
     else:
         logits = keras.layers.Dense(n_ids, name="next_track_logits")(state)
-    if hparams.repeat_scores:
+    if hparams.scorer == "mlp":
+        from musicrec.models.next_track.candidates import CandidateScorer
+
+        logits = CandidateScorer(hparams.history_length, hparams.session_slots, hparams.repeat_history_length,
+                                 hparams.successor_lags, hparams.successor_anchors, hparams.predecessor_lags,
+                                 hparams.successor_recent_slots, hparams.scorer_units, hparams.scorer_context,
+                                 name="candidate_scores")([logits, track_ids, state])
+    elif hparams.repeat_scores:
         logits = RepeatScores(hparams.history_length, hparams.successor_lags, hparams.successor_anchors,
                               hparams.repeat_history_length, hparams.session_slots,
                               successor_recent_slots=hparams.successor_recent_slots,
-                              predecessor_lags=hparams.predecessor_lags, name="repeat_scores")(
+                              predecessor_lags=hparams.predecessor_lags, state_gates=hparams.state_gates,
+                              name="repeat_scores")(
             [logits, track_ids, state])
     model = keras.Model(track_ids, logits, name="next_track")
     # The serving builders read the layout from here (not saved: build_model always sets it).
     model.next_track_hparams = hparams
     return model
+
+
+def scoring_layer(core_model: keras.Model):
+    """The layer that scores the listener's own tracks (its ``entries`` are sparse scores), or ``None``."""
+    for name in ("candidate_scores", "repeat_scores"):
+        try:
+            return core_model.get_layer(name)
+        except ValueError:
+            continue
+    return None
 
 
 def output_embeddings(core_model: keras.Model, hparams: NextTrackHParams):

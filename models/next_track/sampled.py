@@ -27,7 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from musicrec.models.next_track.model import NUM_RESERVED_IDS, NextTrackHParams, output_embeddings
+from musicrec.models.next_track.model import (NUM_RESERVED_IDS, NextTrackHParams, output_embeddings,
+                                              scoring_layer)
 
 
 class CandidateSoftmaxLoss(keras.layers.Layer):
@@ -37,10 +38,17 @@ class CandidateSoftmaxLoss(keras.layers.Layer):
         super().__init__(**kwargs)
         # Closures, so that the core model's weights are not tracked here a second time.
         self._neural = hparams.neural_scores
+        self._bias_only = not hparams.neural_scores and hparams.track_bias
         self._table = lambda: output_embeddings(core_model, hparams)
         self._bias = lambda: core_model.get_layer("next_track_logits").bias
         self._n_ids = core_model.get_layer("track_embedding").input_dim
-        self._entries = core_model.get_layer("repeat_scores").entries if hparams.repeat_scores else None
+        # Layers whose weights score candidates but lie off the trainer's functional path (it stops
+        # at the session state): tracked here, so that training the trainer trains them.
+        self.scoring_layers = [core_model.get_layer("next_track_logits")]
+        self._entries = None
+        if scoring_layer(core_model) is not None:
+            self.scoring_layers.append(scoring_layer(core_model))
+            self._entries = self.scoring_layers[-1].entries
         self.log_q = tf.constant(log_q.astype(np.float32))
 
     def call(self, inputs):
@@ -59,7 +67,7 @@ class CandidateSoftmaxLoss(keras.layers.Layer):
         keys, position = tf.unique(keys)
         bonus = tf.math.unsorted_segment_sum(values, position, tf.size(keys))
         rows, tracks = keys // n_ids, keys % n_ids
-        logits = bonus + (self._neural_logits(vector, rows, tracks) if self._neural else 0.0)  # [candidates]
+        logits = bonus + self._base_logits(vector, rows, tracks)  # [candidates]
         # The first `batch` unique keys are the rows' own targets, in row order.
         target_logits = logits[:batch]
 
@@ -70,11 +78,11 @@ class CandidateSoftmaxLoss(keras.layers.Layer):
         samples = tf.cast(batch, vector.dtype)
         correction = -tf.gather(self.log_q, targets) - tf.math.log(samples)  # [b]
         if self._neural:
-            table = self._table()
-            sampled = (tf.matmul(vector, tf.gather(table, targets), transpose_b=True)
+            sampled = (tf.matmul(vector, tf.gather(self._table(), targets), transpose_b=True)
                        + (tf.gather(self._bias(), targets) + correction)[None, :])  # [b, b]
         else:
-            sampled = tf.broadcast_to(correction[None, :], [batch, batch])
+            column = correction + (tf.gather(self._bias(), targets) if self._bias_only else 0.0)
+            sampled = tf.broadcast_to(column[None, :], [batch, batch])
         sampled = tf.where(is_candidate, tf.cast(-1e9, sampled.dtype), sampled)
         shift = tf.stop_gradient(tf.maximum(
             tf.math.unsorted_segment_max(logits, rows, batch), tf.reduce_max(sampled, axis=1)))
@@ -83,10 +91,12 @@ class CandidateSoftmaxLoss(keras.layers.Layer):
         return shift + tf.math.log(total) - target_logits
 
 
-    def _neural_logits(self, vector, rows, tracks):
-        """Session vector · track vector + track bias for each (row, track) candidate."""
-        return (tf.reduce_sum(tf.gather(vector, rows) * tf.gather(self._table(), tracks), -1)
-                + tf.gather(self._bias(), tracks))
+    def _base_logits(self, vector, rows, tracks):
+        """The core model's logit before the candidate terms, for each (row, track) candidate."""
+        if self._neural:
+            return (tf.reduce_sum(tf.gather(vector, rows) * tf.gather(self._table(), tracks), -1)
+                    + tf.gather(self._bias(), tracks))
+        return tf.gather(self._bias(), tracks) if self._bias_only else 0.0
 
 
 def build_candidate_trainer(core_model: keras.Model, hparams: NextTrackHParams,

@@ -80,6 +80,7 @@ def _compile_full(model: keras.Model, hparams: NextTrackHParams, top_k: int) -> 
 # Hyperparameters that change weight shapes: a checkpoint with other values cannot seed this model.
 SHAPE_HPARAMS = ("embedding_dim", "lstm_units", "rnn", "tied_embeddings", "neural_scores", "repeat_scores",
                  "successor_lags", "successor_anchors", "successor_recent_slots", "predecessor_lags",
+                 "scorer", "scorer_units",
                  "history_length", "max_prefix_length")
 
 
