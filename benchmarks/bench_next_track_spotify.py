@@ -139,16 +139,20 @@ def run_pipeline(config: dict, workdir: str, input_csv: str):
 def served_model(result) -> tuple[str | None, str, dict]:
     """``(pushed version dir or None, the model dir scored, the pusher's record)``.
 
-    When the run pushed nothing (not blessed), the candidate it would have
-    pushed is scored and the result says so.
+    When the run pushed nothing (not blessed), the trainer's candidate is
+    scored and the result says so.
     """
     pushed = next((artifact for artifact in result.artifacts.values()
                    if artifact.type_name == "PushedModel"), None)
     record = dict(pushed.properties) if pushed else {}
     if record.get("pushed"):
         return record["path"], record["path"], record
-    models = [artifact for ref, artifact in result.artifacts.items() if artifact.type_name == "Model"]
-    return None, os.path.join(models[-1].uri, "serving"), record
+    return None, first_fit_model_dir(result), record
+
+
+def first_fit_model_dir(result) -> str:
+    """The trainer's model (before any final fit), as a serving SavedModel dir."""
+    return os.path.join(result.artifact("trainer_next_track", "model").uri, "serving")
 
 
 def sessions_artifact(result):
@@ -223,6 +227,16 @@ def main(argv: list[str] | None = None) -> int:
             SavedModelRecommender(model_dir, 20), future, fit_sessions, ListeningHistory(everything),
             read_vocabulary(sessions.uri), history_plays=_trained_history_length(model_dir), per_user=True)
 
+    first_fit = None
+    if pushed and "final_fit_next_track" in result.states:
+        # The same cases for the model before its final fit (the final_fit default is chosen on this).
+        with timed() as first_fit_time:
+            first_fit = evaluate_sessions(
+                SavedModelRecommender(first_fit_model_dir(result), 20), future, fit_sessions,
+                ListeningHistory(everything), read_vocabulary(sessions.uri),
+                history_plays=_trained_history_length(model_dir), baselines=[])["model"]
+        log.info("first fit model scored in %.0f s", first_fit_time.seconds)
+
     best = {metric: max(report["baselines"], key=lambda name: report["baselines"][name][metric])
             for metric in METRICS}
     ratios = {metric: report["model"][metric] / max(report["baselines"][best[metric]][metric], 1e-12)
@@ -231,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "group": args.group, "listeners": sorted(by_user), "future_fraction": args.future_fraction,
         "config": args.config, "hparams_overrides": hparams, "pushed": pushed is not None,
         "push": {key: push_record.get(key) for key in ("pushed", "version", "reason")},
-        "model": report["model"], "baselines": report["baselines"],
+        "model": report["model"], "model_before_final_fit": first_fit, "baselines": report["baselines"],
         "best_baseline": best, "ratio_model_over_best_baseline": ratios,
         "listener_wins": listener_wins(report, best),
         "n_predictions": report["n_predictions"], "skipped_targets": report["skipped_targets"],
@@ -252,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
           f"MRR@20 {report['model']['mrr@20']:.3f} vs {best['mrr@20']} "
           f"{report['baselines'][best['mrr@20']]['mrr@20']:.3f} (x{ratios['mrr@20']:.2f}); wins on "
           f"{wins['wins']['hr@20']}/{wins['listeners']} listeners (HR), {wins['wins']['mrr@20']} (MRR); "
-          f"{report['n_predictions']} cases; {'pushed' if pushed else 'NOT pushed'}; pipeline "
+          f"{report['n_predictions']} cases; {'pushed' if pushed else 'NOT pushed'}"
+          + (f" (before final fit: HR@20 {first_fit['hr@20']:.3f}, MRR@20 {first_fit['mrr@20']:.3f})"
+             if first_fit else "") + f"; pipeline "
           f"{pipeline_time.seconds:.0f} s for {len(past)} plays, peak RSS {payload['peak_rss_gib']:.1f} GiB "
           f"on {short_machine(written['machine'])}")
     return 0
