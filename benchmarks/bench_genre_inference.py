@@ -93,11 +93,10 @@ def stand_in_model(overrides: dict, params, out_dir: str) -> str:
 
 def pretrained_stand_in(out_dir: str) -> str:
     """Exports the frozen MSD_musicnn front end under an untrained default clip head."""
-    import keras
-
     from musicrec.models.export import export_serving_model
     from musicrec.models.genre import musicnn
-    from musicrec.models.genre.pretrained import PretrainedHParams, build_clip_head
+    from musicrec.models.genre.pretrained import (PretrainedHParams, build_clip_head,
+                                                  fixed_normalization)
     from musicrec.models.genre.signatures import OUTPUTS, GenreSignatures, PretrainedClipModel
     from musicrec.models.genre.train_pretrained import frontend_models
 
@@ -105,12 +104,10 @@ def pretrained_stand_in(out_dir: str) -> str:
     hparams = PretrainedHParams()
     cache_model, _ = frontend_models(hparams)
     sample = np.random.default_rng(0).normal(0, 1, (64, musicnn.PENULTIMATE_WIDTH)).astype(np.float32)
-    patch_norm = keras.layers.Normalization(axis=-1)
-    patch_norm.adapt(sample)
-    statistics_norm = keras.layers.Normalization(axis=-1)
-    statistics_norm.adapt(np.concatenate([sample, np.abs(sample)], axis=1))
-    head = build_clip_head(musicnn.PENULTIMATE_WIDTH, len(labels), hparams, patch_norm,
-                           statistics_norm)
+    head = build_clip_head(musicnn.PENULTIMATE_WIDTH, len(labels), hparams,
+                           fixed_normalization(sample, "patch_normalization"),
+                           fixed_normalization(np.concatenate([sample, np.abs(sample)], axis=1),
+                                               "statistics_normalization"))
     serving_dir = os.path.join(out_dir, "serving")
     params = musicnn.FEATURE_PARAMS
     export_serving_model(GenreSignatures(PretrainedClipModel(cache_model, head, params.n_mels,

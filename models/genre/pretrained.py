@@ -6,8 +6,8 @@
 sequence of patch embeddings:
 
 - a **statistics path**: the mean and standard deviation of the patch
-  embeddings over the clip, standardised (a ``Normalization`` adapted on the
-  training clips), the summary a linear classifier on musicnn features uses;
+  embeddings over the clip, standardised (mean and variance of the training
+  clips'), the summary a linear classifier on musicnn features uses;
 - a **recurrent path** (``recurrent: gru | lstm``; ``none`` leaves it out):
   a small GRU or LSTM over the standardised patch embeddings in clip order,
   its outputs pooled by mean and standard deviation over the clip;
@@ -135,10 +135,10 @@ def build_clip_head(input_width: int, n_classes: int, hparams: PretrainedHParams
             penultimate embedding) or, with ``penultimate``, 1506.
         n_classes: genres.
         hparams: head settings.
-        patch_normalization: per-dimension ``Normalization`` adapted on
-            training patch embeddings (200-wide).
-        statistics_normalization: ``Normalization`` adapted on the training
-            clips' embedding statistics (mean then std, 400-wide).
+        patch_normalization: per-dimension standardisation of the training
+            patch embeddings (200-wide, :func:`fixed_normalization`).
+        statistics_normalization: the same of the training clips' embedding
+            statistics (mean then std, 400-wide).
         penultimate: musicnn's penultimate block, applied first when given
             (``finetune_penultimate``).
 
@@ -188,6 +188,27 @@ def compile_for_training(head: keras.Model, hparams: PretrainedHParams) -> keras
     return model
 
 
+# A dimension whose training variance is below this fraction of the median dimension's is
+# treated as having that variance when standardised: a musicnn unit that is (nearly) constant on
+# the training clips, e.g. one whose ReLU never fires on them, would otherwise be divided by
+# ~0 and blow up on the first clip where it moves (seen on the synthetic demo genres).
+VARIANCE_FLOOR_FRACTION = 0.01
+
+
+def fixed_normalization(values: np.ndarray, name: str) -> keras.layers.Normalization:
+    """A per-dimension standardisation of ``values`` ``[n, width]`` (float32), fixed at build time.
+
+    Mean and variance are ``values``'; the variance is floored at
+    :data:`VARIANCE_FLOOR_FRACTION` of its median over the dimensions.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    variance = values.var(axis=0)
+    floor = max(VARIANCE_FLOOR_FRACTION * float(np.median(variance)), 1e-12)
+    return keras.layers.Normalization(axis=-1, mean=values.mean(axis=0).astype(np.float32),
+                                      variance=np.maximum(variance, floor).astype(np.float32),
+                                      name=name)
+
+
 def clip_statistics(features: list[np.ndarray]) -> np.ndarray:
     """Mean then standard deviation over patches of each clip's ``[patches, width]``: ``[clips, 2 * width]``.
 
@@ -213,4 +234,4 @@ def pad_clips(features: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 __all__ = ["PretrainedHParams", "RECURRENT_KINDS", "build_clip_head", "compile_for_training",
-           "clip_statistics", "pad_clips"]
+           "clip_statistics", "fixed_normalization", "pad_clips", "VARIANCE_FLOOR_FRACTION"]

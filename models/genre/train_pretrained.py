@@ -6,7 +6,7 @@
 1. runs the frozen front end once over every training and validation
    segment (:func:`cache_patch_features`; progress in the log), grouping the
    patch features by track in segment order;
-2. adapts the head's two ``Normalization`` layers on the training clips and
+2. fixes the head's two standardisations on the training clips and
    trains the head (:func:`fit_head`: class weights, label smoothing, random
    patch runs, AdamW with gradient clipping, early stopping on the
    validation loss, or on the training loss without a validation split);
@@ -35,7 +35,7 @@ from musicrec.models.genre.data import parsed_dataset, read_labels
 from musicrec.models.genre.model import balanced_class_weights
 from musicrec.models.genre.plots import save_training_curves
 from musicrec.models.genre.pretrained import (PretrainedHParams, build_clip_head, clip_statistics,
-                                              compile_for_training, pad_clips)
+                                              compile_for_training, fixed_normalization, pad_clips)
 from musicrec.models.genre.signatures import (OUTPUTS, GenreSignatures, PretrainedClipModel,
                                               check_waveform_signature)
 from musicrec.models.train_args import TrainArgs
@@ -165,10 +165,10 @@ def fit_head(train_features: list[np.ndarray], train_labels: Sequence[int],
     keras.utils.set_random_seed(seed)
     embeddings = ([np.asarray(penultimate(clip)) for clip in train_features]
                   if penultimate is not None else train_features)
-    patch_normalization = keras.layers.Normalization(axis=-1, name="patch_normalization")
-    patch_normalization.adapt(np.concatenate(embeddings, axis=0))
-    statistics_normalization = keras.layers.Normalization(axis=-1, name="statistics_normalization")
-    statistics_normalization.adapt(clip_statistics(embeddings))
+    patch_normalization = fixed_normalization(np.concatenate(embeddings, axis=0),
+                                              "patch_normalization")
+    statistics_normalization = fixed_normalization(clip_statistics(embeddings),
+                                                   "statistics_normalization")
     head = build_clip_head(int(train_features[0].shape[1]), n_classes, hparams,
                            patch_normalization, statistics_normalization, penultimate)
     if warm_start_weights:
