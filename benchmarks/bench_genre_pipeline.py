@@ -75,7 +75,8 @@ def write_metadata(path: str, clips: list[Listed], splits: dict[int, str]) -> st
         writer = csv.writer(handle)
         writer.writerow(["path", "genre", "split"])
         for index, split in sorted(splits.items()):
-            writer.writerow([clips[index].path, clips[index].genre, split])
+            # Absolute: the ExampleGen reads relative paths as relative to the CSV's folder.
+            writer.writerow([os.path.abspath(clips[index].path), clips[index].genre, split])
     return path
 
 
@@ -161,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
     out = args.out or DEFAULT_OUT.format(protocol=args.protocol)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("apache_beam", "absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     listed = list_clips(args.data)
     clips = [Listed(*entry) for entry in listed]
