@@ -43,35 +43,37 @@ DEFAULT_OUT = os.path.join(REPO_ROOT, "benchmarks", "results", "genre_head_tunin
 # "default"; after these rounds they became "lstm_lr3"'s). Round 1 (2 inner folds, seeds 0-1):
 # default, none, none_lr3, gru_lr3; round 2 (2 folds, seeds 0-2): the first block below;
 # round 3 (4 folds, seeds 0-2): the second. Results: benchmarks/results/genre_head_tuning_round*.json.
+
+
+def _head(recurrent: str, learning_rate: float = 3e-3, **overrides: Any) -> dict[str, Any]:
+    return {"recurrent": recurrent, "learning_rate": learning_rate, **overrides}
+
+
 CANDIDATES: dict[str, dict[str, Any]] = {
-    "default": {"recurrent": "gru", "learning_rate": 1e-3},
-    "none": {"recurrent": "none", "learning_rate": 1e-3},
-    "none_lr3": {"recurrent": "none", "learning_rate": 3e-3},
-    "none_lr3_d2": {"recurrent": "none", "learning_rate": 3e-3, "dropout": 0.2},
-    "none_lr3_e200": {"recurrent": "none", "learning_rate": 3e-3, "epochs": 200},
-    "none_lr3_w128": {"recurrent": "none", "learning_rate": 3e-3, "embedding_dim": 128},
-    "none_lr3_ls0": {"recurrent": "none", "learning_rate": 3e-3, "label_smoothing": 0.0},
-    "none_lr1e2": {"recurrent": "none", "learning_rate": 1e-2},
-    "gru_lr3": {"recurrent": "gru", "learning_rate": 3e-3},
-    "gru_lr3_e200": {"recurrent": "gru", "learning_rate": 3e-3, "epochs": 200},
-    "gru_lr3_drop": {"recurrent": "gru", "learning_rate": 3e-3, "recurrent_path_dropout": 0.5},
-    "gru_lr3_drop8": {"recurrent": "gru", "learning_rate": 3e-3, "recurrent_path_dropout": 0.8},
-    "gru_lr3_crop": {"recurrent": "gru", "learning_rate": 3e-3, "crop_min_patches": 4},
-    "gru8_lr3": {"recurrent": "gru", "recurrent_units": 8, "learning_rate": 3e-3},
-    "lstm_lr3": {"recurrent": "lstm", "learning_rate": 3e-3},
-    "bigru_lr3": {"recurrent": "gru", "bidirectional": True, "learning_rate": 3e-3},
-    "finetune_lr3": {"recurrent": "gru", "learning_rate": 3e-3, "finetune_penultimate": True},
-    # Second round (4 inner folds): label smoothing off, with each recurrent path.
-    "lstm_lr3_ls0": {"recurrent": "lstm", "learning_rate": 3e-3, "label_smoothing": 0.0},
-    "gru_lr3_ls0": {"recurrent": "gru", "learning_rate": 3e-3, "label_smoothing": 0.0},
-    "none_lr3_ls0_wd0": {"recurrent": "none", "learning_rate": 3e-3, "label_smoothing": 0.0,
-                         "weight_decay": 0.0},
-    "lstm_lr3_ls0_e150": {"recurrent": "lstm", "learning_rate": 3e-3, "label_smoothing": 0.0,
-                          "epochs": 150},
-    "none_lr3_ls0_d3": {"recurrent": "none", "learning_rate": 3e-3, "label_smoothing": 0.0,
-                        "dropout": 0.3},
-    "bilstm_lr3_ls0": {"recurrent": "lstm", "bidirectional": True, "learning_rate": 3e-3,
-                       "label_smoothing": 0.0},
+    "default": _head("gru", 1e-3),
+    "none": _head("none", 1e-3),
+    "none_lr3": _head("none"),
+    "none_lr3_d2": _head("none", dropout=0.2),
+    "none_lr3_e200": _head("none", epochs=200),
+    "none_lr3_w128": _head("none", embedding_dim=128),
+    "none_lr3_ls0": _head("none", label_smoothing=0.0),
+    "none_lr1e2": _head("none", 1e-2),
+    "gru_lr3": _head("gru"),
+    "gru_lr3_e200": _head("gru", epochs=200),
+    "gru_lr3_drop": _head("gru", recurrent_path_dropout=0.5),
+    "gru_lr3_drop8": _head("gru", recurrent_path_dropout=0.8),
+    "gru_lr3_crop": _head("gru", crop_min_patches=4),
+    "gru8_lr3": _head("gru", recurrent_units=8),
+    "lstm_lr3": _head("lstm"),
+    "bigru_lr3": _head("gru", bidirectional=True),
+    "finetune_lr3": _head("gru", finetune_penultimate=True),
+    # Round 3 (4 inner folds): label smoothing off, with each recurrent path.
+    "lstm_lr3_ls0": _head("lstm", label_smoothing=0.0),
+    "gru_lr3_ls0": _head("gru", label_smoothing=0.0),
+    "none_lr3_ls0_wd0": _head("none", label_smoothing=0.0, weight_decay=0.0),
+    "lstm_lr3_ls0_e150": _head("lstm", label_smoothing=0.0, epochs=150),
+    "none_lr3_ls0_d3": _head("none", label_smoothing=0.0, dropout=0.3),
+    "bilstm_lr3_ls0": _head("lstm", bidirectional=True, label_smoothing=0.0),
 }
 
 

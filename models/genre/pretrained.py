@@ -72,22 +72,25 @@ class PretrainedHParams:
     # path alone scored as well (0.84-0.88, within one clip of noise), the GRU, a
     # bidirectional LSTM, random patch runs, recurrent-path dropout, more epochs and
     # fine-tuning the penultimate block no better.
+    # The head's shape.
     recurrent: str = "lstm"
     recurrent_units: int = 32
     bidirectional: bool = False
     embedding_dim: int = 64
+    finetune_penultimate: bool = False
+    # Regularisation.
     dropout: float = 0.5
     recurrent_path_dropout: float = 0.0
-    learning_rate: float = 3e-3
+    label_smoothing: float = 0.1
     weight_decay: float = 0.01
+    # Optimisation and the training input.
+    learning_rate: float = 3e-3
     clipnorm: float = 1.0
     epochs: int = 80
     batch_size: int = 16
     early_stopping_patience: int = 15
     class_weights: bool = True
-    label_smoothing: float = 0.1
     crop_min_patches: int = 0
-    finetune_penultimate: bool = False
 
     def __post_init__(self):
         if self.recurrent not in RECURRENT_KINDS:
