@@ -102,6 +102,22 @@ def request_parts(samples: int, rate: int, max_seconds: float = MAX_REQUEST_SECO
     return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
+def _readable(error, path: str, seconds: float) -> Exception:
+    """A ``ServingError`` as one line: a clip the model finds too short becomes that
+    dead-letter reason with the file's length; anything else keeps its message, on one line."""
+    import re
+
+    from musicrec.models.features import REASON_TOO_SHORT, AudioDecodeError
+    from musicrec.serving.errors import ServingError
+
+    message = " ".join(error.message.split())
+    too_short = re.search(r"too short: [^\]]*?one (\S+) s segment", message)
+    if too_short:
+        return AudioDecodeError(REASON_TOO_SHORT, f"{path} is {seconds:.2f} s long, shorter than "
+                                                  f"one {too_short.group(1)} s segment of the model")
+    return ServingError(error.code, message)
+
+
 def classify_file(grpc_client, model_name: str, path: str, top: int) -> list[dict[str, Any]]:
     """Top genres of one file, from the model's ``from_waveform`` signature.
 
@@ -109,15 +125,17 @@ def classify_file(grpc_client, model_name: str, path: str, top: int) -> list[dic
         ``[{"genre": name, "probability": p}, ...]``, at most ``top``, most probable first.
 
     Raises:
-        AudioDecodeError: the file does not decode, or is silent.
-        ServingError: the server refused or failed the request (a file
-            shorter than one of the model's segments: "too short").
+        AudioDecodeError: the file does not decode, is silent, or is shorter
+            than one of the model's segments (the server says so: "too short").
+        ServingError: the server refused or failed the request otherwise
+            (its message on one line).
     """
     import numpy as np
 
     from musicrec.models.features import (REASON_SILENT, SILENCE_PEAK_DBFS, AudioDecodeError,
                                           AudioFeatureParams, load_audio, peak_dbfs)
     from musicrec.models.genre.frontends import WAVEFORM_SAMPLE_RATE
+    from musicrec.serving.errors import ServingError
 
     waveform = load_audio(path, AudioFeatureParams(sample_rate=WAVEFORM_SAMPLE_RATE))
     level = peak_dbfs(waveform)
@@ -127,9 +145,12 @@ def classify_file(grpc_client, model_name: str, path: str, top: int) -> list[dic
     total = np.zeros(0)
     classes: list[str] = []
     for part in request_parts(waveform.shape[0], WAVEFORM_SAMPLE_RATE):
-        outputs = grpc_client.predict(model_name, {"waveform": waveform[None, part]},
-                                      signature_name="from_waveform",
-                                      output_filter=["probabilities", "classes"])
+        try:
+            outputs = grpc_client.predict(model_name, {"waveform": waveform[None, part]},
+                                          signature_name="from_waveform",
+                                          output_filter=["probabilities", "classes"])
+        except ServingError as exc:
+            raise _readable(exc, path, waveform.shape[0] / WAVEFORM_SAMPLE_RATE) from exc
         weighted = outputs["probabilities"][0] * (part.stop - part.start)
         total = weighted if not total.size else total + weighted
         classes = [c.decode() if isinstance(c, bytes) else str(c) for c in outputs["classes"][0]]
