@@ -115,12 +115,23 @@ def evaluate_model(model_kind: ModelKind, model: Artifact, examples: Artifact,
     """
     test_files = split_files(examples, "test")
     if not test_files:
-        raise ValueError(f"no test shards under {examples.uri}/Split-test")
+        section = "playlogs" if model_kind.name == "next_track" else "audio"
+        raise ValueError(f"the test split is empty (no shards under {examples.uri}/Split-test): give "
+                         f"more input, or raise {section}.test_fraction")
     saved_model_dir = os.path.join(model.uri, "serving")
     evaluate = model_kind.evaluate_fn()
     if model_kind.name == "next_track":
-        metrics = evaluate(saved_model_dir, test_files, split_files(examples, "train"), examples.uri,
-                           output_dir=output_dir)
+        from musicrec.models.next_track.evaluate import NoTestCasesError
+
+        try:
+            metrics = evaluate(saved_model_dir, test_files, split_files(examples, "train"), examples.uri,
+                               output_dir=output_dir,
+                               history_files=[path for split in ("train", "eval", "test")
+                                              for path in split_files(examples, split)])
+        except NoTestCasesError as exc:
+            raise ValueError(f"{exc}. The test split is the last playlogs.test_fraction of each "
+                             f"listener's time span: give listeners more plays over a longer time, "
+                             f"or raise playlogs.test_fraction") from None
         # A cold-start model (components/cold_start.py) also carries held-out cold-track cases.
         from musicrec.models.next_track.cold_start import evaluate_extended
 

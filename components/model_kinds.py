@@ -44,13 +44,27 @@ def _bless_genre(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> tuple
 
 
 def _bless_next_track(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[bool, str]:
-    model_hr = metrics["model"]["hr@20"]
-    popular_hr = metrics["baselines"]["popularity"]["hr@20"]
-    if not params.get("must_beat_popularity", True):
+    """At least as good as the best simple baseline on each of ``baseline_metrics``.
+
+    ``baseline_tolerance_share`` lets the candidate fall that share below the
+    best baseline's figure (0.02: 2 %); the reason names the baseline that
+    beat it and by how much.
+    """
+    if not params.get("must_beat_baselines", True) or not metrics["baselines"]:
         return True, "no baseline check configured"
-    if model_hr >= popular_hr:
-        return True, f"HR@20 {model_hr:.3f} >= popularity baseline {popular_hr:.3f}"
-    return False, f"HR@20 {model_hr:.3f} < popularity baseline {popular_hr:.3f}"
+    tolerance = float(params.get("baseline_tolerance_share", 0.0))
+    verdicts, losses = [], []
+    for metric in params.get("baseline_metrics", ("hr@20", "mrr@20")):
+        name = max(metrics["baselines"], key=lambda baseline: metrics["baselines"][baseline][metric])
+        ours, theirs = metrics["model"][metric], metrics["baselines"][name][metric]
+        change = (ours / theirs - 1.0) if theirs else float("inf")
+        text = f"{metric.upper()} {ours:.4f} vs best baseline {name} {theirs:.4f} ({change:+.1%})"
+        verdicts.append(text)
+        if ours < theirs * (1.0 - tolerance):
+            losses.append(text)
+    if losses:
+        return False, f"below the best baseline: {'; '.join(losses)} (tolerance {tolerance:.1%})"
+    return True, f"at least as good as the best baselines: {'; '.join(verdicts)}"
 
 
 KINDS: dict[str, ModelKind] = {

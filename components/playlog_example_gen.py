@@ -6,7 +6,7 @@ An Apache Beam job::
                                                       └─► plays ─► [skip filter] ─► [item support]
     plays ─► group by user ─► sessions ─► [collapse repeats] ─► min length ─► split (per user | global)
     sessions ─► Split-<split>/data-*.tfrecord.gz (SequenceExample)
-    train sessions ─► track counts ─► vocab.txt
+    sessions ─► track counts ─► vocab.txt
     every count (combiners) ─► manifest.json
 
 Output layout and record format: docs/architecture.md, "Sessions"; formats,
@@ -59,8 +59,8 @@ class PlaylogParams:
         min_session_length: sessions with fewer plays are dropped (and counted).
         eval_fraction: share of each user's time span, before the test share, for eval.
         test_fraction: share at the end of each user's time span for test.
-        vocab_min_count: train plays a track needs to enter ``vocab.txt``; rarer
-            tracks map to the model's one OOV bucket (id 1).
+        vocab_min_count: plays (in any split) a track needs to enter ``vocab.txt``;
+            rarer tracks map to the model's one OOV bucket (id 1).
         num_shards: TFRecord shards per split (0 lets the runner choose).
         skip_filter: drop plays shorter than ``skip_threshold_ms`` (skips)
             before anything else; plays without ``ms_played`` are kept.
@@ -382,7 +382,12 @@ def reason_template(reason: str) -> str:
 
 
 class BuildVocabulary(beam.PTransform):
-    """Train sessions → a single element: the ranked vocabulary (``list[str]``)."""
+    """Sessions of every split → a single element: the ranked vocabulary (``list[str]``).
+
+    Every split counts: the pushed model must know the tracks first played in
+    the eval and test periods, which are the most recent ones (the evaluator
+    still only scores targets that were played in training).
+    """
 
     def __init__(self, min_count: int):
         super().__init__()
@@ -390,7 +395,6 @@ class BuildVocabulary(beam.PTransform):
 
     def expand(self, sessions):
         return (sessions
-                | "TrainOnly" >> beam.Filter(lambda session: session.split == "train")
                 | "TrackKeys" >> beam.FlatMap(lambda session: session.track_keys)
                 | "CountKeys" >> beam.combiners.Count.PerElement()
                 | "Gather" >> beam.combiners.ToList()

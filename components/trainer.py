@@ -37,24 +37,23 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
     if not train_files:
         raise ValueError(f"no training shards under {examples.uri}/Split-train")
     features = params.get("features")
-    warm_start, extra_args = _warm_start(inputs.get("base_model"))
+    base_model = inputs.get("base_model")
     args = TrainArgs(
         train_files=train_files, eval_files=split_files(examples, "eval"),
         examples_dir=examples.uri, model_dir=outputs["model"].uri,
         hparams=dict(params.get("hparams") or {}),
         feature_params=AudioFeatureParams.from_dict(features) if features else None,
         **({"frontend": params["frontend"]} if params.get("frontend") else {}),
-        seed=int(params.get("seed", 0)), **extra_args)
+        seed=int(params.get("seed", 0)), **warm_start_args(base_model))
     metrics = model_kind.run_fn()(args)
-    outputs["model"].properties.update(kind=model_kind.name, train_metrics=_scalars(metrics),
-                                       **({"warm_start": warm_start} if warm_start else {}))
+    outputs["model"].properties.update(
+        kind=model_kind.name, train_metrics=_scalars(metrics),
+        **({"warm_start": f"from {base_model.uri}", "warm_start_dir": base_model.uri} if base_model else {}))
 
 
-def _warm_start(base_model: Artifact | None) -> tuple[str, dict[str, Any]]:
-    """What to record about warm starting, and the extra ``TrainArgs`` for it."""
-    if base_model is None:
-        return "", {}
-    return f"from {base_model.uri}", {"warm_start_dir": base_model.uri}
+def warm_start_args(base_model: Artifact | None) -> dict[str, Any]:
+    """The ``TrainArgs`` fields that warm-start from ``base_model`` (none without one)."""
+    return {"warm_start_dir": base_model.uri} if base_model is not None else {}
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:

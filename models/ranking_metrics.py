@@ -27,6 +27,8 @@ import numpy as np
 
 CUTOFFS = (1, 5, 10, 20)
 COVERAGE_CUTOFF = 20
+# The accuracy metrics at the main cutoff, by the name results carry.
+RANKED_METRICS = tuple(f"{name}@{COVERAGE_CUTOFF}" for name in ("hr", "mrr", "ndcg"))
 
 
 def pessimistic_rank(scores: np.ndarray, target: int) -> int:
@@ -64,6 +66,88 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     candidates = np.flatnonzero(scores >= threshold)
     order = np.lexsort((candidates, -scores[candidates]))
     return candidates[order][:k]
+
+
+class DensePrior:
+    """A score vector shared by many cases, prepared for :func:`rank_with_evidence`.
+
+    Most baselines score a case as this prior (popularity, or a tiny
+    popularity tie-break) plus a few non-zero *evidence* entries (the
+    successors of the last play, the neighbours' tracks). Ranking such a
+    score needs no catalogue-sized work per case: ``O(evidence + log n)``.
+
+    Args:
+        prior: ``[n_tracks]`` float scores every case starts from.
+    """
+
+    def __init__(self, prior: np.ndarray):
+        self.prior = np.asarray(prior, dtype=np.float64)
+        self.sorted = np.sort(self.prior)
+        # Best first, ties by the lower index: the top-k list's own tie rule.
+        self.order = np.lexsort((np.arange(len(self.prior)), -self.prior))
+        self._marked = np.zeros(len(self.prior), dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.prior)
+
+    def best_without(self, tracks: np.ndarray, count: int) -> np.ndarray:
+        """The ``count`` best tracks by prior (best first) that are not in ``tracks``."""
+        self._marked[tracks] = True
+        try:
+            length = count + len(tracks)
+            while True:
+                head = self.order[:length]
+                kept = head[~self._marked[head]]
+                if len(kept) >= count or length >= len(self.order):
+                    return kept[:count]
+                length *= 2
+        finally:
+            self._marked[tracks] = False
+
+
+def _best(tracks: np.ndarray, scores: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``count`` best ``(tracks, scores)`` pairs, every pair tied with the last one included."""
+    if len(scores) > count:
+        threshold = np.partition(scores, len(scores) - count)[len(scores) - count]
+        keep = scores >= threshold
+        tracks, scores = tracks[keep], scores[keep]
+    return tracks, scores
+
+
+def rank_with_evidence(prior: DensePrior, tracks: np.ndarray, evidence: np.ndarray,
+                       target: int, list_cutoff: int = COVERAGE_CUTOFF) -> tuple[int, np.ndarray]:
+    """The pessimistic rank of ``target`` and the top-``list_cutoff`` list of ``prior + evidence``.
+
+    Exactly what :func:`pessimistic_rank` and :func:`top_k_indices` give on
+    the dense vector ``prior.prior`` with ``evidence`` added at ``tracks``.
+
+    Args:
+        prior: the shared dense part.
+        tracks: int ``[m]`` distinct catalogue indices holding evidence.
+        evidence: float ``[m]`` what each of them adds to its prior score.
+        target: the target's catalogue index.
+        list_cutoff: length of the top list.
+
+    Returns:
+        ``(rank, top)``: 1-based rank; int64 ``[list_cutoff]`` indices, best first.
+    """
+    tracks = np.asarray(tracks, dtype=np.int64)
+    scores = prior.prior[tracks] + np.asarray(evidence, dtype=np.float64)
+    hit = np.flatnonzero(tracks == target)
+    target_score = float(scores[hit[0]]) if len(hit) else float(prior.prior[target])
+    # Tracks without evidence keep their prior: count those at or above the target's score...
+    at_or_above = len(prior) - int(np.searchsorted(prior.sorted, target_score, side="left"))
+    at_or_above -= int(np.count_nonzero(prior.prior[tracks] >= target_score))
+    if not len(hit):
+        at_or_above -= 1  # ...but not the target itself,
+    # ...then the tracks with evidence, the target excepted.
+    at_or_above += int(np.count_nonzero(scores >= target_score)) - (1 if len(hit) else 0)
+    best_tracks, best_scores = _best(tracks, scores, list_cutoff)
+    plain = prior.best_without(tracks, list_cutoff)
+    candidates = np.concatenate([best_tracks, plain])
+    candidate_scores = np.concatenate([best_scores, prior.prior[plain]])
+    top = candidates[np.lexsort((candidates, -candidate_scores))][:list_cutoff]
+    return 1 + at_or_above, top
 
 
 class RankingAccumulator:
@@ -110,6 +194,10 @@ class RankingAccumulator:
     def add_scores(self, scores: np.ndarray, target: int) -> None:
         """One case given every catalogue track's score ``[catalogue_size]`` and the target's index."""
         self.add_rank(pessimistic_rank(scores, target), top_k_indices(scores, self.list_cutoff))
+
+    def add_evidence(self, prior: DensePrior, tracks: np.ndarray, evidence: np.ndarray, target: int) -> None:
+        """One case scored as ``prior`` plus sparse ``evidence`` (see :func:`rank_with_evidence`)."""
+        self.add_rank(*rank_with_evidence(prior, tracks, evidence, target, self.list_cutoff))
 
     def result(self) -> dict[str, float]:
         """``hr@k``, ``mrr@k``, ``ndcg@k`` per cutoff, ``coverage@K``, ``popularity_bias@K``, ``cases``."""

@@ -3,7 +3,7 @@
     musicrec demo                      generate data, run, serve, query, stop
     musicrec generate-data --out DIR   deterministic synthetic tracks and play logs
     musicrec run --audio DIR --playlogs PATH... --workdir DIR [--config FILE]
-    musicrec serve --workdir DIR       TF Serving (or the local gRPC server) on :8500
+    musicrec serve --workdir DIR       the local gRPC/REST server on 127.0.0.1:8500/:8501
     musicrec classify FILE...          top genres per file, over gRPC
     musicrec recommend TRACK...        next tracks for a session, over gRPC
     musicrec playlist --seed TRACK...  continue seed tracks into a playlist, over gRPC
@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rest_api_port", type=int, default=8501,
                        help="REST port, 0 to disable (default %(default)s)")
     serve.add_argument("--host", default="127.0.0.1",
-                       help="bind address of the built-in server (default %(default)s)")
+                       help="address to listen on (default %(default)s); tensorflow_model_server on PATH "
+                            "listens on all interfaces, so it runs only with --host 0.0.0.0")
     serve.add_argument("--local", action="store_true",
                        help="use the built-in server even when tensorflow_model_server is on PATH")
 
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from musicrec import commands  # imports TensorFlow: keep --help fast
     from musicrec.pipeline.lock import PipelineLockedError
+    from musicrec.pipeline.runner import PipelineRunError
     from musicrec.serving.errors import ServingError
 
     handlers = {"demo": commands.demo, "generate-data": commands.generate_data, "run": commands.run,
@@ -131,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineLockedError as exc:
         print(f"musicrec {args.command}: error: {exc}", file=sys.stderr)
         return 75  # EX_TEMPFAIL: try again when the other run is done
+    except PipelineRunError as exc:
+        # The stage's own message says what is missing; the traceback is for --verbose.
+        logging.getLogger("musicrec").debug("pipeline failure", exc_info=True)
+        print(f"musicrec {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except ServingError as exc:
         print(f"musicrec {args.command}: server error: {exc}", file=sys.stderr)
         return 1

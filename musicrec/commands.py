@@ -162,29 +162,49 @@ def served_models(workdir: str) -> dict[str, str]:
     return models
 
 
+_ALL_INTERFACES = ("0.0.0.0", "::", "")
+GENERATED_CONFIG_NOTE = ("Written by `musicrec serve --workdir` on every start, listing every pushed model. "
+                         "For labels or version policies pass your own --model_config_file.")
+
+
 def serve(args: argparse.Namespace) -> int:
-    """Starts tensorflow_model_server when it is on PATH, else the built-in server.
+    """Starts tensorflow_model_server when it is on PATH and may listen everywhere, else the built-in server.
 
     TF Serving flags other than the ones ``musicrec serve`` defines arrive in
-    ``args.passthrough`` and are handed over unchanged.
+    ``args.passthrough`` and are handed over unchanged. A ``--model_config_file``
+    or ``--model_base_path`` among them names the models; otherwise
+    ``--workdir`` does, through a generated ``<workdir>/serving/models.config``.
+    The real binary has no bind-address flag and listens on all interfaces,
+    so it is used only when ``--host`` asks for that (``0.0.0.0`` or ``::``);
+    for any other host the built-in server binds it, with a warning.
     """
     from musicrec.serving import config as serving_config
     from musicrec.serving import flags as serving_flags
 
     flags = [f"--port={args.port}", f"--rest_api_port={args.rest_api_port}", *args.passthrough]
-    if args.workdir:
+    given = [flag.split("=", 1)[0] for flag in args.passthrough
+             if flag.startswith(("--model_config_file", "--model_base_path"))]
+    if given:
+        if args.workdir:
+            log.warning("serving the models %s names; --workdir is not used for them", given[0])
+    elif args.workdir:
         models = served_models(args.workdir)
         if not models:
             raise UserError(f"no pushed models under {args.workdir}/serving; run `musicrec run` first")
         config_file = os.path.join(os.path.abspath(args.workdir), "serving", "models.config")
-        serving_config.write_model_config(config_file, models)
+        serving_config.write_model_config(config_file, models, comment=GENERATED_CONFIG_NOTE)
         flags.append(f"--model_config_file={config_file}")
-    elif not any(f.startswith(("--model_config_file", "--model_base_path")) for f in args.passthrough):
+    else:
         raise UserError("give --workdir, --model_config_file, or --model_name with --model_base_path")
     binary = None if args.local else serving_config.find_model_server()
+    if binary and args.host not in _ALL_INTERFACES:
+        log.warning("%s is on PATH, but it listens on all interfaces (it has no bind-address flag): "
+                    "serving on %s with the built-in server instead. Pass --host 0.0.0.0 to run %s, "
+                    "or --local to keep the built-in server without this warning.",
+                    serving_config.MODEL_SERVER_BINARY, args.host, serving_config.MODEL_SERVER_BINARY)
+        binary = None
     if binary:
-        # The real server binds every interface; it has no host flag.
-        log.info("starting %s", binary)
+        log.info("starting %s (listening on all interfaces)", binary)
         os.execv(binary, [binary, *flags])
     return serving_flags.main([*flags, f"--host={args.host}"])
 

@@ -25,7 +25,7 @@ log = logging.getLogger("musicrec.demo")
 TINY_OVERRIDES = {
     "genre_model": {"hparams": {"epochs": 30}},
     "next_track_model": {"hparams": {"epochs": 5, "lstm_units": 32, "embedding_dim": 16},
-                         "must_beat_popularity": False},
+                         "must_beat_baselines": False},
 }
 
 

@@ -94,11 +94,18 @@ DEFAULTS: dict[str, Any] = {
         # Keys of models.next_track.model.NextTrackHParams (defaults and meaning:
         # docs/recommender.md), e.g. history_length, rnn, tied_embeddings, softmax.
         "hparams": {},
-        # Blessing: HR@20 must be at least the popularity baseline's.
-        "must_beat_popularity": True,
+        # Blessing: on each of baseline_metrics the candidate must reach the best simple
+        # baseline's figure (popularity, listener popularity, Markov, sequential rules,
+        # personal rules, SKNN, V-SKNN) on the same test cases, less baseline_tolerance_share.
+        "must_beat_baselines": True,
+        "baseline_metrics": ["hr@20", "mrr@20"],
+        "baseline_tolerance_share": 0.0,
         # Blessing against the latest blessed next-track model: MRR@20 may be
         # at most this much (absolute) below the baseline's.
         "baseline_tolerance": 0.01,
+        # After blessing, refit on every split (train + eval + test) for the epochs the
+        # first fit chose, and push that model: it knows the newest plays and tracks.
+        "final_fit": True,
         # As for genre; the model code must keep known tracks' ids and
         # embeddings when the vocabulary grows.
         "warm_start": True,
@@ -209,6 +216,15 @@ def make_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     for model in ("genre_model", "next_track_model"):
         if config[model]["baseline_tolerance"] < 0:
             raise ConfigError(f"{model}.baseline_tolerance: must not be negative")
+    next_track = config["next_track_model"]
+    if not 0 <= next_track["baseline_tolerance_share"] < 1:
+        raise ConfigError("next_track_model.baseline_tolerance_share: must be in [0, 1)")
+    from musicrec.models.ranking_metrics import RANKED_METRICS
+
+    unknown_metrics = set(next_track["baseline_metrics"]) - set(RANKED_METRICS)
+    if unknown_metrics or not next_track["baseline_metrics"]:
+        raise ConfigError(f"next_track_model.baseline_metrics: expected names among "
+                          f"{list(RANKED_METRICS)}, got {next_track['baseline_metrics']!r}")
     bulk = config["bulk_inference"]
     from musicrec.components.bulk_inferrer import EXCLUDE_MODES, JOBS
 

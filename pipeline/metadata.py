@@ -272,7 +272,10 @@ class MetadataStore:
 
     def latest_blessed_model(self, model_kind: str, *, exclude_uris: Iterable[str] = (),
                              exclude_trained_on: Iterable[str] = ()) -> Artifact | None:
-        """The Model of the newest blessing evaluation of ``model_kind``.
+        """The Model of the newest blessing evaluation of ``model_kind``: the one that was pushed.
+
+        That is the final fit's model when one followed the evaluation (it is
+        what serves), else the evaluated model.
 
         Args:
             model_kind: ``genre`` or ``next_track``.
@@ -301,7 +304,17 @@ class MetadataStore:
             trained_on = self.io(trainer_id)[0].get("examples") if trainer_id else None
             if trained_on is not None and trained_on.uri in exclude_trained_on:
                 continue
-            return model
+            return self._refit_of(evaluation.id) or model
+        return None
+
+    def _refit_of(self, evaluation_id: int) -> Artifact | None:
+        """The model a final fit made after this blessed evaluation (what was pushed), if any."""
+        consumers = sorted({e.execution_id for e in self.store.get_events_by_artifact_ids([evaluation_id])
+                            if e.type == mlmd.Event.INPUT})
+        for execution_id in consumers:
+            refit = self.io(execution_id)[1].get("model")
+            if refit is not None and refit.properties.get("refitted") and os.path.isdir(refit.uri):
+                return refit
         return None
 
     def upstream(self, artifact_id: int) -> list[tuple[str, Artifact]]:

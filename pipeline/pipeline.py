@@ -1,13 +1,18 @@
 """The musicrec pipeline: components wired by their declared outputs.
 
     audio  ─► audio_example_gen ─► trainer[genre] ─► evaluator[genre] ─► pusher[genre]
-    logs   ─► playlog_example_gen ─► trainer[next_track] ─► evaluator[next_track] ─► pusher[next_track]
+    logs   ─► playlog_example_gen ─► trainer[next_track] ─► evaluator[next_track]
+                                  ─► final_fit[next_track] ─► pusher[next_track]
+
+``final_fit`` (``next_track_model.final_fit``, on by default) refits the
+blessed candidate's recipe on every split, so the pushed model knows the
+newest plays; the evaluator's verdict still decides whether anything is pushed.
 
 With both inputs and ``cold_start.enabled``, the next-track branch gains a
 stage that appends tracks with audio but no plays (docs/cold_start.md):
 
     trainer[next_track] + trainer[genre] + audio examples ─► cold_start ─► evaluator[next_track]
-                                                                         ─► pusher[next_track]
+    final_fit[next_track] + trainer[genre] + audio examples ─► cold_start_final ─► pusher[next_track]
 
 With ``bulk_inference.jobs`` in the config, ``bulk_inferrer`` nodes follow the
 pushers (docs/batch.md): ``tag`` after pusher[genre] over the audio input,
@@ -25,7 +30,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-from musicrec.components import (audio_example_gen, bulk_inferrer, cold_start, evaluator,
+from musicrec.components import (audio_example_gen, bulk_inferrer, cold_start, evaluator, final_fit,
                                  playlog_example_gen, pusher, trainer)
 from musicrec.components.base import Artifact
 from musicrec.components.model_kinds import kind
@@ -64,8 +69,9 @@ def latest_blessed_base_model(model_kind: str) -> Resolver:
 COLD_START_CODE = ["musicrec.models.next_track.cold_start", "musicrec.models.next_track.train",
                    "musicrec.models.next_track.evaluate", "musicrec.models.genre.evaluate"]
 
-# Builds the stage between a trainer and its evaluator (the cold-start extension), given the trainer.
-Extension = Callable[[Node], Node]
+# Builds the stage that extends a trained model (the cold-start extension), given the
+# node whose model it extends and the new node's id.
+Extension = Callable[[Node, str], Node]
 
 
 def _cold_start_extension(config: Mapping[str, Any], genre_train: Node,
@@ -73,8 +79,8 @@ def _cold_start_extension(config: Mapping[str, Any], genre_train: Node,
     section = config["cold_start"]
     eval_plays = os.path.abspath(section["eval_plays"]) if section["eval_plays"] else None
 
-    def extend(next_track_train: Node) -> Node:
-        return Node("cold_start", cold_start.SPEC,
+    def extend(next_track_train: Node, node_id: str) -> Node:
+        return Node(node_id, cold_start.SPEC,
                     inputs={"examples": next_track_train.inputs["examples"],
                             "model": next_track_train.outputs["model"],
                             "genre_model": genre_train.outputs["model"],
@@ -88,33 +94,45 @@ def _cold_start_extension(config: Mapping[str, Any], genre_train: Node,
 
 def _model_branch(model_kind: str, examples_node: Node, config: Mapping[str, Any],
                   workdir: str, extension: Extension | None = None) -> list[Node]:
-    """Trainer → [extension] → Evaluator → Pusher for one model kind."""
+    """Trainer → [extension] → Evaluator → [final fit → [extension]] → Pusher for one model kind."""
     section = config[f"{model_kind}_model"]
     # Trainer and Evaluator import the model code by name (model_kinds).
     model_code = [kind(model_kind).train_module, kind(model_kind).evaluate_module]
+    examples = examples_node.outputs[_examples_output(examples_node)]
     train = Node(f"trainer_{model_kind}", trainer.spec(model_kind),
-                 inputs={"examples": examples_node.outputs[_examples_output(examples_node)]},
+                 inputs={"examples": examples},
                  params={"kind": model_kind, "hparams": section["hparams"], "seed": config["seed"],
                          **({"features": feature_params(config).to_dict(),
                              "frontend": section["frontend"]} if model_kind == "genre" else {})},
                  resolvers=({"base_model": latest_blessed_base_model(model_kind)}
                             if section["warm_start"] else {}),
                  code_modules=model_code)
-    # The evaluator and pusher take the extended model when there is an extension.
-    extended = [extension(train)] if extension else []
-    candidate = extended[0] if extended else train
+    # The evaluator scores the extended model when there is an extension.
+    nodes = [train] + ([extension(train, "cold_start")] if extension else [])
     evaluate = Node(f"evaluator_{model_kind}", evaluator.spec(model_kind),
-                    inputs={"examples": train.inputs["examples"], "model": candidate.outputs["model"]},
-                    params={"kind": model_kind,
-                            **{k: v for k, v in section.items()
-                               if k not in ("hparams", "warm_start", "frontend")}},
+                    inputs={"examples": examples, "model": nodes[-1].outputs["model"]},
+                    params={"kind": model_kind, **{k: v for k, v in section.items()
+                                                   if k not in ("hparams", "warm_start", "final_fit", "frontend")}},
                     resolvers={"baseline_model": latest_blessed_baseline(model_kind)},
-                    code_modules=model_code + (COLD_START_CODE[:1] if extended else []))
+                    code_modules=model_code + (COLD_START_CODE[:1] if extension else []))
+    nodes.append(evaluate)
+    pushed = nodes[-2]
+    if section.get("final_fit"):
+        refit = Node(f"final_fit_{model_kind}", final_fit.spec(model_kind),
+                     inputs={"examples": examples, "model": train.outputs["model"],
+                             "evaluation": evaluate.outputs["evaluation"]},
+                     params={"kind": model_kind, "hparams": section["hparams"], "seed": config["seed"]},
+                     code_modules=model_code)
+        nodes.append(refit)
+        pushed = refit
+        if extension:
+            pushed = extension(refit, "cold_start_final")
+            nodes.append(pushed)
     push = Node(f"pusher_{model_kind}", pusher.SPEC,
-                inputs={"model": candidate.outputs["model"], "evaluation": evaluate.outputs["evaluation"]},
+                inputs={"model": pushed.outputs["model"], "evaluation": evaluate.outputs["evaluation"]},
                 params={"serving_base": serving_base(workdir), "model_name": model_kind,
                         **config["pusher"]})
-    return [train, *extended, evaluate, push]
+    return [*nodes, push]
 
 
 # Modules the bulk_inferrer executor loads lazily (part of its cache fingerprint).

@@ -4,14 +4,18 @@ This package reads exported SavedModels only; it never imports training code
 (``musicrec.models``, ``musicrec.components`` or ``musicrec.pipeline``).
 
 Modules:
-- ``server``: ``LocalModelServer``: gRPC ``PredictionService`` and
-  ``ModelService``, plus the REST API, used when the real
-  ``tensorflow_model_server`` binary is not on PATH.
-- ``rest``: TF Serving's REST API (status, metadata, ``:predict``, metrics).
+- ``server``: ``LocalModelServer``: the gRPC services and the REST API,
+  used unless the real ``tensorflow_model_server`` binary is asked for.
+- ``grpc_services``: ``PredictionService`` and ``ModelService``.
+- ``rest``: TF Serving's REST API (status, metadata, ``:predict``,
+  ``:classify``, ``:regress``, metrics) on ``http_transport``'s HTTP server.
 - ``json_tensor``: REST JSON (row and columnar formats, b64) ⇄ arrays.
+- ``example_inference``: Classify, Regress, MultiInference on tf.Examples;
+  ``example_json`` their REST JSON.
 - ``core``: what gRPC and REST share: lookup, batching, metrics.
 - ``model_registry``: served versions per model (version policies, labels,
-  statuses), the file system poller and config reloads.
+  statuses), the file system poller and config reloads; ``load_retries``
+  how failed loads are retried.
 - ``servables``: version folders on disk and one loaded SavedModel version.
 - ``batching``: server-side batching of concurrent Predict calls.
 - ``metrics``: Prometheus text metrics.

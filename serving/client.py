@@ -189,6 +189,7 @@ class PredictionClient:
         """ModelService.GetModelStatus: ``[{"version", "state", "error_code", "error_message"}]``.
 
         ``state`` is e.g. ``"AVAILABLE"``; ``error_code`` a ``grpc.StatusCode``.
+        TF Serving ignores a ``label`` here and lists every version.
         """
         request = get_model_status_pb2.GetModelStatusRequest()
         self._spec(request, model_name, version, label)
@@ -320,7 +321,6 @@ _GRPC_CODE_OF_HTTP = {
     403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     409: grpc.StatusCode.ABORTED,
-    412: grpc.StatusCode.FAILED_PRECONDITION,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     499: grpc.StatusCode.CANCELLED,

@@ -17,12 +17,14 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping
 
+import grpc
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from musicrec.atomic import write_text_atomic
+from musicrec.serving.errors import ServingError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def build_model_config(models: Mapping[str, str]) -> model_server_config_pb2.Mod
     return config
 
 
-def write_model_config(path: str | os.PathLike, models: Mapping[str, str]) -> str:
+def write_model_config(path: str | os.PathLike, models: Mapping[str, str], comment: str | None = None) -> str:
     """Write the text-proto ModelServerConfig for ``models`` atomically.
 
     Parameters
@@ -60,6 +62,8 @@ def write_model_config(path: str | os.PathLike, models: Mapping[str, str]) -> st
         Destination file; its folder is created when missing.
     models : Mapping[str, str]
         Model name → base path.
+    comment : str or None
+        Written first as ``#`` comment lines (both servers skip them).
 
     Returns
     -------
@@ -68,6 +72,8 @@ def write_model_config(path: str | os.PathLike, models: Mapping[str, str]) -> st
     """
     path = os.path.abspath(path)
     text = text_format.MessageToString(build_model_config(models))
+    if comment:
+        text = "".join(f"# {line}\n" for line in comment.splitlines()) + text
     write_text_atomic(path, text)
     return path
 
@@ -104,6 +110,48 @@ class ModelEntry:
     base_path: str
     policy: VersionPolicy = VersionPolicy()
     labels: Mapping[str, int] = field(default_factory=dict)
+
+
+def check_version_labels(
+    entries: Iterable[ModelEntry],
+    available: Mapping[str, Iterable[int]],
+    current_labels: Mapping[str, Mapping[str, int]],
+    allow_unavailable: bool = False,
+) -> None:
+    """Refuse labels on versions that are not AVAILABLE, as TF Serving does.
+
+    ``ServerCore::UpdateModelVersionLabelMap`` (``model_servers/server_core.cc``)
+    runs before a config's models are loaded, at startup and on every reload.
+    With ``--allow_version_labels_for_unavailable_models`` a label may point to
+    a version not loaded yet, unless it already points to another version.
+
+    Parameters
+    ----------
+    entries : iterable of ModelEntry
+        The new config's models.
+    available : Mapping[str, iterable of int]
+        Model name → AVAILABLE versions now.
+    current_labels : Mapping[str, Mapping[str, int]]
+        Model name → the labels in force now.
+    allow_unavailable : bool
+        ``--allow_version_labels_for_unavailable_models``.
+
+    Raises
+    ------
+    ServingError
+        FAILED_PRECONDITION, with TF Serving's message.
+    """
+    for entry in entries:
+        serving = set(available.get(entry.name, ()))
+        for label, version in entry.labels.items():
+            existing = current_labels.get(entry.name, {}).get(label)
+            allowed = allow_unavailable and (existing is None or existing == version)
+            if not allowed and version not in serving:
+                raise ServingError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"Request to assign label to version {version} of model {entry.name}, "
+                    "which is not currently available for inference",
+                )
 
 
 def _policy_of(entry: model_server_config_pb2.ModelConfig, source: str) -> VersionPolicy:

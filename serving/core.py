@@ -62,23 +62,42 @@ class ServingCore:
         Upper bound on one decoded input tensor, in bytes.
     batching : BatchingOptions or None
         Server-side batching settings; None runs every request on its own.
+    check_method_name : bool
+        ``--enable_signature_method_name_check``: Classify and Regress then
+        require the signature's ``method_name`` (see ``example_inference``).
     """
 
     def __init__(self, registry: ModelRegistry, max_decoded_bytes: int,
-                 batching: BatchingOptions | None = None) -> None:
+                 batching: BatchingOptions | None = None, check_method_name: bool = False) -> None:
         self.registry = registry
         self.max_decoded_bytes = max_decoded_bytes
         self.batcher = BatchScheduler(batching) if batching is not None else None
         self.metrics = ServingMetrics(registry.available_versions)
+        self.check_method_name = check_method_name
 
     def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         """The servable a model spec asks for (see ``ModelRegistry.get``)."""
         return self.registry.get(name, version=version, label=label)
 
-    def run(self, servable: Servable, call: PreparedCall) -> dict[str, np.ndarray]:
+    def servable_for_spec(self, model_spec) -> Servable:
+        """The servable a ``tensorflow.serving.ModelSpec`` asks for (latest, version or label)."""
+        choice = model_spec.WhichOneof("version_choice")
+        if choice == "version_label":
+            return self.servable(model_spec.name, label=model_spec.version_label)
+        return self.servable(model_spec.name, model_spec.version.value if choice == "version" else None)
+
+    def run(self, servable: Servable, call: PreparedCall, deadline: float | None = None) -> dict[str, np.ndarray]:
         """Execute a checked call, batched with concurrent ones when batching is on.
 
         Returns only the requested outputs (``call.output_aliases``).
+
+        Parameters
+        ----------
+        deadline : float or None
+            ``time.monotonic()`` instant by which the answer is due (the REST
+            API's ``--rest_api_timeout_in_ms``). A running TensorFlow call cannot
+            be interrupted, so a call that ends past it is answered
+            DEADLINE_EXCEEDED when it ends.
         """
         if self.batcher is None:
             outputs = servable.execute(call.signature_name, call.arrays)
@@ -87,7 +106,16 @@ class ServingCore:
             outputs = self.batcher.run(
                 key, lambda arrays: servable.execute(call.signature_name, arrays), call.arrays
             )
+        if deadline is not None and time.monotonic() > deadline:
+            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded: the model call ran "
+                                                                  "past the request's timeout")
         return {alias: outputs[alias] for alias in call.output_aliases}
+
+    def example_runner(self, servable: Servable, deadline: float | None = None):
+        """``run(signature_name, arrays)`` for ``example_inference``: checked, batched like Predict."""
+        def run(signature_name: str, arrays):
+            return self.run(servable, servable.prepare_arrays(signature_name, arrays), deadline)
+        return run
 
     def observe(self, model_name: str, api: str, entrypoint: str) -> RequestOutcome:
         """``with core.observe(...) as outcome:`` times a request and counts its outcome

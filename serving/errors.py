@@ -23,3 +23,20 @@ class ServingError(Exception):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+
+
+class SavedModelError(ValueError):
+    """A SavedModel that cannot be loaded, with the status TF Serving reports for it.
+
+    Parameters
+    ----------
+    code : grpc.StatusCode
+        E.g. DATA_LOSS for an unparsable ``saved_model.pb``.
+    message : str
+        What is wrong, naming the file.
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

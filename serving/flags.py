@@ -2,12 +2,14 @@
 
 ``python -m musicrec.serving --port=8500 --rest_api_port=8501 --model_name=genre
 --model_base_path=/srv/genre`` or ``--model_config_file=models.config``, plus
-``--enable_batching [--batching_parameters_file=batching.config]`` and
-``--monitoring_config_file=monitoring.config`` and ``--grpc_max_threads``. Flags take ``--flag=value``
-or ``--flag value``; boolean flags also ``--flag`` alone. ``--host`` is ours:
-the real binary always listens on all interfaces, the local server on
-loopback unless told otherwise. As in TF Serving, ``--rest_api_port=0`` (the
-default) serves no REST API.
+the TF Serving flags ``build_parser`` lists (batching, monitoring, threads,
+load retries, warmup, labels, gRPC channel arguments), with TF Serving's
+defaults. Flags take ``--flag=value`` or ``--flag value``; boolean flags also
+``--flag`` alone. ``--host`` and ``--max_message_bytes`` are ours: the real
+binary always listens on all interfaces, the local server on loopback unless
+told otherwise. As in TF Serving, ``--rest_api_port=0`` (the default) serves
+no REST API. SIGTERM or SIGINT stops the server gracefully, also while it is
+still loading models.
 """
 from __future__ import annotations
 
@@ -15,13 +17,17 @@ import argparse
 import logging
 import signal
 import threading
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 from musicrec.serving.config import ModelEntry, read_model_entries
-from musicrec.serving.model_registry import DEFAULT_POLL_WAIT_SECONDS, ModelLoadError
+from musicrec.serving.errors import ServingError
+from musicrec.serving.model_registry import DEFAULT_POLL_WAIT_SECONDS, LoadCancelled, ModelLoadError
 from musicrec.serving.server_options import (
+    DEFAULT_REST_TIMEOUT_MS,
     BatchingOptions,
+    ModelLoadOptions,
+    parse_grpc_channel_arguments,
     read_batching_parameters,
     read_monitoring_config,
 )
@@ -61,6 +67,10 @@ class ServerFlags:
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
     grpc_max_threads: int | None = None
+    loading: ModelLoadOptions = ModelLoadOptions()
+    rest_api_num_threads: int | None = None
+    rest_api_timeout_in_ms: int = DEFAULT_REST_TIMEOUT_MS
+    grpc_channel_arguments: list[tuple[str, Any]] = field(default_factory=list)
 
 
 def _parse_bool(text: str) -> bool:
@@ -104,8 +114,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
                         help="TF ops that may run at once (0: TensorFlow's default, one per core)")
     parser.add_argument("--grpc_max_threads", type=int, default=None,
-                        help="most gRPC calls handled at once (default 16, or with batching enough "
-                             "threads for full batches: max_batch_size x (num_batch_threads + 1))")
+                        help="most gRPC calls handled at once (default 4 per CPU, or with batching enough "
+                             "threads for full batches if more: max_batch_size x (num_batch_threads + 1))")
+    parser.add_argument("--grpc_channel_arguments", default="",
+                        help="gRPC server arguments, key=value,... (e.g. grpc.max_connection_age_ms=2000)")
+    parser.add_argument("--rest_api_num_threads", type=int, default=None,
+                        help="threads answering REST requests (default 4 per CPU)")
+    parser.add_argument("--rest_api_timeout_in_ms", type=int, default=DEFAULT_REST_TIMEOUT_MS,
+                        help="a REST model call that ends later is answered 504 (default %(default)s)")
+    defaults = ModelLoadOptions()
+    parser.add_argument("--max_num_load_retries", type=int, default=defaults.max_num_load_retries,
+                        help="tries after a failed version load before giving up (default %(default)s)")
+    parser.add_argument("--load_retry_interval_micros", type=int, default=defaults.load_retry_interval_micros,
+                        help="microseconds between load tries; negative: no wait (default %(default)s)")
+    parser.add_argument("--enable_model_warmup", type=_parse_bool, nargs="?", const=True,
+                        default=defaults.enable_model_warmup,
+                        help="replay assets.extra/tf_serving_warmup_requests on load (default true)")
+    parser.add_argument("--enable_signature_method_name_check", type=_parse_bool, nargs="?", const=True,
+                        default=defaults.enable_signature_method_name_check,
+                        help="Classify/Regress require the signature's method_name (default false)")
+    parser.add_argument("--allow_version_labels_for_unavailable_models", type=_parse_bool, nargs="?",
+                        const=True, default=defaults.allow_version_labels_for_unavailable_models,
+                        help="let a config label versions not loaded yet, e.g. at startup (default false)")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="interface to bind (ours, not a TF Serving flag)")
     parser.add_argument("--max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
@@ -155,8 +185,22 @@ def parse_flags(argv: Sequence[str] | None = None) -> ServerFlags:
         parser.error("--max_message_bytes must be positive")
     if args.tensorflow_intra_op_parallelism < 0 or args.tensorflow_inter_op_parallelism < 0:
         parser.error("TF parallelism flags must be >= 0")
-    if args.grpc_max_threads is not None and args.grpc_max_threads <= 0:
-        parser.error("--grpc_max_threads must be positive")
+    for name in ("grpc_max_threads", "rest_api_num_threads"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive")
+    if args.max_num_load_retries < 0:
+        parser.error("--max_num_load_retries must be >= 0")
+    try:
+        channel_arguments = parse_grpc_channel_arguments(args.grpc_channel_arguments)
+    except ValueError as error:
+        parser.error(str(error))
+    loading = ModelLoadOptions(
+        max_num_load_retries=args.max_num_load_retries,
+        load_retry_interval_micros=args.load_retry_interval_micros,
+        enable_model_warmup=args.enable_model_warmup,
+        enable_signature_method_name_check=args.enable_signature_method_name_check,
+        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+    )
     return ServerFlags(
         host=args.host,
         port=args.port,
@@ -172,6 +216,10 @@ def parse_flags(argv: Sequence[str] | None = None) -> ServerFlags:
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
         grpc_max_threads=args.grpc_max_threads,
+        loading=loading,
+        rest_api_num_threads=args.rest_api_num_threads,
+        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
+        grpc_channel_arguments=channel_arguments,
     )
 
 
@@ -187,6 +235,10 @@ def server_from_flags(flags: ServerFlags) -> LocalModelServer:
         batching=flags.batching,
         metrics_path=flags.metrics_path,
         max_workers=flags.grpc_max_threads,
+        loading=flags.loading,
+        rest_threads=flags.rest_api_num_threads,
+        rest_timeout_ms=flags.rest_api_timeout_in_ms,
+        grpc_channel_arguments=flags.grpc_channel_arguments,
     )
 
 
@@ -216,8 +268,12 @@ class _ConfigFileWatcher:
         except (OSError, ValueError) as error:
             LOGGER.error("not reloading %s: %s", self._path, error)
             return
-        for error in self._server.registry.reload(entries):
-            LOGGER.error("reload of %s: %s", self._path, error)
+        try:
+            errors = self._server.registry.reload(entries)
+        except ServingError as error:  # e.g. a label on a version not available
+            errors = [error.message]
+        for message in errors:
+            LOGGER.error("reload of %s: %s", self._path, message)
 
 
 def _configure_tensorflow_threads(flags: ServerFlags) -> None:
@@ -234,28 +290,41 @@ def _configure_tensorflow_threads(flags: ServerFlags) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGTERM or SIGINT, then stop gracefully.
 
+    The signal handlers are in place before the models load, so a SIGTERM
+    during a long load (or its retries) stops the server cleanly once the
+    version being read is loaded. (``tensorflow_model_server`` installs none
+    and dies at once.)
+
     Returns
     -------
     int
-        Process exit status: 0 after a clean stop, 1 when a model failed to
-        load or the port could not be bound.
+        Process exit status: 0 after a clean stop (also during loading), 1
+        when a model failed to load or the port could not be bound.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flags = parse_flags(argv)
     _configure_tensorflow_threads(flags)
     server = server_from_flags(flags)
-    try:
-        server.start()
-    except (ModelLoadError, OSError) as error:
-        LOGGER.error("%s", error)
-        return 1
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame) -> None:
         LOGGER.info("Received %s; stopping", signal.Signals(signum).name)
         stop_requested.set()
+        server.request_stop()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
+    except LoadCancelled as error:
+        LOGGER.info("%s; exiting", error)
+        server.stop(STOP_GRACE_SECONDS)
+        _restore(previous)
+        return 0
+    except (ModelLoadError, OSError) as error:
+        LOGGER.error("%s", error)
+        server.stop(STOP_GRACE_SECONDS)
+        _restore(previous)
+        return 1
     watcher = None
     if flags.model_config_file and flags.model_config_file_poll_wait_seconds > 0:
         watcher = _ConfigFileWatcher(server, flags.model_config_file)
@@ -266,7 +335,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if watcher is not None:
                 watcher.check()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore(previous)
         server.stop(STOP_GRACE_SECONDS)
     return 0
+
+
+def _restore(handlers: dict) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any, Mapping
 
 import grpc
@@ -30,6 +31,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from musicrec.serving.errors import ServingError
+from musicrec.serving.example_json import json_type
 
 BINARY_KEY = "b64"
 BYTES_SUFFIX = "_bytes"
@@ -43,8 +45,29 @@ def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and BINARY_KEY in value
 
 
+# AddValueToTensor (util/json_tensor.cc): the JSON integers each dtype takes
+# (rapidjson's IsInt, IsInt64, IsUint, IsUint64); narrower ints take any int32.
+_INT32_RANGE = (-(2**31), 2**31 - 1)
+_INTEGER_RANGES = {
+    types_pb2.DT_INT32: _INT32_RANGE, types_pb2.DT_INT16: _INT32_RANGE, types_pb2.DT_INT8: _INT32_RANGE,
+    types_pb2.DT_UINT8: _INT32_RANGE, types_pb2.DT_INT64: (-(2**63), 2**63 - 1),
+    types_pb2.DT_UINT32: (0, 2**32 - 1), types_pb2.DT_UINT64: (0, 2**64 - 1),
+}
+_FLOAT_DTYPES = (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE)
+
+
+def dtype_string(dtype: int) -> str:
+    """TensorFlow's ``DataTypeString``: ``float``, ``int32``, ``string``..."""
+    return types_pb2.DataType.Name(dtype)[len("DT_"):].lower()
+
+
+def _type_error(value: Any, dtype: int) -> ServingError:
+    return _invalid(f"JSON Value: {json.dumps(value)[:200]} Type: {json_type(value)} "
+                    f"is not of expected type: {dtype_string(dtype)}")
+
+
 def _leaf(value: Any, dtype: int, alias: str) -> Any:
-    """One JSON scalar checked against the input's dtype."""
+    """One JSON scalar checked against the input's dtype, as ``AddValueToTensor`` checks it."""
     if dtype == types_pb2.DT_STRING:
         if isinstance(value, str):
             return value.encode("utf-8")
@@ -53,22 +76,25 @@ def _leaf(value: Any, dtype: int, alias: str) -> Any:
                 return base64.b64decode(value[BINARY_KEY], validate=True)
             except (binascii.Error, ValueError) as error:
                 raise _invalid(f"Unable to base64 decode value of {alias}: {error}") from None
-        raise _invalid(f"JSON Value: {value!r} not formatted correctly for base64 data")
+        if isinstance(value, dict):
+            raise _invalid(f"JSON Value: {json.dumps(value)[:200]} not formatted correctly for base64 data")
+        raise _type_error(value, dtype)
     if dtype == types_pb2.DT_BOOL:
         if isinstance(value, bool):
             return value
-        raise _invalid(f"JSON Value: {value!r} Type: {type(value).__name__} is not of expected type: bool")
+        raise _type_error(value, dtype)
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if dtype in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):
+    if dtype in _FLOAT_DTYPES:
         if is_number:
             return float(value)
-        raise _invalid(f"JSON Value: {value!r} Type: {type(value).__name__} is not of expected type: float")
-    if is_number and isinstance(value, int):
-        return value
-    raise _invalid(
-        f"JSON Value: {value!r} Type: {type(value).__name__} is not of expected type: "
-        f"{tf.dtypes.as_dtype(dtype).name}"
-    )
+        raise _type_error(value, dtype)
+    if dtype in _INTEGER_RANGES:
+        low, high = _INTEGER_RANGES[dtype]
+        if is_number and isinstance(value, int) and low <= value <= high:
+            return value
+        raise _type_error(value, dtype)
+    raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                       f"Conversion of JSON Value: {json.dumps(value)[:200]} to type: {dtype_string(dtype)}")
 
 
 def _shape_of(value: Any) -> list[int]:
@@ -109,10 +135,11 @@ def json_to_array(value: Any, info: meta_graph_pb2.TensorInfo, alias: str) -> np
         array[:] = flat
         return array.reshape(shape)
     numpy_dtype = tf.dtypes.as_dtype(info.dtype).as_numpy_dtype
-    try:
-        return np.array(flat, dtype=numpy_dtype).reshape(shape)
-    except OverflowError as error:
-        raise _invalid(f"value of {alias} out of range for {tf.dtypes.as_dtype(info.dtype).name}: {error}") from None
+    if info.dtype in _INTEGER_RANGES:
+        # Narrower ints arrive range-checked as int32 and are cast, as TF casts int_val.
+        wide = np.uint64 if info.dtype == types_pb2.DT_UINT64 else np.int64
+        return np.array(flat, dtype=wide).astype(numpy_dtype).reshape(shape)
+    return np.array(flat, dtype=numpy_dtype).reshape(shape)
 
 
 def parse_predict_body(

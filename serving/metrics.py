@@ -7,7 +7,11 @@ Served at the path a ``--monitoring_config_file`` enables (TF Serving's
 - ``:tensorflow:serving:request_count{model_name,status}``: requests by final
   status (``OK``, ``NOT_FOUND``, ...), counter;
 - ``:tensorflow:serving:request_latency{model_name,API,entrypoint}``:
-  histogram in microseconds (``entrypoint`` is ``GRPC`` or ``REST``);
+  histogram in microseconds of the requests that succeeded, as TF Serving
+  records it (``prediction_service_impl.cc``, ``http_server.cc``):
+  ``entrypoint`` is ``GRPC`` (API ``Predict``, ``Classify``, ``Regress``) or
+  ``REST`` (API the URL's method, ``predict``, ``classify`` or ``regress``, and
+  empty for status and metadata GETs);
 - ``:tensorflow:serving:request_error_count{model_name,API,entrypoint,status}``:
   failed requests, counter (ours: TF Serving folds errors into request_count);
 - ``:tensorflow:serving:model_version_loaded{model_name,version}``: 1 for each
@@ -75,7 +79,7 @@ class ServingMetrics:
 
     def record(self, model_name: str, api: str, entrypoint: str, status: grpc.StatusCode,
                latency_seconds: float) -> None:
-        """Count one finished request and its latency (seconds)."""
+        """Count one finished request; time it (seconds) if it succeeded."""
         status_name = status.name
         with self._lock:
             count_key = (model_name, status_name)
@@ -83,6 +87,7 @@ class ServingMetrics:
             if status != grpc.StatusCode.OK:
                 error_key = (model_name, api, entrypoint, status_name)
                 self._errors[error_key] = self._errors.get(error_key, 0) + 1
+                return
             latency_key = (model_name, api, entrypoint)
             histogram = self._latency.get(latency_key)
             if histogram is None:

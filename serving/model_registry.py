@@ -7,10 +7,13 @@ Each configured model serves the complete version folders its policy picks
 version is loaded first (state LOADING), becomes AVAILABLE, and only then are
 versions the policy no longer wants unloaded (END), so requests never see a
 gap; in-flight requests keep their servable object and finish. A version that
-fails to load is reported in ``status`` (END with the error) and never
-replaces a healthy one: while no wanted version is AVAILABLE, the previously
-served ones stay. A failed version is retried only when its
-``saved_model.pb`` changes.
+fails to load never replaces a healthy one: while no wanted version is
+AVAILABLE, the previously served ones stay. It is retried as TF Serving
+retries it (``load_retries``), reporting LOADING meanwhile, and then END with
+the load's own error code (DATA_LOSS for an unparsable ``saved_model.pb``).
+
+Labels follow ``ServerCore``: a config may only label AVAILABLE versions
+(``check_version_labels``), and GetModelStatus ignores a request's label.
 """
 from __future__ import annotations
 
@@ -22,9 +25,16 @@ from typing import Callable, Iterable, Mapping
 
 import grpc
 
-from musicrec.serving.config import ModelEntry
+from musicrec.serving.config import ModelEntry, check_version_labels
 from musicrec.serving.errors import ServingError
-from musicrec.serving.servables import Servable, list_versions, load_servable, saved_model_file
+from musicrec.serving.load_retries import LoadRetries, poll_and_retry
+from musicrec.serving.servables import (
+    Servable,
+    list_versions,
+    load_error_status,
+    load_servable,
+    saved_model_file,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,6 +46,10 @@ START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UN
 
 class ModelLoadError(RuntimeError):
     """A model's initial version could not be loaded when the server started."""
+
+
+class LoadCancelled(ModelLoadError):
+    """Loading stopped because the server is stopping (e.g. SIGTERM during startup)."""
 
 
 @dataclass(frozen=True)
@@ -50,17 +64,6 @@ class VersionStatus:
     state: str
     error_code: grpc.StatusCode = grpc.StatusCode.OK
     error_message: str = ""
-
-
-@dataclass(frozen=True)
-class _FailedLoad:
-    version: int
-    proto_mtime_ns: int
-
-
-def _proto_mtime_ns(export_dir: str) -> int:
-    path = saved_model_file(export_dir)
-    return os.stat(path).st_mtime_ns if path else -1
 
 
 def _as_entries(models: Mapping[str, str] | Iterable[ModelEntry]) -> dict[str, ModelEntry]:
@@ -87,6 +90,12 @@ class ModelRegistry:
     loader : callable
         ``loader(name, version, path) -> Servable``; the SavedModel loader
         (with warmup replay) by default.
+    retries : LoadRetries or None
+        How failed loads are retried; None: TF Serving's defaults (5 retries
+        a minute apart).
+    allow_unavailable_labels : bool
+        ``--allow_version_labels_for_unavailable_models``: a config may label
+        versions not loaded yet (needed for labels in the startup config).
     """
 
     def __init__(
@@ -94,13 +103,18 @@ class ModelRegistry:
         models: Mapping[str, str] | Iterable[ModelEntry],
         poll_wait_seconds: float = DEFAULT_POLL_WAIT_SECONDS,
         loader: Callable[[str, int, str], Servable] = load_servable,
+        retries: LoadRetries | None = None,
+        allow_unavailable_labels: bool = False,
     ) -> None:
         self._entries = _as_entries(models)
         self._poll_wait_seconds = poll_wait_seconds
         self._loader = loader
+        self._retries = retries if retries is not None else LoadRetries()
+        self._allow_unavailable_labels = allow_unavailable_labels
+        self._labels: dict[str, dict[str, int]] = {}
         self._served: dict[str, dict[int, Servable]] = {}
         self._statuses: dict[str, dict[int, VersionStatus]] = {}
-        self._failed: dict[tuple[str, int], _FailedLoad] = {}
+        self._wanted: dict[str, list[int]] = {}  # versions each policy picked at the last scan
         self._reported_empty: set[str] = set()
         self._served_lock = threading.Lock()
         # Serialises syncs so a manual poll_once never races the poller thread.
@@ -117,10 +131,7 @@ class ModelRegistry:
     def served_versions(self) -> dict[str, int | None]:
         """Model name → highest AVAILABLE version (None while none is loaded)."""
         with self._served_lock:
-            return {
-                name: (max(self._served[name]) if self._served.get(name) else None)
-                for name in self._entries
-            }
+            return {name: (max(self._served[name]) if self._served.get(name) else None) for name in self._entries}
 
     def available_versions(self) -> dict[str, list[int]]:
         """Model name → every AVAILABLE version, ascending."""
@@ -137,12 +148,10 @@ class ModelRegistry:
             (TF Serving's answer) for a label the model does not define.
         """
         with self._served_lock:
-            entry = self._entries.get(name)
-        if entry is None or label not in entry.labels:
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}"
-            )
-        return entry.labels[label]
+            version = self._labels.get(name, {}).get(label)
+        if version is None:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
+        return version
 
     def get(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         """The servable for a request's model spec (latest, a version or a label).
@@ -150,10 +159,13 @@ class ModelRegistry:
         Raises
         ------
         ServingError
-            NOT_FOUND with TF Serving's ``Servable not found for request:
-            Latest(name)`` / ``Specific(name, version)`` wording; INVALID_ARGUMENT
-            for an unknown label.
+            INVALID_ARGUMENT ``ModelSpec has no name specified.`` for an empty
+            name and for an unknown label; NOT_FOUND with TF Serving's
+            ``Servable not found for request: Latest(name)`` /
+            ``Specific(name, version)`` wording (``model_servers/server_core.cc``).
         """
+        if not name:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
         if label is not None:
             version = self.resolve_label(name, label)
         with self._served_lock:
@@ -164,66 +176,79 @@ class ModelRegistry:
                 servable = versions.get(version)
         if servable is None:
             request = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-            raise ServingError(
-                grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}"
-            )
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
         return servable
 
-    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
-        """Version statuses of ``name`` (newest first), or of one version or label.
+    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        """Version statuses of ``name`` (newest first), or of one version.
+
+        A request's version label plays no part: TF Serving's GetModelStatus
+        reads only the name and the version (``get_model_status_impl.cc``).
 
         Raises
         ------
         ServingError
-            NOT_FOUND for an unknown model or version, with TF Serving's
-            wording; INVALID_ARGUMENT for an unknown label.
+            NOT_FOUND for an unknown model or version, with TF Serving's wording.
         """
-        if label is not None:
-            version = self.resolve_label(name, label)
         with self._served_lock:
             statuses = dict(self._statuses.get(name, {}))
-        if not statuses:
-            raise ServingError(
-                grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}"
-            )
         if version is not None:
             if version not in statuses:
-                raise ServingError(
-                    grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}"
-                )
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
             return [statuses[version]]
+        if not statuses:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
         return [statuses[key] for key in sorted(statuses, reverse=True)]
 
     def load_initial(self) -> None:
         """Load every model's wanted versions now, as TF Serving does at startup.
 
-        A model with no version yet is logged and left to the poller.
+        Labels are checked first, failed loads retried (waiting in between)
+        until a wanted version is AVAILABLE or the retries are exhausted. A
+        model with no version yet is logged and left to the poller.
 
         Raises
         ------
         ModelLoadError
-            When a model has versions but none of them could be loaded.
+            When a label points to a version not available (pass
+            ``allow_unavailable_labels``), or a model has versions but none of
+            them could be loaded.
+        LoadCancelled
+            When ``stop_polling`` was called meanwhile (e.g. from a SIGTERM handler).
         """
+        try:
+            self._apply_labels(self._entries.values(), {})
+        except ServingError as error:
+            raise ModelLoadError(f"{error.message} (labels in the startup config need "
+                                 "--allow_version_labels_for_unavailable_models)") from None
         for name in self.model_names:
-            error = self._sync_model(name)
-            if error is not None:
-                raise ModelLoadError(str(error)) from error
+            self._await_model(name)
 
     def reload(self, models: Iterable[ModelEntry]) -> list[str]:
         """Replace the configuration (HandleReloadConfigRequest), then sync.
 
-        Models no longer listed are unloaded; new ones are loaded before this
-        returns; changed policies and labels apply at once.
+        Models no longer listed are unloaded; new ones are loaded (with
+        retries) before this returns; changed policies and labels apply at once.
 
         Returns
         -------
         list of str
-            One message per model whose wanted versions could not be loaded
-            (empty when all are AVAILABLE).
+            One message per new model none of whose wanted versions could be
+            loaded (empty when all are AVAILABLE).
+
+        Raises
+        ------
+        ServingError
+            FAILED_PRECONDITION when a label points to a version that is not
+            AVAILABLE; the configuration is then left unchanged.
         """
         new_entries = _as_entries(models)
         with self._sync_lock:
             with self._served_lock:
+                available = {name: list(versions) for name, versions in self._served.items()}
+            self._apply_labels(new_entries.values(), available)
+            with self._served_lock:
+                added = set(new_entries) - set(self._entries)
                 removed = set(self._entries) - set(new_entries)
                 self._entries = new_entries
                 for name in removed:
@@ -231,9 +256,17 @@ class ModelRegistry:
                         self._statuses.setdefault(name, {})[version] = VersionStatus(version, END)
                     self._reported_empty.discard(name)
             for name in sorted(removed):
+                self._retries.forget(name)
                 LOGGER.info("Unloaded model %s: no longer in the model config", name)
-            errors = [self._sync_model(name) for name in sorted(new_entries)]
-        return [str(error) for error in errors if error is not None]
+            for name in sorted(set(new_entries) - added):
+                self._sync_model(name)
+        errors = []
+        for name in sorted(added):
+            try:
+                self._await_model(name)
+            except ModelLoadError as error:
+                errors.append(str(error))
+        return errors
 
     def poll_once(self) -> None:
         """Rescan every base path once; load failures are logged, not raised."""
@@ -241,64 +274,94 @@ class ModelRegistry:
             self._sync_model(name)
 
     def start_polling(self) -> None:
-        """Start the background poller (no-op when polling is disabled)."""
-        if self._poll_wait_seconds <= 0 or self._poller is not None:
+        """Start the background thread that rescans base paths and retries failed loads.
+
+        With polling disabled it still runs the retries. A registry whose
+        ``stop_polling`` was called stays stopped.
+        """
+        if self._poller is not None or self._stop.is_set():
             return
-        self._stop.clear()
-        self._poller = threading.Thread(
-            target=self._poll_forever, name="model-version-poller", daemon=True
-        )
+        self._poller = threading.Thread(target=self._poll_forever, name="model-version-poller", daemon=True)
         self._poller.start()
 
     def stop_polling(self, timeout_seconds: float | None = None) -> None:
-        """Stop the poller and wait up to ``timeout_seconds`` for it to exit."""
+        """Stop the poller, cancel pending load waits, wait up to ``timeout_seconds`` for it."""
         self._stop.set()
         if self._poller is not None:
             self._poller.join(timeout_seconds)
             self._poller = None
 
     def _poll_forever(self) -> None:
-        while not self._stop.wait(self._poll_wait_seconds):
-            try:
-                self.poll_once()
-            except Exception:  # the poller must outlive any one bad scan
-                LOGGER.exception("model version poll failed")
+        poll_and_retry(self._stop, self._poll_wait_seconds, self._retries, self.poll_once,
+                       lambda name: self._sync_model(name, rescan=False))
+
+    def _apply_labels(self, entries: Iterable[ModelEntry], available: Mapping[str, list[int]]) -> None:
+        entries = list(entries)
+        with self._served_lock:
+            current = {name: dict(labels) for name, labels in self._labels.items()}
+        check_version_labels(entries, available, current, self._allow_unavailable_labels)
+        with self._served_lock:
+            self._labels = {entry.name: dict(entry.labels) for entry in entries if entry.labels}
+
+    def _await_model(self, name: str) -> None:
+        """Sync ``name`` and wait through its load retries until a wanted version is AVAILABLE.
+
+        Raises ModelLoadError when the retries are exhausted, LoadCancelled on stop.
+        """
+        self._sync_model(name)
+        while True:
+            if self._stop.is_set():
+                raise LoadCancelled(f"stopped while loading model {name!r}")
+            with self._served_lock:
+                wanted = list(self._wanted.get(name, []))
+                if not wanted or any(version in self._served.get(name, {}) for version in wanted):
+                    return
+            delay = self._retries.seconds_until_retry((name, version) for version in wanted)
+            if delay is None:
+                failures = [self._retries.get((name, version)) for version in wanted]
+                errors = [str(failed.error) for failed in failures if failed is not None]
+                raise ModelLoadError("; ".join(errors) or f"model {name!r} did not become available")
+            self._stop.wait(delay)
+            self._sync_model(name, rescan=False)
 
     def _set_status(self, name: str, status: VersionStatus) -> None:
         with self._served_lock:
             self._statuses.setdefault(name, {})[status.version] = status
 
-    def _sync_model(self, name: str) -> Exception | None:
-        """Bring ``name`` to the versions its policy wants; return a load error.
+    def _sync_model(self, name: str, rescan: bool = True) -> None:
+        """Bring ``name`` to the versions its policy wants.
 
-        The error is returned only when no wanted version is AVAILABLE after
-        the attempt (a broken new version next to a healthy one is logged).
+        ``rescan=False`` retries the versions wanted at the last scan without
+        listing the base path again (a retry, not a poll).
         """
         with self._sync_lock:
             with self._served_lock:
                 entry = self._entries.get(name)
                 current = dict(self._served.get(name, {}))
             if entry is None:
-                return None
+                return
             base_path = entry.base_path
-            # A version folder without saved_model.pb is still being written.
-            complete = [
-                version
-                for version in list_versions(base_path)
-                if saved_model_file(os.path.join(base_path, str(version)))
-            ]
-            if not complete:
-                self._report_no_versions(name, base_path, current)
-                return None
-            self._reported_empty.discard(name)
-            wanted = entry.policy.select(complete)
-            last_error: Exception | None = None
+            if rescan:
+                # A version folder without saved_model.pb is still being written.
+                complete = [
+                    version
+                    for version in list_versions(base_path)
+                    if saved_model_file(os.path.join(base_path, str(version)))
+                ]
+                if not complete:
+                    self._report_no_versions(name, base_path, current)
+                    return
+                self._reported_empty.discard(name)
+                wanted = entry.policy.select(complete)
+                self._retries.forget(name, keep=wanted)
+                with self._served_lock:
+                    self._wanted[name] = wanted
+            else:
+                with self._served_lock:
+                    wanted = list(self._wanted.get(name, []))
             for version in wanted:
-                if version in current:
-                    continue
-                error = self._load(name, version, os.path.join(base_path, str(version)), current)
-                if error is not None:
-                    last_error = error
+                if version not in current and self._retries.should_try((name, version)):
+                    self._load(name, version, os.path.join(base_path, str(version)), current)
             with self._served_lock:
                 served = self._served.setdefault(name, {})
                 if any(version in served for version in wanted):
@@ -310,35 +373,36 @@ class ModelRegistry:
                     self._statuses[name][version] = VersionStatus(version, END)
             for version in stale:
                 LOGGER.info("Unloaded model %s version %d", name, version)
-            if last_error is not None and not any(version in served for version in wanted):
-                return last_error
-            return None
 
-    def _load(self, name: str, version: int, export_dir: str, current: Mapping[int, Servable]) -> Exception | None:
-        attempt = _FailedLoad(version, _proto_mtime_ns(export_dir))
-        if self._failed.get((name, version)) == attempt:
-            return None
+    def _load(self, name: str, version: int, export_dir: str, current: Mapping[int, Servable]) -> None:
         self._set_status(name, VersionStatus(version, LOADING))
         try:
             servable = self._loader(name, version, export_dir)
         except Exception as error:
-            self._failed[(name, version)] = attempt
-            message = f"{type(error).__name__}: {error}"
-            self._set_status(name, VersionStatus(version, END, grpc.StatusCode.UNKNOWN, message))
+            failed = self._retries.record_failure(
+                (name, version),
+                ModelLoadError(f"loading model {name!r} version {version} from {export_dir} failed: "
+                               f"{type(error).__name__}: {error}"))
             still = f"; still serving versions {sorted(current)}" if current else ""
-            LOGGER.error("Loading servable %s version %d from %s failed: %s%s",
-                         name, version, export_dir, error, still)
-            return ModelLoadError(
-                f"loading model {name!r} version {version} from {export_dir} failed: {message}"
-            )
-        self._failed.pop((name, version), None)
+            if failed.retry_at is not None:
+                retry = f"; retry {failed.failures} of {self._retries.max_retries} in " \
+                        f"{self._retries.interval_seconds:g} s"
+            else:
+                retry = f"; giving up after {failed.failures} tries"
+                self._set_status(name, VersionStatus(version, END, load_error_status(error), str(error)))
+            LOGGER.error("Loading servable %s version %d from %s failed: %s%s%s",
+                         name, version, export_dir, error, still, retry)
+            return
+        self._retries.record_success((name, version))
         with self._served_lock:
             self._served.setdefault(name, {})[version] = servable
             self._statuses.setdefault(name, {})[version] = VersionStatus(version, AVAILABLE)
         LOGGER.info("Serving model %s version %d from %s", name, version, export_dir)
-        return None
 
     def _report_no_versions(self, name: str, base_path: str, current: Mapping[int, Servable]) -> None:
+        self._retries.forget(name)
+        with self._served_lock:
+            self._wanted[name] = []
         if current:
             # TF Serving unloads versions whose folders disappeared.
             with self._served_lock:

@@ -21,7 +21,8 @@ from google.protobuf import text_format
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from musicrec.serving.errors import ServingError
+from musicrec.serving import example_inference
+from musicrec.serving.errors import SavedModelError, ServingError
 from musicrec.serving.signature_call import SignatureCaller
 from musicrec.serving.tensor_proto import element_count, shape_of, to_ndarray
 from musicrec.serving.warmup import read_warmup_requests
@@ -30,9 +31,6 @@ SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
 SERVE_TAG = "serve"
 DEFAULT_SIGNATURE_NAME = "serving_default"
-CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
-CLASSIFY_OUTPUT_CLASSES = "classes"
-CLASSIFY_OUTPUT_SCORES = "scores"
 
 _VERSION_NAME = re.compile(r"^[0-9]+$")
 
@@ -83,8 +81,10 @@ def read_signature_defs(
     ------
     FileNotFoundError
         When ``export_dir`` holds no ``saved_model.pb`` / ``saved_model.pbtxt``.
-    ValueError
-        When the proto cannot be parsed or has no MetaGraph tagged ``tag``.
+    SavedModelError
+        (a ValueError) DATA_LOSS when the proto cannot be parsed, NOT_FOUND
+        when it has no MetaGraph tagged ``tag``: the codes TensorFlow's C++
+        loader, and so TF Serving, reports for them.
     """
     path = saved_model_file(export_dir)
     if path is None:
@@ -98,12 +98,13 @@ def read_signature_defs(
         else:
             saved_model.ParseFromString(content)
     except Exception as error:  # protobuf raises several unrelated types
-        raise ValueError(f"cannot parse {path}: {error}") from error
+        raise SavedModelError(grpc.StatusCode.DATA_LOSS, f"Can't parse {path} as binary proto: {error}") \
+            from error
     for meta_graph in saved_model.meta_graphs:
         if tag in meta_graph.meta_info_def.tags:
             return dict(meta_graph.signature_def)
     tags = [list(graph.meta_info_def.tags) for graph in saved_model.meta_graphs]
-    raise ValueError(f"{path} has no MetaGraph tagged {tag!r} (tags: {tags})")
+    raise SavedModelError(grpc.StatusCode.NOT_FOUND, f"{path} has no MetaGraph tagged {tag!r} (tags: {tags})")
 
 
 def dtype_name(dtype_enum: int) -> str:
@@ -334,42 +335,6 @@ class Servable:
         outputs = self.execute(call.signature_name, call.arrays)
         return {alias: outputs[alias] for alias in call.output_aliases}
 
-    def classify(self, signature_name: str, model_input: Any) -> dict[str, np.ndarray]:
-        """Run a classification signature on a ``tensorflow.serving.Input`` of tf.Examples.
-
-        Returns
-        -------
-        dict[str, np.ndarray]
-            ``"classes"`` (bytes, ``[n, k]``) and/or ``"scores"`` (float, ``[n, k]``).
-
-        Raises
-        ------
-        ServingError
-            INVALID_ARGUMENT, with TF Serving's wording, when the signature's
-            method is not ``tensorflow/serving/classify`` or its inputs and
-            outputs are not a classification signature's.
-        """
-        signature_name = signature_name or DEFAULT_SIGNATURE_NAME
-        signature = self.signature(signature_name)
-        if signature.method_name != CLASSIFY_METHOD_NAME:
-            raise _invalid(
-                f"Expected classification signature method_name to be {CLASSIFY_METHOD_NAME}. "
-                f"Was: {signature.method_name}"
-            )
-        if len(signature.inputs) != 1:
-            raise _invalid("Expected one input Tensor.")
-        present = [key for key in (CLASSIFY_OUTPUT_CLASSES, CLASSIFY_OUTPUT_SCORES) if key in signature.outputs]
-        if not present:
-            raise _invalid(
-                "Expected classification signature outputs to contain at least one of "
-                f"{CLASSIFY_OUTPUT_CLASSES} or {CLASSIFY_OUTPUT_SCORES}."
-            )
-        (alias,) = signature.inputs
-        examples = np.array(serialized_examples(model_input), dtype=object)
-        call = self.prepare_arrays(signature_name, {alias: examples})  # the flat call leaves shapes to it
-        outputs = self.execute(signature_name, call.arrays)
-        return {key: outputs[key] for key in present}
-
 
 class _SignaturePlan:
     """What a request against one SignatureDef is checked and converted with, read once."""
@@ -433,16 +398,27 @@ def _select_outputs(
     return list(output_filter)
 
 
-def load_servable(name: str, version: int, path: str | os.PathLike) -> Servable:
+def load_servable(name: str, version: int, path: str | os.PathLike, warmup: bool = True,
+                  check_method_name: bool = False) -> Servable:
     """Load one SavedModel version and its callable signatures.
 
     Only signatures present both in the proto and as restored functions are
     callable (``__saved_model_init_op`` is listed but never callable).
 
+    Parameters
+    ----------
+    name, version, path
+        Model name, version number and export directory.
+    warmup : bool
+        Replay the export's warmup requests (``--enable_model_warmup``).
+    check_method_name : bool
+        ``--enable_signature_method_name_check``, for warmup Classify/Regress.
+
     Raises
     ------
-    FileNotFoundError, ValueError
-        From ``read_signature_defs`` when the proto is missing or malformed.
+    FileNotFoundError, SavedModelError
+        From ``read_signature_defs`` when the proto is missing or malformed,
+        or from ``replay_warmup``.
     Exception
         Whatever ``tf.saved_model.load`` raises for a broken export.
     """
@@ -462,56 +438,59 @@ def load_servable(name: str, version: int, path: str | os.PathLike) -> Servable:
         functions=functions,
         saved_model=saved_model,
     )
-    replay_warmup(servable)
+    if warmup:
+        replay_warmup(servable, check_method_name)
     return servable
 
 
-def replay_warmup(servable: Servable) -> int:
+def replay_warmup(servable: Servable, check_method_name: bool = False) -> int:
     """Run the export's warmup requests (``assets.extra``) once; return how many ran.
+
+    Predict, Classify, Regress and MultiInference records run, as
+    ``servables/tensorflow/saved_model_warmup.cc`` runs them.
 
     Raises
     ------
-    ValueError
-        When the warmup file is corrupt, holds a request kind other than
-        Predict or Classify, or a request fails: TF Serving then fails the
-        whole load, and so does this server.
+    SavedModelError
+        When the warmup file is corrupt, holds another request kind
+        (UNIMPLEMENTED) or a request fails (its own status): TF Serving then
+        fails the whole load, and so does this server.
     """
+    def run(signature_name: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        call = servable.prepare_arrays(signature_name, arrays)
+        return servable.execute(call.signature_name, call.arrays)
+
+    handlers = {
+        "predict_log": lambda request: servable.predict(request.model_spec.signature_name, request.inputs,
+                                                        output_filter=list(request.output_filter)),
+        "classify_log": lambda request: example_inference.classify(servable, request, run, check_method_name),
+        "regress_log": lambda request: example_inference.regress(servable, request, run, check_method_name),
+        "multi_inference_log": lambda request: example_inference.multi_inference(servable, request, run,
+                                                                                 check_method_name),
+    }
     logs = read_warmup_requests(servable.path)
     for index, log in enumerate(logs):
         kind = log.WhichOneof("log_type")
+        if kind not in handlers:
+            raise SavedModelError(grpc.StatusCode.UNIMPLEMENTED, f"Unsupported log_type for warmup: {kind}")
         try:
-            if kind == "predict_log":
-                request = log.predict_log.request
-                servable.predict(request.model_spec.signature_name, request.inputs,
-                                 output_filter=list(request.output_filter))
-            elif kind == "classify_log":
-                request = log.classify_log.request
-                servable.classify(request.model_spec.signature_name, request.input)
-            else:
-                raise ValueError(f"warmup request kind {kind!r} is not supported")
+            handlers[kind](getattr(log, kind).request)
         except ServingError as error:
-            raise ValueError(f"warmup request {index} of {servable.path} failed: {error}") from error
+            raise SavedModelError(error.code, f"warmup request {index} of {servable.path} failed: "
+                                              f"{error.message}") from error
     return len(logs)
 
 
-def serialized_examples(model_input) -> list[bytes]:
-    """A ClassificationRequest's ``tensorflow.serving.Input`` → serialized tf.Examples.
+def load_error_status(error: BaseException) -> grpc.StatusCode:
+    """The status a failed load reports in GetModelStatus, as TF Serving's loader would.
 
-    With ``example_list_with_context`` the context's features are merged into
-    every example (the example's own value wins), as TF Serving does.
+    ``SavedModelError`` and ``ServingError`` carry theirs; TensorFlow errors
+    map by number; a missing file is NOT_FOUND; anything else UNKNOWN.
     """
-    kind = model_input.WhichOneof("kind")
-    if kind == "example_list":
-        return [example.SerializeToString() for example in model_input.example_list.examples]
-    if kind == "example_list_with_context":
-        with_context = model_input.example_list_with_context
-        merged = []
-        for example in with_context.examples:
-            combined = type(example)()
-            combined.CopyFrom(with_context.context)
-            combined.MergeFrom(example)
-            for key, feature in example.features.feature.items():
-                combined.features.feature[key].CopyFrom(feature)
-            merged.append(combined.SerializeToString())
-        return merged
-    raise _invalid("Input is empty")
+    if isinstance(error, (SavedModelError, ServingError)):
+        return error.code
+    if isinstance(error, tf.errors.OpError):
+        return _status_of(error)
+    if isinstance(error, FileNotFoundError):
+        return grpc.StatusCode.NOT_FOUND
+    return grpc.StatusCode.UNKNOWN

@@ -1,42 +1,31 @@
 """A local model server compatible with TF Serving's gRPC and REST APIs.
 
 Used when the real ``tensorflow_model_server`` binary is not on PATH. gRPC:
-``PredictionService`` (``Predict``, ``Classify`` on classification
-signatures, ``GetModelMetadata``; ``Regress`` and ``MultiInference`` answer
-UNIMPLEMENTED) and ``ModelService`` (``GetModelStatus``,
-``HandleReloadConfigRequest``). REST: see ``rest``. Both share one
-``ServingCore`` (registry, optional batching, metrics).
+``PredictionService`` and ``ModelService`` (``grpc_services``); REST: see
+``rest``. Both share one ``ServingCore`` (registry, optional batching, metrics).
 """
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import grpc
-from tensorflow_serving.apis import (
-    classification_pb2,
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_management_pb2,
-    model_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from musicrec.serving.config import ModelEntry, model_entries_from_proto
-from musicrec.serving.core import (
-    SIGNATURE_DEF_FIELD,
-    ServingCore,
-    model_metadata_response,
-    model_status_response,
-)
-from musicrec.serving.errors import ServingError
+from musicrec.serving.config import ModelEntry
+from musicrec.serving.core import ServingCore
+from musicrec.serving.grpc_services import ModelServicer, PredictionServicer
+from musicrec.serving.load_retries import LoadRetries
 from musicrec.serving.model_registry import DEFAULT_POLL_WAIT_SECONDS, ModelRegistry
 from musicrec.serving.rest import RestServer
-from musicrec.serving.servables import DEFAULT_SIGNATURE_NAME, Servable
-from musicrec.serving.server_options import BatchingOptions
-from musicrec.serving.tensor_proto import fill_tensor_proto
+from musicrec.serving.servables import load_servable
+from musicrec.serving.server_options import (
+    DEFAULT_REST_TIMEOUT_MS,
+    BatchingOptions,
+    ModelLoadOptions,
+    threads_per_cpu_default,
+)
 from musicrec.serving.worker_pool import LifoWorkerPool
 
 LOGGER = logging.getLogger(__name__)
@@ -45,21 +34,20 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8500
 DEFAULT_REST_PORT = 8501
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_WORKERS = 16
 MAX_DEFAULT_WORKERS = 512  # TF Serving's default batching (1000 rows x 5) would otherwise mean 5 000
 
 
 def default_max_workers(batching: BatchingOptions | None) -> int:
     """Threads handling gRPC calls when none are asked for (``--grpc_max_threads``).
 
-    A thread stays with its call until the answer is ready, including the
-    wait for a batch, so with batching on every queued row holds one thread.
-    Fewer than ``max_batch_size * (num_batch_threads + 1)`` threads (the
-    batches running plus the next one filling) would cap every batch below
-    the ``max_batch_size`` the parameters ask for: with 16 threads and 32
-    clients, batches of next_track's requests averaged 7.4 rows and the
-    server answered 544 requests/s; with 64, 9.5 rows and 660 requests/s
-    (``docs/serving.md``).
+    TF Serving's default, 4 per CPU. A thread stays with its call until the
+    answer is ready, including the wait for a batch, so with batching on
+    every queued row holds one thread: fewer than ``max_batch_size *
+    (num_batch_threads + 1)`` threads (the batches running plus the next one
+    filling) would cap every batch below the ``max_batch_size`` the
+    parameters ask for (with 16 threads and 32 clients, batches of
+    next_track's requests averaged 7.4 rows and the server answered 544
+    requests/s; with 64, 9.5 rows and 660 requests/s; ``docs/serving.md``).
 
     Parameters
     ----------
@@ -69,157 +57,15 @@ def default_max_workers(batching: BatchingOptions | None) -> int:
     Returns
     -------
     int
-        ``DEFAULT_MAX_WORKERS`` (16), or more when batching needs more, at
-        most ``MAX_DEFAULT_WORKERS`` (512). Threads start only as calls
+        4 × CPUs, or with batching enough for full batches if that is more,
+        at most ``MAX_DEFAULT_WORKERS`` (512). Threads start only as calls
         arrive, so an idle server holds few.
     """
+    per_cpu = threads_per_cpu_default()
     if batching is None:
-        return DEFAULT_MAX_WORKERS
+        return per_cpu
     wanted = batching.max_batch_size * (batching.num_batch_threads + 1)
-    return min(MAX_DEFAULT_WORKERS, max(DEFAULT_MAX_WORKERS, wanted))
-
-
-def _servable_for(core: ServingCore, model_spec: model_pb2.ModelSpec) -> Servable:
-    choice = model_spec.WhichOneof("version_choice")
-    if choice == "version_label":
-        return core.servable(model_spec.name, label=model_spec.version_label)
-    version = model_spec.version.value if choice == "version" else None
-    return core.servable(model_spec.name, version)
-
-
-def _answer(handler, request, context: grpc.ServicerContext):
-    try:
-        return handler(request)
-    except ServingError as error:
-        context.abort(error.code, error.message)
-    except Exception as error:  # a bug must become a status, not a dead worker
-        LOGGER.exception("request failed unexpectedly")
-        context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
-
-
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """PredictionService backed by a ``ServingCore``."""
-
-    def __init__(self, core: ServingCore) -> None:
-        self._core = core
-        self._observed_predict = self._observed("Predict", self._predict)
-
-    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext):
-        return _answer(self._observed_predict, request, context)
-
-    def Classify(self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext):
-        return _answer(self._observed("Classify", self._classify), request, context)
-
-    def GetModelMetadata(
-        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
-    ):
-        return _answer(self._observed("GetModelMetadata", self._get_model_metadata), request, context)
-
-    def Regress(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not implemented by the local server; use Predict")
-
-    def MultiInference(self, request, context):
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not implemented by the local server; use Predict"
-        )
-
-    def _observed(self, api: str, handler):
-        def run(request):
-            with self._core.observe(request.model_spec.name, api, "GRPC"):
-                return handler(request)
-        return run
-
-    def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-        servable = _servable_for(self._core, request.model_spec)
-        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE_NAME
-        call = servable.prepare(signature_name, request.inputs, list(request.output_filter),
-                                self._core.max_decoded_bytes)
-        outputs = self._core.run(servable, call)
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = servable.name
-        response.model_spec.version.value = servable.version
-        response.model_spec.signature_name = signature_name
-        for alias, array in outputs.items():
-            fill_tensor_proto(response.outputs[alias], array)
-        return response
-
-    def _classify(
-        self, request: classification_pb2.ClassificationRequest
-    ) -> classification_pb2.ClassificationResponse:
-        servable = _servable_for(self._core, request.model_spec)
-        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE_NAME
-        outputs = servable.classify(signature_name, request.input)
-        classes, scores = outputs.get("classes"), outputs.get("scores")
-        rows = (classes if classes is not None else scores).shape[0]
-        response = classification_pb2.ClassificationResponse()
-        response.model_spec.name = servable.name
-        response.model_spec.version.value = servable.version
-        response.model_spec.signature_name = signature_name
-        for row in range(rows):
-            classification = response.result.classifications.add()
-            width = (classes if classes is not None else scores).reshape(rows, -1).shape[1]
-            for column in range(width):
-                entry = classification.classes.add()
-                if classes is not None:
-                    entry.label = bytes(classes.reshape(rows, -1)[row, column]).decode("utf-8", "replace")
-                if scores is not None:
-                    entry.score = float(scores.reshape(rows, -1)[row, column])
-        return response
-
-    def _get_model_metadata(
-        self, request: get_model_metadata_pb2.GetModelMetadataRequest
-    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        if not request.HasField("model_spec"):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
-        if not request.metadata_field:
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "GetModelMetadataRequest must specify at least one metadata_field",
-            )
-        for metadata_field in request.metadata_field:
-            if metadata_field != SIGNATURE_DEF_FIELD:
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {metadata_field} is not supported"
-                )
-        return model_metadata_response(_servable_for(self._core, request.model_spec))
-
-
-class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """ModelService: version statuses and config reloads."""
-
-    def __init__(self, core: ServingCore) -> None:
-        self._core = core
-
-    def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
-        return _answer(self._get_model_status, request, context)
-
-    def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
-        return _answer(self._reload, request, context)
-
-    def _get_model_status(
-        self, request: get_model_status_pb2.GetModelStatusRequest
-    ) -> get_model_status_pb2.GetModelStatusResponse:
-        spec = request.model_spec
-        if not spec.name:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing model name in request.")
-        choice = spec.WhichOneof("version_choice")
-        statuses = self._core.registry.status(
-            spec.name,
-            version=spec.version.value if choice == "version" else None,
-            label=spec.version_label if choice == "version_label" else None,
-        )
-        return model_status_response(statuses)
-
-    def _reload(self, request: model_management_pb2.ReloadConfigRequest) -> model_management_pb2.ReloadConfigResponse:
-        try:
-            entries = model_entries_from_proto(request.config, source="ReloadConfigRequest")
-        except ValueError as error:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-        errors = self._core.registry.reload(entries)
-        if errors:
-            # TF Serving answers a failed reload with the error as the RPC status.
-            raise ServingError(grpc.StatusCode.UNKNOWN, "; ".join(errors))
-        return model_management_pb2.ReloadConfigResponse()
+    return min(MAX_DEFAULT_WORKERS, max(per_cpu, wanted))
 
 
 def _bind_address(host: str, port: int) -> str:
@@ -254,6 +100,16 @@ class LocalModelServer:
         Server-side batching (``--enable_batching``); None disables it.
     metrics_path : str or None
         REST path of the Prometheus metrics (``--monitoring_config_file``).
+    loading : ModelLoadOptions
+        Load retries, warmup, signature method check and labels (TF Serving's
+        flags and defaults: 5 retries a minute apart).
+    rest_threads : int or None
+        Threads answering REST requests (``--rest_api_num_threads``); None:
+        4 per CPU, as TF Serving.
+    rest_timeout_ms : int
+        ``--rest_api_timeout_in_ms``.
+    grpc_channel_arguments : sequence of (str, value)
+        Extra gRPC server options (``--grpc_channel_arguments``), applied last.
     """
 
     def __init__(
@@ -267,6 +123,10 @@ class LocalModelServer:
         rest_port: int | None = None,
         batching: BatchingOptions | None = None,
         metrics_path: str | None = None,
+        loading: ModelLoadOptions = ModelLoadOptions(),
+        rest_threads: int | None = None,
+        rest_timeout_ms: int = DEFAULT_REST_TIMEOUT_MS,
+        grpc_channel_arguments: Sequence[tuple[str, Any]] = (),
     ) -> None:
         models = models if isinstance(models, Mapping) else list(models)
         if not models:
@@ -278,9 +138,18 @@ class LocalModelServer:
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be positive")
         self.max_workers = max_workers if max_workers is not None else default_max_workers(batching)
+        self.rest_threads = rest_threads if rest_threads is not None else threads_per_cpu_default()
+        self.rest_timeout_ms = rest_timeout_ms
         self.metrics_path = metrics_path
-        self.registry = ModelRegistry(models, poll_wait_seconds=poll_wait_seconds)
-        self.core = ServingCore(self.registry, max_decoded_bytes=max_message_bytes, batching=batching)
+        self.grpc_channel_arguments = list(grpc_channel_arguments)
+        loader = functools.partial(load_servable, warmup=loading.enable_model_warmup,
+                                   check_method_name=loading.enable_signature_method_name_check)
+        self.registry = ModelRegistry(
+            models, poll_wait_seconds=poll_wait_seconds, loader=loader,
+            retries=LoadRetries(loading.max_num_load_retries, loading.load_retry_interval_micros / 1e6),
+            allow_unavailable_labels=loading.allow_version_labels_for_unavailable_models)
+        self.core = ServingCore(self.registry, max_decoded_bytes=max_message_bytes, batching=batching,
+                                check_method_name=loading.enable_signature_method_name_check)
         self._server: grpc.Server | None = None
         self._workers: LifoWorkerPool | None = None
         self._rest: RestServer | None = None
@@ -312,20 +181,23 @@ class LocalModelServer:
         Raises
         ------
         ModelLoadError
-            When a model's versions all fail to load.
+            When a model's versions all fail to load (after the retries).
+        LoadCancelled
+            When ``request_stop`` was called while loading.
         OSError
             When an address cannot be bound.
         """
         if self._server is not None:
             raise RuntimeError("server already started")
         self.registry.load_initial()
-        options = [
+        options = dict([
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
             # gRPC enables SO_REUSEPORT by default, which would let two servers
             # share a port silently; a busy port must fail loudly instead.
             ("grpc.so_reuseport", 0),
-        ]
+        ] + self.grpc_channel_arguments)
+        options = list(options.items())
         workers = LifoWorkerPool(max_workers=self.max_workers, thread_name_prefix="predict")
         server = grpc.server(workers, options=options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.core), server)
@@ -339,7 +211,8 @@ class LocalModelServer:
             raise OSError(f"cannot bind gRPC server to {address}")
         if self.requested_rest_port is not None:
             self._rest = RestServer(self.core, self.host, self.requested_rest_port,
-                                    max_body_bytes=self.max_message_bytes, metrics_path=self.metrics_path)
+                                    max_body_bytes=self.max_message_bytes, metrics_path=self.metrics_path,
+                                    num_threads=self.rest_threads, timeout_ms=self.rest_timeout_ms)
             self.rest_port = self._rest.port
             self._rest.start()
         server.start()
@@ -352,6 +225,10 @@ class LocalModelServer:
         rest = f", REST on {self.rest_url}" if self._rest is not None else ""
         LOGGER.info("Serving %s on %s (gRPC)%s", served, self.address, rest)
         return port
+
+    def request_stop(self) -> None:
+        """Make a ``start`` still loading models give up (LoadCancelled); safe in a signal handler."""
+        self.registry.stop_polling(timeout_seconds=0)
 
     def stop(self, grace_seconds: float | None = 5.0) -> None:
         """Stop polling, refuse new requests and let in-flight ones finish.

@@ -19,11 +19,73 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, text_format, wrappers_pb2
 from google.protobuf import message_factory
 
 DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
+DEFAULT_REST_TIMEOUT_MS = 30000  # --rest_api_timeout_in_ms
+
+
+def threads_per_cpu_default() -> int:
+    """TF Serving's default for ``--grpc_max_threads`` and ``--rest_api_num_threads``:
+    4 × the CPUs this process may run on (``model_servers/server.h``)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return 4 * cpus
+
+
+@dataclass(frozen=True)
+class ModelLoadOptions:
+    """How versions are loaded; each field is the TF Serving flag of that name, with its default.
+
+    Attributes
+    ----------
+    max_num_load_retries : int
+        Tries after a failed load before giving up on the version.
+    load_retry_interval_micros : int
+        Wait between tries, in microseconds (a minute); negative: no wait.
+    enable_model_warmup : bool
+        Replay ``assets.extra/tf_serving_warmup_requests`` before a version is AVAILABLE.
+    enable_signature_method_name_check : bool
+        Classify/Regress require the signature's ``method_name``, not only its shape.
+    allow_version_labels_for_unavailable_models : bool
+        A config may label versions not loaded yet (labels in a startup config need it).
+    """
+
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60 * 1000 * 1000
+    enable_model_warmup: bool = True
+    enable_signature_method_name_check: bool = False
+    allow_version_labels_for_unavailable_models: bool = False
+
+
+def parse_grpc_channel_arguments(text: str) -> list[tuple[str, Any]]:
+    """``--grpc_channel_arguments``: ``key=value,key=value`` → gRPC server options.
+
+    A value that parses as a 32-bit integer is passed as one, anything else as
+    a string, as ``model_servers/server.cc`` does.
+
+    Raises
+    ------
+    ValueError
+        For an entry without ``=``.
+    """
+    arguments = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        key, separator, value = entry.partition("=")
+        if not separator or not key:
+            raise ValueError(f"--grpc_channel_arguments: {entry!r} is not key=value")
+        try:
+            number = int(value)
+        except ValueError:
+            arguments.append((key, value))
+        else:
+            arguments.append((key, number if -(2**31) <= number < 2**31 else value))
+    return arguments
 _FILE_NAME = "musicrec/serving/tf_serving_server_options.proto"
 _PACKAGE = "musicrec.serving.tfs"  # our own package: never collides with a real TF Serving build
 

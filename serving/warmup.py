@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
+import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+from musicrec.serving.errors import SavedModelError
 
 WARMUP_FOLDER = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -90,8 +93,9 @@ def read_warmup_requests(export_dir: str | os.PathLike) -> list[prediction_log_p
 
     Raises
     ------
-    ValueError
-        When the file is corrupt or holds more than ``MAX_WARMUP_RECORDS`` records.
+    SavedModelError
+        (a ValueError) DATA_LOSS when the file is corrupt, INVALID_ARGUMENT
+        when it holds more than ``MAX_WARMUP_RECORDS`` records.
     """
     path = warmup_path(export_dir)
     if not os.path.isfile(path):
@@ -100,12 +104,15 @@ def read_warmup_requests(export_dir: str | os.PathLike) -> list[prediction_log_p
     try:
         for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
             if len(logs) == MAX_WARMUP_RECORDS:
-                raise ValueError(f"{path}: more than {MAX_WARMUP_RECORDS} warmup records")
+                raise SavedModelError(grpc.StatusCode.INVALID_ARGUMENT,
+                                      f"{path}: more than {MAX_WARMUP_RECORDS} warmup records")
             log = prediction_log_pb2.PredictionLog()
             log.ParseFromString(record)
             logs.append(log)
     except tf.errors.OpError as error:
-        raise ValueError(f"{path}: corrupt warmup file: {error.message}") from error
+        raise SavedModelError(grpc.StatusCode.DATA_LOSS, f"{path}: corrupt warmup file: {error.message}") \
+            from error
     except DecodeError as error:
-        raise ValueError(f"{path}: a warmup record is not a PredictionLog: {error}") from error
+        raise SavedModelError(grpc.StatusCode.DATA_LOSS,
+                              f"{path}: a warmup record is not a PredictionLog: {error}") from error
     return logs

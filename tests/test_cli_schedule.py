@@ -12,7 +12,7 @@ def test_schedule_runs_three_times_then_runs_lists_them(tmp_path, capsys):
     data = demo_data.generate(str(tmp_path / "data"), demo_data.tiny_config(seed=5))
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
-        "next_track_model": {**TINY_OVERRIDES["next_track_model"], "must_beat_popularity": False}}))
+        "next_track_model": {**TINY_OVERRIDES["next_track_model"], "must_beat_baselines": False}}))
     workdir = str(tmp_path / "work")
     code = cli.main(["schedule", "--playlogs", *data.playlog_paths, "--workdir", workdir,
                      "--config", str(config), "--every", "0.2s", "--max-runs", "3"])

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(600)
 TINY_MODELS = {
     "genre_model": {"hparams": {"epochs": 3, "embedding_dim": 16}, "min_accuracy_over_chance": 0.0},
     "next_track_model": {"hparams": {"epochs": 2, "lstm_units": 16, "embedding_dim": 8},
-                         "must_beat_popularity": False},
+                         "must_beat_baselines": False},
 }
 
 
@@ -33,13 +33,16 @@ def test_cold_start_sits_between_the_next_track_trainer_and_evaluator_only_with_
     both = create_pipeline(enabled, str(tmp_path), audio_dir="a", playlog_paths=["l"])
     assert _ids(both) == ["audio_example_gen", "trainer_genre", "evaluator_genre", "pusher_genre",
                           "playlog_example_gen", "trainer_next_track", "cold_start",
-                          "evaluator_next_track", "pusher_next_track"]
+                          "evaluator_next_track", "final_fit_next_track", "cold_start_final",
+                          "pusher_next_track"]
     nodes = {node.id: node for node in both.nodes}
     sources = {name: ref.node_id for name, ref in nodes["cold_start"].inputs.items()}
     assert sources == {"examples": "playlog_example_gen", "model": "trainer_next_track",
                        "genre_model": "trainer_genre", "audio_examples": "audio_example_gen"}
-    for consumer in ("evaluator_next_track", "pusher_next_track"):
-        assert nodes[consumer].inputs["model"].node_id == "cold_start"
+    assert nodes["evaluator_next_track"].inputs["model"].node_id == "cold_start"
+    assert nodes["final_fit_next_track"].inputs["model"].node_id == "trainer_next_track"
+    assert nodes["cold_start_final"].inputs["model"].node_id == "final_fit_next_track"
+    assert nodes["pusher_next_track"].inputs["model"].node_id == "cold_start_final"
     # The held-out plays file is data: its changes invalidate the cache.
     assert nodes["cold_start"].data_paths == [os.path.abspath("plays.csv")]
 
@@ -112,5 +115,5 @@ def test_an_unchanged_rerun_is_all_cache_hits_and_lineage_sees_through_cold_star
     assert again.states["cold_start"] == "cached"
     store = md.MetadataStore(md.connection_config(None, os.path.join(workdir, "runs")))
     answer = md.lineage_of_version(store, "next_track", 1)
-    assert answer["model"] == first.artifact("cold_start", "model").uri
+    assert answer["model"] == first.artifact("cold_start_final", "model").uri
     assert answer["examples"] == first.artifact("playlog_example_gen", "sessions").uri

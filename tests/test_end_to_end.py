@@ -28,7 +28,7 @@ def pipeline_run(tmp_path_factory):
                           "genre_model": {**TINY_OVERRIDES["genre_model"],
                                           "min_accuracy_over_chance": 0.0},
                           "next_track_model": {**TINY_OVERRIDES["next_track_model"],
-                                               "must_beat_popularity": False}})
+                                               "must_beat_baselines": False}})
     result = commands.run_pipeline(config, workdir, audio_dir=data.audio_dir,
                                    playlog_paths=data.playlog_paths)
     return workdir, data, result
@@ -40,7 +40,7 @@ def test_every_stage_ran_and_both_models_were_pushed(pipeline_run):
     assert record["state"] == "complete"
     assert sorted(record["components"], key=lambda c: record["components"][c]["order"]) == [
         "audio_example_gen", "trainer_genre", "evaluator_genre", "pusher_genre",
-        "playlog_example_gen", "trainer_next_track", "evaluator_next_track", "pusher_next_track"]
+        "playlog_example_gen", "trainer_next_track", "evaluator_next_track", "final_fit_next_track", "pusher_next_track"]
     pushed = commands.pushes(result)
     for name in ("genre", "next_track"):
         assert pushed[name]["pushed"] and pushed[name]["version"] == 1

@@ -14,27 +14,47 @@ SESSION = [0, 4, 5]  # anchor 0 (the last play) is 5, anchor 1 is 4
 IDS = np.array([HISTORY + [-1] + SESSION], dtype=np.int64)
 
 
-def layer(successor_lags: int, repeat_history_length: int) -> RepeatScores:
-    repeat = RepeatScores(6, successor_lags, successor_anchors=2, repeat_history_length=repeat_history_length)
+def layer(successor_lags: int, repeat_history_length: int, **options) -> RepeatScores:
+    repeat = RepeatScores(6, successor_lags, successor_anchors=2, repeat_history_length=repeat_history_length,
+                          **options)
     repeat.build([(None, N_IDS), IDS.shape, (None, UNITS)])
     return repeat
 
 
-def test_successor_evidence_weighs_one_over_anchor_rank_times_lag():
-    repeat = layer(successor_lags=2, repeat_history_length=6)
+def evidence_table(repeat: RepeatScores) -> np.ndarray:
+    """The layer's sparse successor evidence as a dense ``[N_IDS, channels]`` table."""
     ids = np.maximum(IDS, 0).astype(np.int32)
     rows, tracks, channels, values = (np.asarray(part) for part in
                                       repeat._successor_evidence(ids, (IDS > 0).astype(np.float32), N_IDS))
     assert set(rows) == {0}
     assert len(set(zip(tracks, channels))) == len(tracks), "every (row, track, channel) once"
-    evidence = np.zeros((N_IDS, 2), np.float32)
-    np.add.at(evidence, (tracks, channels), values)
+    table = np.zeros((N_IDS, repeat.channels), np.float32)
+    np.add.at(table, (tracks, channels), values)
+    return table
+
+
+def test_successor_evidence_weighs_one_over_anchor_rank_times_lag():
+    evidence = evidence_table(layer(successor_lags=2, repeat_history_length=6))
     expected = np.zeros((N_IDS, 2), np.float32)
     # Anchor 0 (track 5) was in slot 2: 8 followed it (lag 1), then 9 (lag 2).
     expected[8, 0], expected[9, 0] = 1.0, 0.5
     # Anchor 1 (track 4), weight 1/2, was in slot 0: 7 (lag 1), then 5 (lag 2). Its match in
     # slot 5 is followed by the boundary and padding, which gain nothing; its own slot is skipped.
     expected[7, 1], expected[5, 1] = 0.5, 0.25
+    np.testing.assert_allclose(evidence, expected, atol=1e-6)
+
+
+def test_recent_matches_and_predecessors_get_channels_of_their_own():
+    # Channels: anchor group + 2 × (match in the last 5 slots) + 4 × (predecessor).
+    evidence = evidence_table(layer(successor_lags=1, repeat_history_length=6, successor_recent_slots=5,
+                                    predecessor_lags=1))
+    expected = np.zeros((N_IDS, 8), np.float32)
+    # Anchor 0 (5) matched in slot 2 (old): 8 followed, 7 preceded.
+    expected[8, 0], expected[7, 4] = 1.0, 1.0
+    # Anchor 1 (4), weight 1/2, matched in slot 0 (old): 7 followed, nothing before; and in slot 5
+    # (recent: slots 5..9 are the last 5): the boundary followed (nothing), 9 preceded.
+    expected[7, 1] = 0.5
+    expected[9, 1 + 2 + 4] = 0.5
     np.testing.assert_allclose(evidence, expected, atol=1e-6)
 
 
@@ -72,6 +92,8 @@ def test_hparams_reject_bad_successor_settings():
         NextTrackHParams(successor_anchors=0)
     with pytest.raises(ValueError, match="successor"):
         NextTrackHParams(successor_lags=-1)
+    with pytest.raises(ValueError, match="predecessor_lags"):
+        NextTrackHParams(predecessor_lags=-2)
 
 
 def test_rows_of_a_batch_score_as_they_do_alone():

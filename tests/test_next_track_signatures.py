@@ -137,7 +137,7 @@ def test_gru_untied_unpersonalised_model_builds_and_exports(tmp_path):
     assert embedding.shape == (2, width)
 
 
-def test_in_batch_negatives_train_and_export_the_same_signatures(tmp_path):
+def test_the_sampled_softmax_trains_and_exports_the_same_signatures(tmp_path):
     import random
 
     from musicrec.models.next_track.train import run_fn
@@ -148,11 +148,12 @@ def test_in_batch_negatives_train_and_export_the_same_signatures(tmp_path):
     sessions = successor_sessions(random.Random(5), 60)
     train_file = write_sessions(f"{examples_dir}/Split-train/d.tfrecord.gz", sessions)
     write_vocabulary(examples_dir, sessions)
-    hparams = {**{k: v for k, v in HPARAMS.to_dict().items() if k != "top_k"}, "softmax": "in_batch",
+    hparams = {**{k: v for k, v in HPARAMS.to_dict().items() if k != "top_k"}, "softmax": "sampled",
                "epochs": 2, "batch_size": 32, "validation_share": 0.2}
     args = TrainArgs([train_file], [], examples_dir, str(tmp_path / "model"), hparams=hparams)
     metrics = run_fn(args)
-    assert metrics["softmax"] == "in_batch" and metrics["monitor"] == "val_loss"
+    assert metrics["softmax"] == "sampled" and metrics["monitor"] == "val_hr@20"
+    assert len(metrics["history"]["val_hr@20"]) == metrics["epochs_run"]
     assert np.isfinite(metrics["history"]["loss"]).all()
     signatures = tf.saved_model.load(args.serving_dir).signatures
     keys, scores = recommend(signatures, [["track-01", "track-02"]], [[]], [5], [True])

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(600)
 SPAN_A, SPAN_B = "2026-01-10", "2026-01-25"
 OVERRIDES = {"seed": 3, "spans": {"policy": "all"},
              "next_track_model": {**TINY_OVERRIDES["next_track_model"],
-                                  "must_beat_popularity": False}}
+                                  "must_beat_baselines": False}}
 # Warm start would hand it the serving model's weights, so it is turned off here.
 DEGRADED = {**OVERRIDES, "next_track_model": {
     **OVERRIDES["next_track_model"], "warm_start": False,
@@ -142,7 +142,8 @@ def test_a_run_killed_during_training_resumes_and_completes_with_the_same_artifa
     assert killed["components"]["playlog_example_gen"]["state"] == "complete"
     assert resumed.run_id == history["killed_run_id"]
     assert resumed.states == {"playlog_example_gen": "cached", "trainer_next_track": "complete",
-                              "evaluator_next_track": "complete", "pusher_next_track": "complete"}
+                              "evaluator_next_track": "complete", "final_fit_next_track": "complete",
+                              "pusher_next_track": "complete"}
     examples = killed["components"]["playlog_example_gen"]["outputs"]["sessions"]
     assert resumed.artifact("playlog_example_gen", "sessions").uri == examples["uri"]
     record = json.load(open(os.path.join(resumed.run_dir, "run.json")))
@@ -175,7 +176,7 @@ def test_a_new_span_triggers_ingestion_and_training_again(history):
     assert sessions.properties["spans"] == [SPAN_A, SPAN_B]
     evaluation = json.load(open(new_span.artifact("evaluator_next_track", "evaluation")
                                 .path("metrics.json")))
-    first_model = history["resumed"].artifact("trainer_next_track", "model").uri
+    first_model = history["resumed"].artifact("final_fit_next_track", "model").uri
     assert evaluation["baseline_model"]["uri"] == first_model
     comparison = evaluation["blessing"]["comparison"]
     assert comparison["metric"] == "MRR@20" and comparison["tolerance"] == 0.01
@@ -205,7 +206,7 @@ def test_lineage_says_which_span_produced_a_serving_version(history):
     answer = md.lineage_of_version(store, "next_track", 1)
     assert answer["spans"] == [SPAN_A]
     assert answer["run_id"] == history["killed_run_id"]
-    assert answer["model"] == history["resumed"].artifact("trainer_next_track", "model").uri
+    assert answer["model"] == history["resumed"].artifact("final_fit_next_track", "model").uri
     if history["new_span"].artifact("pusher_next_track", "pushed_model").properties["pushed"]:
         assert md.lineage_of_version(store, "next_track", 2)["spans"] == [SPAN_A, SPAN_B]
     with pytest.raises(LookupError):
@@ -253,7 +254,7 @@ def test_runs_commands_list_runs_and_show_lineage(history):
     listing = list_runs(history["workdir"])
     assert history["killed_run_id"] in listing and history["unchanged"].run_id in listing
     unchanged_line = next(l for l in listing.splitlines() if l.startswith(history["unchanged"].run_id))
-    assert unchanged_line.split()[1] == "complete" and unchanged_line.split()[-3:] == ["0", "4", "-"]
+    assert unchanged_line.split()[1] == "complete" and unchanged_line.split()[-3:] == ["0", "5", "-"]
     shown = show_run(history["workdir"], history["killed_run_id"])
     assert "trainer_next_track [trainer[next_track]]: complete" in shown
     assert "next_track v1 <- model" in shown and f"<- spans {SPAN_A}" in shown

@@ -240,7 +240,7 @@ def test_sessionize_transform_splits_filters_and_counts():
         assert_that(result[gen._USERS], equal_to(["u1", "u2"]), label="users")
 
 
-def test_build_vocabulary_counts_train_sessions_only():
+def test_build_vocabulary_counts_every_split():
     def session(split, keys):
         return gen.Session("u", f"u-{len(keys)}{split}", 0, tuple(keys), tuple(range(len(keys))), split)
 
@@ -248,7 +248,8 @@ def test_build_vocabulary_counts_train_sessions_only():
                 session("eval", ["only-eval", "only-eval", "only-eval"]), session("test", ["only-test"])]
     with BeamTestPipeline(runner=LOCAL_RUNNER) as pipeline:
         vocabulary = pipeline | beam.Create(sessions) | gen.BuildVocabulary(min_count=1)
-        assert_that(vocabulary, equal_to([["b", "a", "c"]]))
+        # Tracks first played in the eval and test periods are the newest: the served model needs them.
+        assert_that(vocabulary, equal_to([["b", "only-eval", "a", "c", "only-test"]]))
 
 
 # --- the whole component ------------------------------------------------------
@@ -327,13 +328,12 @@ def test_run_writes_sessions_vocab_manifest_and_dead_letters(tmp_path):
         if starts["eval"]:
             assert max(starts["train"]) < min(starts["eval"]) and max(starts["eval"]) < min(starts["test"])
 
-    # Vocabulary: train keys only, most frequent first, ties by key.
+    # Vocabulary: every split's keys, most frequent first, ties by key.
     vocabulary = (tmp_path / "out" / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    train_counts = collections.Counter(k for s in sessions["train"] for k in s["track_key"])
-    assert set(vocabulary) == set(train_counts)
-    assert vocabulary == sorted(train_counts, key=lambda k: (-train_counts[k], k))
+    counts = collections.Counter(k for split in SPLITS for s in sessions[split] for k in s["track_key"])
+    assert vocabulary == sorted(counts, key=lambda k: (-counts[k], k))
     assert vocabulary[0] == "hit"
-    assert "day9" not in vocabulary  # u1's last day is test only
+    assert "day9" in vocabulary  # u1's last day is test only, and the newest track
 
     # Counts reconcile, and match what the files hold.
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))

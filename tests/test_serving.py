@@ -41,6 +41,7 @@ from musicrec.serving.errors import ServingError
 from musicrec.serving.model_registry import ModelLoadError
 from musicrec.serving.servables import list_versions, read_signature_defs
 from musicrec.serving.server import LocalModelServer
+from musicrec.serving.server_options import ModelLoadOptions
 
 MAX_MESSAGE_BYTES = 256 * 1024
 VOCABULARY = ["rock", "jazz", "pop"]
@@ -290,17 +291,20 @@ def test_metadata_field_other_than_signature_def_is_invalid(stub):
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_classify_on_a_predict_signature_is_invalid_argument_and_regress_unimplemented(stub):
+def test_classify_and_regress_on_a_predict_signature_are_invalid_argument(stub):
+    # TF Serving checks the signature's shape (classifier.cc, regressor.cc) before the input.
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = "scorer"
     with pytest.raises(grpc.RpcError) as raised:
         stub.Classify(request, timeout=10)
-    # TF Serving checks the signature's method before the input.
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "Expected classification signature method_name" in raised.value.details()
+    assert "No classification inputs found in SignatureDef" in raised.value.details()
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name = "scorer"
     with pytest.raises(grpc.RpcError) as raised:
-        stub.Regress(regression_pb2.RegressionRequest(), timeout=10)
-    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        stub.Regress(request, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == "Expected one output Tensor."
 
 
 def test_temporary_folders_are_not_versions(model_base):
@@ -392,7 +396,8 @@ def test_new_version_is_picked_up_and_broken_version_keeps_old(tmp_path, caplog)
 def test_broken_initial_version_fails_start_clearly(tmp_path):
     (tmp_path / "broken" / "1").mkdir(parents=True)
     (tmp_path / "broken" / "1" / "saved_model.pb").write_bytes(b"\x00garbage")
-    local_server = LocalModelServer({"broken": str(tmp_path / "broken")}, port=0)
+    local_server = LocalModelServer({"broken": str(tmp_path / "broken")}, port=0,
+                                    loading=ModelLoadOptions(max_num_load_retries=0))
     with pytest.raises(ModelLoadError, match=r"'broken' version 1"):
         local_server.start()
 

@@ -4,9 +4,13 @@ TFS_BINARY names a ``tensorflow_model_server`` binary, the real one (skipped oth
 Every test talks to the server only through gRPC and REST, so a client cannot
 tell the two apart: every RPC and REST route, the status codes, the version
 policy and labels, and hot reload under traffic with zero failed requests.
+Each test names the TF Serving 2.17.1 source file (under
+``tensorflow_serving/``) whose behaviour it asserts; ``test_serving_parity.py``
+continues the contract.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,7 +21,7 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -34,14 +38,13 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serving_example_models import export_examples_model, export_ints  # noqa: E402
 from test_serving import export_lookup, export_scorer  # noqa: E402  (shared tiny models)
 
-from musicrec.serving.client import PredictionClient, RestClient
-from musicrec.serving.config import parse_model_entries
-from musicrec.serving.errors import ServingError
-from musicrec.serving.server import LocalModelServer
-from musicrec.serving.server_options import read_monitoring_config
 from musicrec.demo import stop_process
+from musicrec.serving import flags
+from musicrec.serving.client import PredictionClient, RestClient
+from musicrec.serving.errors import ServingError
 
 MAX_MESSAGE_BYTES = 256 * 1024
 METRICS_PATH = "/monitoring/prometheus/metrics"
@@ -83,7 +86,8 @@ def export_classifier(export_dir: str) -> None:
 
 
 def config_text(base: str) -> str:
-    """scorer: versions 1 and 2 (policy all, labels); latest_scorer: same folder, default policy."""
+    """scorer: versions 1 and 2 (policy all, labels); latest_scorer: same folder, default policy;
+    examples and ints: see serving_example_models."""
     return f"""
 model_config_list {{
   config {{
@@ -95,6 +99,8 @@ model_config_list {{
   config {{ name: "latest_scorer" base_path: "{base}/scorer" model_platform: "tensorflow" }}
   config {{ name: "lookup" base_path: "{base}/lookup" model_platform: "tensorflow" }}
   config {{ name: "classifier" base_path: "{base}/classifier" model_platform: "tensorflow" }}
+  config {{ name: "examples" base_path: "{base}/examples" model_platform: "tensorflow" }}
+  config {{ name: "ints" base_path: "{base}/ints" model_platform: "tensorflow" }}
 }}
 """
 
@@ -109,25 +115,36 @@ class RunningServer:
     stop: Callable[[], None]
 
 
-def start_local(config_path: str, poll_seconds: float = 0.0) -> RunningServer:
-    with open(config_path, encoding="utf-8") as handle:
-        entries = parse_model_entries(handle.read())
+def common_flags(config_path: str, poll_seconds: float, extra_flags: Sequence[str]) -> list[str]:
+    """TF Serving flags both backends get: the config, monitoring, polling, limits.
+
+    Labels in a startup config need ``--allow_version_labels_for_unavailable_models``
+    (``model_servers/server_core.cc``, ``UpdateModelVersionLabelMap``).
+    """
     monitoring = os.path.join(os.path.dirname(config_path), "monitoring.config")
-    server = LocalModelServer(entries, port=0, rest_port=0, max_message_bytes=MAX_MESSAGE_BYTES,
-                              poll_wait_seconds=poll_seconds,
-                              metrics_path=read_monitoring_config(monitoring))
+    return [f"--model_config_file={config_path}", f"--monitoring_config_file={monitoring}",
+            f"--file_system_poll_wait_seconds={max(1, int(poll_seconds)) if poll_seconds else 0}",
+            f"--grpc_channel_arguments=grpc.max_receive_message_length={MAX_MESSAGE_BYTES}",
+            "--allow_version_labels_for_unavailable_models=true", *extra_flags]
+
+
+def start_local(config_path: str, poll_seconds: float = 0.0, extra_flags: Sequence[str] = ()) -> RunningServer:
+    """``python -m musicrec.serving``'s own flag parsing and server, in this process."""
+    parsed = flags.parse_flags([*common_flags(config_path, poll_seconds, extra_flags), "--rest_api_port=1",
+                                f"--max_message_bytes={MAX_MESSAGE_BYTES}"])
+    # The local server polls faster than the whole seconds TF Serving takes.
+    parsed = dataclasses.replace(parsed, port=0, file_system_poll_wait_seconds=poll_seconds)
+    server = flags.server_from_flags(parsed)
+    server.requested_rest_port = 0  # any free port, picked when binding
     server.start()
     return RunningServer("local", server.address, server.rest_url, lambda: server.stop(grace_seconds=1))
 
 
-def start_tfs(config_path: str, poll_seconds: float = 0.0) -> RunningServer:
+def start_tfs(config_path: str, poll_seconds: float = 0.0, extra_flags: Sequence[str] = ()) -> RunningServer:
     binary = os.environ["TFS_BINARY"]
     port, rest_port = free_port(), free_port()
-    monitoring = os.path.join(os.path.dirname(config_path), "monitoring.config")
     command = [binary, f"--port={port}", f"--rest_api_port={rest_port}",
-               f"--model_config_file={config_path}", f"--monitoring_config_file={monitoring}",
-               f"--file_system_poll_wait_seconds={max(1, int(poll_seconds)) if poll_seconds else 0}",
-               f"--grpc_channel_arguments=grpc.max_receive_message_length={MAX_MESSAGE_BYTES}"]
+               *common_flags(config_path, poll_seconds, extra_flags)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop() -> None:
@@ -162,6 +179,8 @@ def model_base(tmp_path_factory) -> str:
     export_scorer(str(base / "scorer" / "2"), weight=2.0)
     export_lookup(str(base / "lookup" / "1"))
     export_classifier(str(base / "classifier" / "1"))
+    export_examples_model(str(base / "examples" / "1"))
+    export_ints(str(base / "ints" / "1"))
     (base / "models.config").write_text(config_text(str(base)))
     (base / "monitoring.config").write_text(
         f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
@@ -201,6 +220,7 @@ def grpc_error(call) -> ServingError:
 
 
 def test_predict_latest_specific_and_labelled_versions(client):
+    """model_servers/server_core.cc: ServableRequestFromModelSpec, GetModelVersionForLabel."""
     np.testing.assert_allclose(client.predict("scorer", {"x": X})["total"], expected_total(2.0), rtol=1e-6)
     np.testing.assert_allclose(client.predict("scorer", {"x": X}, version=1)["total"], expected_total(1.0))
     np.testing.assert_allclose(client.predict("scorer", {"x": X}, label="stable")["total"], expected_total(1.0))
@@ -208,12 +228,15 @@ def test_predict_latest_specific_and_labelled_versions(client):
 
 
 def test_latest_policy_serves_only_the_newest_version(client):
+    """core/servable_state_monitor.cc and sources/storage_path/file_system_storage_path_source.cc:
+    the default policy aspires the highest version only."""
     np.testing.assert_allclose(client.predict("latest_scorer", {"x": X})["total"], expected_total(2.0))
     error = grpc_error(lambda: client.predict("latest_scorer", {"x": X}, version=1))
     assert error.code == grpc.StatusCode.NOT_FOUND
 
 
 def test_response_names_model_version_and_signature(server):
+    """servables/tensorflow/predict_util.cc: RunPredict's MakeModelSpec."""
     channel = grpc.insecure_channel(server.grpc_target)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "scorer"
@@ -226,6 +249,7 @@ def test_response_names_model_version_and_signature(server):
 
 
 def test_string_inputs_and_outputs(client):
+    """servables/tensorflow/predict_util.cc: string tensors in, string tensors out."""
     outputs = client.predict("lookup", {"genre": np.array(["jazz", "metal"])})
     assert outputs["echo"].tolist() == [b"jazz", b"[UNK]"]
 
@@ -248,6 +272,8 @@ def test_string_inputs_and_outputs(client):
          "signature", "output-filter", "oversized"],
 )
 def test_predict_error_codes(client, model, inputs, kwargs, code):
+    """servables/tensorflow/predict_util.cc (FAILED_PRECONDITION for a signature, INVALID_ARGUMENT
+    for inputs and output_filter), model_servers/server_core.cc (NOT_FOUND, unknown label)."""
     assert grpc_error(lambda: client.predict(model, inputs, **kwargs)).code == code
     assert client.predict("scorer", {"x": X})["total"].shape == (2,)  # still serving
 
@@ -256,6 +282,7 @@ def test_predict_error_codes(client, model, inputs, kwargs, code):
 
 
 def test_classify_on_a_classification_signature(client):
+    """servables/tensorflow/classifier.cc: RunClassify, PostProcessClassificationResult."""
     examples = [tf.train.Example(features=tf.train.Features(feature={
         "x": tf.train.Feature(float_list=tf.train.FloatList(value=values))}))
         for values in ([5.0, 5.0, 5.0], [-5.0, -5.0, -5.0])]
@@ -265,21 +292,25 @@ def test_classify_on_a_classification_signature(client):
 
 
 def test_classify_on_a_predict_signature_is_invalid_argument(client):
+    """servables/tensorflow/classifier.cc: PreProcessClassification refuses a signature without "inputs"."""
     example = tf.train.Example()
     assert grpc_error(lambda: client.classify("scorer", [example])).code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_get_model_metadata(client):
+    """servables/tensorflow/get_model_metadata_impl.cc."""
     summary = client.get_model_metadata("scorer", version=1)
     assert summary["serving_default"]["inputs"] == {"x": ("float32", (None, 3))}
     assert grpc_error(lambda: client.get_model_metadata("nope")).code == grpc.StatusCode.NOT_FOUND
 
 
-def test_get_model_status_lists_versions_and_resolves_labels(client):
+def test_get_model_status_lists_versions_and_ignores_labels(client):
+    """model_servers/get_model_status_impl.cc: the name and the version are read, a label is not."""
     statuses = client.get_model_status("scorer")
     assert sorted((entry["version"], entry["state"]) for entry in statuses) == [(1, "AVAILABLE"), (2, "AVAILABLE")]
     assert all(entry["error_code"] == grpc.StatusCode.OK for entry in statuses)
-    assert [entry["version"] for entry in client.get_model_status("scorer", label="canary")] == [2]
+    for label in ("canary", "nope"):
+        assert sorted(entry["version"] for entry in client.get_model_status("scorer", label=label)) == [1, 2]
     assert grpc_error(lambda: client.get_model_status("nope")).code == grpc.StatusCode.NOT_FOUND
     assert grpc_error(lambda: client.get_model_status("scorer", version=9)).code == grpc.StatusCode.NOT_FOUND
 
@@ -288,13 +319,16 @@ def test_get_model_status_lists_versions_and_resolves_labels(client):
 
 
 def test_rest_status_routes(rest):
+    """model_servers/http_rest_api_handler.cc (ProcessModelStatusRequest), http_rest_api_util.cc
+    (ToJsonString); the label goes to GetModelStatus, which ignores it (get_model_status_impl.cc)."""
     assert sorted(entry["version"] for entry in rest.get_model_status("scorer")) == ["1", "2"]
     assert rest.get_model_status("scorer", version=1) == [
         {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
-    assert [entry["version"] for entry in rest.get_model_status("scorer", label="canary")] == ["2"]
+    assert sorted(entry["version"] for entry in rest.get_model_status("scorer", label="canary")) == ["1", "2"]
 
 
 def test_rest_metadata_routes(rest):
+    """model_servers/http_rest_api_handler.cc (ProcessModelMetadataRequest), http_rest_api_util.cc."""
     for kwargs, version in (({}, "2"), ({"version": 1}, "1"), ({"label": "stable"}, "1")):
         metadata = rest.get_model_metadata("scorer", **kwargs)
         assert metadata["model_spec"]["name"] == "scorer"
@@ -305,6 +339,7 @@ def test_rest_metadata_routes(rest):
 
 
 def test_rest_predict_row_and_columnar_formats(rest):
+    """util/json_tensor.cc: FillPredictRequestFromJson, MakeJsonFromTensors."""
     rows = rest.predict("scorer", instances=X.tolist())
     assert [row["total"] for row in rows] == pytest.approx(expected_total(2.0).tolist())
     named_rows = rest.predict("scorer", instances=[{"x": row} for row in X.tolist()], version=1)
@@ -317,6 +352,7 @@ def test_rest_predict_row_and_columnar_formats(rest):
 
 
 def test_rest_predict_binary_strings(rest):
+    """util/json_tensor.cc: {"b64": ...} values of string inputs."""
     rows = rest.predict("lookup", instances=["jazz", {"b64": "cm9jaw=="}])  # b64 of "rock"
     assert [row["echo"] for row in rows] == ["jazz", "rock"]
     assert rest.predict("lookup", inputs=[b"pop"])["echo"] == ["pop"]
@@ -333,19 +369,22 @@ def test_rest_predict_binary_strings(rest):
         ("POST", "/v1/models/scorer:predict", {"instances": [[1, 2]]}, 400),
         ("POST", "/v1/models/scorer:predict", {"instances": [["a", "b", "c"]]}, 400),
         ("POST", "/v1/models/scorer:predict", {"instances": [[1, 2, 3]], "inputs": [[1, 2, 3]]}, 400),
-        ("POST", "/v1/models/scorer:predict", {"signature_name": "nope", "instances": [[1, 2, 3]]}, 412),
+        ("POST", "/v1/models/scorer:predict", {"signature_name": "nope", "instances": [[1, 2, 3]]}, 400),
         ("POST", "/v1/models/scorer:predict", {"instances": [{"y": [1, 2, 3]}]}, 400),
     ],
     ids=["unknown-model", "unknown-version", "unknown-metadata", "predict-unknown-model", "unknown-label",
          "shape", "dtype", "both-formats", "signature", "wrong-name"],
 )
 def test_rest_errors_are_json_with_tf_serving_status(rest, method, path, body, status):
+    """model_servers/http_server.cc (ToHTTPStatusCode), http_rest_api_handler.cc (GetInfoMap: an unknown
+    signature is INVALID_ARGUMENT), util/json_tensor.cc (MakeJsonFromStatus)."""
     got_status, decoded = rest.request(method, path, body)
     assert got_status == status
     assert isinstance(decoded, dict) and set(decoded) == {"error"} and decoded["error"]
 
 
 def test_rest_malformed_json_is_bad_request(server):
+    """util/json_tensor.cc: ParseJson."""
     import http.client
     from urllib.parse import urlsplit
 
@@ -359,6 +398,7 @@ def test_rest_malformed_json_is_bad_request(server):
 
 
 def test_prometheus_metrics(rest, client):
+    """util/prometheus_exporter.cc, servables/tensorflow/util.cc (request_count)."""
     client.predict("scorer", {"x": X})
     status, text = rest.request("GET", METRICS_PATH)
     assert status == 200
@@ -370,12 +410,14 @@ def test_prometheus_metrics(rest, client):
 
 @pytest.mark.parametrize("start", BACKENDS)
 def test_hot_reload_under_traffic_then_broken_version_is_reported(start, tmp_path):
+    """core/aspired_versions_manager.cc (a new version loads before the old unloads), core/loader_harness.cc
+    (a failed load ends in END with its error; no retries here), tsl env.cc ReadBinaryProto (DATA_LOSS)."""
     base = tmp_path / "scorer"
     export_scorer(str(base / "1"), weight=1.0)
     (tmp_path / "models.config").write_text(
         f'model_config_list {{ config {{ name: "scorer" base_path: "{base}" model_platform: "tensorflow" }} }}')
     (tmp_path / "monitoring.config").write_text("")
-    running = start(str(tmp_path / "models.config"), poll_seconds=0.2)
+    running = start(str(tmp_path / "models.config"), poll_seconds=0.2, extra_flags=["--max_num_load_retries=0"])
     grpc_client = PredictionClient(running.grpc_target, timeout_seconds=10, retries=0)
     rest_client = RestClient(running.rest_url, timeout_seconds=10, retries=0)
     try:
@@ -423,6 +465,7 @@ def test_hot_reload_under_traffic_then_broken_version_is_reported(start, tmp_pat
             assert time.monotonic() < deadline, "the broken version was never reported"
             time.sleep(0.1)
         assert broken["state"] == "END" and broken["error_message"]
+        assert broken["error_code"] == grpc.StatusCode.DATA_LOSS
         np.testing.assert_allclose(grpc_client.predict("scorer", {"x": X})["total"], expected_total(2.0))
     finally:
         grpc_client.close()
@@ -431,6 +474,7 @@ def test_hot_reload_under_traffic_then_broken_version_is_reported(start, tmp_pat
 
 @pytest.mark.parametrize("start", BACKENDS)
 def test_reload_config_adds_and_removes_models_and_changes_policy(start, model_base, tmp_path):
+    """model_servers/model_service_impl.cc (HandleReloadConfigRequest), model_servers/server_core.cc."""
     config_path = tmp_path / "models.config"
     shutil.copy(os.path.join(model_base, "monitoring.config"), tmp_path / "monitoring.config")
     config_path.write_text(

@@ -3,6 +3,7 @@ warmup files, the batching/monitoring config files, metrics and the new flags.""
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import sys
 import threading
@@ -32,6 +33,7 @@ from musicrec.serving.servables import load_servable, read_signature_defs
 from musicrec.serving.server import LocalModelServer
 from musicrec.serving.server_options import (
     BatchingOptions,
+    ModelLoadOptions,
     read_batching_parameters,
     read_monitoring_config,
 )
@@ -170,7 +172,9 @@ def test_with_batching_the_default_threads_let_full_batches_form(tmp_path):
     options = BatchingOptions(max_batch_size=24, batch_timeout_micros=3_000_000, num_batch_threads=1)
     server = LocalModelServer({"rows": str(tmp_path / "rows")}, port=0, poll_wait_seconds=0, batching=options)
     assert server.max_workers == 24 * 2
-    assert LocalModelServer({"rows": str(tmp_path / "rows")}, port=0, poll_wait_seconds=0).max_workers == 16
+    # Without batching, TF Serving's default: 4 threads per CPU (model_servers/server.h).
+    assert LocalModelServer({"rows": str(tmp_path / "rows")}, port=0, poll_wait_seconds=0).max_workers == \
+        4 * len(os.sched_getaffinity(0))
     results, errors = [], []
     with server, PredictionClient(server.address, timeout_seconds=30) as client:
         client.predict("rows", {"x": X[:1]})  # the first call of a servable traces; keep it out of the batch
@@ -262,8 +266,13 @@ def test_failing_warmup_fails_the_load(tmp_path):
     write_warmup_requests(export_dir, [log])
     with pytest.raises(ValueError, match="warmup request 0"):
         load_servable("scorer", 1, export_dir)
-    with pytest.raises(ModelLoadError):
-        LocalModelServer({"scorer": str(tmp_path / "scorer")}, port=0, poll_wait_seconds=0).start()
+    with pytest.raises(ModelLoadError, match="warmup request 0"):
+        LocalModelServer({"scorer": str(tmp_path / "scorer")}, port=0, poll_wait_seconds=0,
+                         loading=ModelLoadOptions(max_num_load_retries=0)).start()
+    # --enable_model_warmup=false: the requests are not replayed, so the version loads.
+    with LocalModelServer({"scorer": str(tmp_path / "scorer")}, port=0, poll_wait_seconds=0,
+                          loading=ModelLoadOptions(enable_model_warmup=False)) as server:
+        assert server.registry.served_versions() == {"scorer": 1}
 
 
 # ---------------------------------------------------------------- option files, flags
@@ -342,7 +351,7 @@ def test_rest_refuses_an_oversized_body_unread_and_keeps_serving(tmp_path):
         assert rest.predict("scorer", inputs={"x": X.tolist()})["total"] == pytest.approx([13.0, 8.0])
 
 
-def test_config_file_watcher_reloads_changed_models(tmp_path):
+def test_config_file_watcher_reloads_changed_models(tmp_path, caplog):
     from musicrec.serving.config import write_model_config
 
     export_scorer(str(tmp_path / "scorer" / "1"), weight=1.0)
@@ -363,6 +372,14 @@ def test_config_file_watcher_reloads_changed_models(tmp_path):
             with pytest.raises(ServingError) as raised:
                 client.predict("scorer", {"x": X})
             assert raised.value.code == grpc.StatusCode.NOT_FOUND
+        # A label on a version that is not loaded is refused, as TF Serving logs a failed poll.
+        with open(config_path, "w", encoding="utf-8") as handle:
+            handle.write(f'model_config_list {{ config {{ name: "lookup" base_path: "{tmp_path / "lookup"}" '
+                         'version_labels { key: "next" value: 9 } } }')
+        with caplog.at_level(logging.ERROR, logger="musicrec.serving.flags"):
+            watcher.check()
+        assert "Request to assign label to version 9 of model lookup" in caplog.text
+        assert server.registry.served_versions() == {"lookup": 1}
 
 
 # --------------------------------------------------------------------------- TensorProto conversions

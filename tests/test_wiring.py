@@ -17,7 +17,7 @@ def test_audio_alone_runs_only_the_genre_branch(tmp_path):
 def test_logs_alone_run_only_the_next_track_branch(tmp_path):
     pipeline = create_pipeline(make_config(), str(tmp_path), playlog_paths=[str(tmp_path)])
     assert _ids(pipeline) == ["playlog_example_gen", "trainer_next_track", "evaluator_next_track",
-                              "pusher_next_track"]
+                              "final_fit_next_track", "pusher_next_track"]
 
 
 def test_both_branches_push_to_the_workdir_serving_base(tmp_path):

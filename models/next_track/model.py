@@ -46,7 +46,8 @@ OOV_ID = 1
 BOUNDARY_ID = -1  # model-internal; never looked up from a key, never scored
 NUM_RESERVED_IDS = 2  # padding + one OOV bucket
 RNN_KINDS = ("lstm", "gru")
-SOFTMAX_KINDS = ("auto", "full", "in_batch")
+SOFTMAX_KINDS = ("auto", "full", "sampled")
+SCORERS = ("gates", "mlp")
 EARLY_STOPPING_METRICS = ("hr", "loss")
 
 
@@ -60,13 +61,35 @@ class NextTrackHParams:
         rnn: ``"lstm"`` or ``"gru"``.
         tied_embeddings: score tracks with the input embedding table instead
             of a separate output layer.
+        neural_scores: score every track by the session vector and its
+            embedding (off: only the repeat and successor terms score, so the
+            model ranks the listener's own tracks and nothing else).
+        track_bias: with ``neural_scores`` off, still learn one bias per track
+            (a popularity prior for the tracks the listener never played).
         repeat_scores: add the learned repeat term (see :class:`RepeatScores`).
+        state_gates: the repeat and successor weights depend on the session
+            state (off: one learned weight per recency bucket and evidence channel).
+        scorer: how the listener's own tracks are scored: ``"gates"``
+            (:class:`RepeatScores`, with ``repeat_scores``) or ``"mlp"``
+            (:class:`~candidates.CandidateScorer`: a small ranker over repeat
+            and successor facts).
+        scorer_units: hidden units of the ``"mlp"`` scorer.
+        scorer_context: what the ``"mlp"`` scorer knows of the row besides a
+            track's facts: ``"none"``, ``"lengths"`` (of the session and the
+            history) or ``"state"`` (those and the recurrent session state).
         successor_lags: with ``repeat_scores``, how many tracks after an
             earlier play of an anchor (one of the session's last plays) gain
             the learned successor evidence (0 turns it off).
         successor_anchors: how many of the session's last plays are anchors
             of the successor evidence (1: only the last play; more than
             ``max_prefix_length`` count as ``max_prefix_length``).
+        successor_recent_slots: with ``successor_lags``, matches of an anchor in
+            the last this many slots (recent history and the session) get
+            evidence channels of their own, so recent habits can weigh
+            differently from old ones (0: one set of channels).
+        predecessor_lags: with ``successor_lags``, the tracks up to this many
+            slots *before* each match gain evidence too, in channels of their own
+            (music is also replayed in shuffled or reversed order; 0 turns it off).
         history_length: the listener's earlier plays fed before the session, in
             plays (0 turns personalisation off); the successor evidence
             reads them all (it is sparse: cheap even for tens of thousands).
@@ -82,16 +105,17 @@ class NextTrackHParams:
         batch_size: training pairs per step.
         early_stopping_patience: epochs without a better validation figure before stopping.
         early_stopping_metric: ``"hr"`` watches validation HR@``top_k`` (the
-            ranking; with a full softmax only), ``"loss"`` the validation loss.
+            ranking of the whole catalogue), ``"loss"`` the validation loss.
             The loss starts rising (over-confidence) epochs before the ranking
             stops improving.
         max_prefix_length: plays of the current session the model reads (the most recent ones).
         top_k: tracks ``serving_default`` returns per prefix (``k``).
-        softmax: ``"full"`` (softmax over every track), ``"in_batch"`` (the
-            other targets of the batch are the negatives, with logQ
-            correction) or ``"auto"`` (full up to ``full_softmax_max_tracks``).
+        softmax: ``"full"`` (softmax over every track), ``"sampled"`` (every
+            track the repeat and successor terms score for the example, plus
+            the other targets of the batch as logQ-corrected negatives; see
+            ``sampled.py``) or ``"auto"`` (full up to ``full_softmax_max_tracks``).
         full_softmax_max_tracks: the catalogue size above which ``"auto"``
-            switches to in-batch negatives.
+            switches to the sampled softmax.
         validation_share: share of training sessions held out for early
             stopping when the eval split has none.
     """
@@ -100,9 +124,17 @@ class NextTrackHParams:
     lstm_units: int = 64
     rnn: str = "lstm"
     tied_embeddings: bool = True
+    neural_scores: bool = True
+    track_bias: bool = False
     repeat_scores: bool = True
+    state_gates: bool = True
+    scorer: str = "gates"
+    scorer_units: int = 32
+    scorer_context: str = "none"
     successor_lags: int = 10
     successor_anchors: int = 3
+    successor_recent_slots: int = 0
+    predecessor_lags: int = 0
     history_length: int = 30000
     repeat_history_length: int = 5000
     rnn_history_length: int = 10
@@ -124,6 +156,8 @@ class NextTrackHParams:
             raise ValueError(f"next_track hparam rnn must be one of {RNN_KINDS}, got {self.rnn!r}")
         if self.softmax not in SOFTMAX_KINDS:
             raise ValueError(f"next_track hparam softmax must be one of {SOFTMAX_KINDS}, got {self.softmax!r}")
+        if self.scorer not in SCORERS:
+            raise ValueError(f"next_track hparam scorer must be one of {SCORERS}, got {self.scorer!r}")
         if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
             raise ValueError(f"next_track hparam early_stopping_metric must be one of "
                              f"{EARLY_STOPPING_METRICS}, got {self.early_stopping_metric!r}")
@@ -131,6 +165,8 @@ class NextTrackHParams:
             raise ValueError("next_track hparams need history_length >= 0 and max_prefix_length >= 1")
         if self.successor_lags < 0 or self.successor_anchors < 1:
             raise ValueError("next_track hparams need successor_lags >= 0 and successor_anchors >= 1")
+        if self.successor_recent_slots < 0 or self.predecessor_lags < 0:
+            raise ValueError("next_track hparams need successor_recent_slots >= 0 and predecessor_lags >= 0")
         if not 0 <= self.repeat_history_length:
             raise ValueError("next_track hparam repeat_history_length must be >= 0")
         if not 0 <= self.rnn_history_length <= self.history_length:
@@ -308,6 +344,32 @@ class TiedLogits(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="musicrec")
+class BiasLogits(keras.layers.Layer):
+    """Scores every id by a learned bias alone, or 0 without one (``neural_scores`` off): the
+    model then ranks the listener's own tracks by its repeat and successor terms, the rest by
+    the bias (how often a track is the next play at all)."""
+
+    def __init__(self, n_ids: int, use_bias: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.n_ids = n_ids
+        self.use_bias = use_bias
+
+    def build(self, input_shape):
+        if self.use_bias:
+            self.bias = self.add_weight(shape=(self.n_ids,), initializer="zeros", name="bias")
+
+    def call(self, state):
+        zeros = keras.ops.zeros((keras.ops.shape(state)[0], self.n_ids), dtype=state.dtype)
+        return zeros + self.bias if self.use_bias else zeros
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.n_ids)
+
+    def get_config(self):
+        return {**super().get_config(), "n_ids": self.n_ids, "use_bias": self.use_bias}
+
+
+@keras.saving.register_keras_serializable(package="musicrec")
 class LastSlots(keras.layers.Layer):
     """The last ``count`` slots of ``[batch, slots]`` (the recent history, boundary and session)."""
 
@@ -373,9 +435,19 @@ class RepeatScores(keras.layers.Layer):
     """
 
     def __init__(self, history_length: int, successor_lags: int = 0, successor_anchors: int = 1,
-                 repeat_history_length: int | None = None, session_slots: int | None = None, **kwargs):
+                 repeat_history_length: int | None = None, session_slots: int | None = None,
+                 successor_recent_slots: int = 0, predecessor_lags: int = 0, state_gates: bool = True,
+                 **kwargs):
         super().__init__(**kwargs)
         self.history_length = history_length
+        # Off: the weights of the terms do not depend on the session (their kernels stay 0).
+        self.state_gates = state_gates
+        self.successor_recent_slots = successor_recent_slots
+        self.predecessor_lags = predecessor_lags
+        # Evidence channels: anchor group (last play, the ones before), then optionally whether
+        # the match is recent, then optionally followers or predecessors.
+        self.channels = (SUCCESSOR_CHANNELS * (2 if successor_recent_slots else 1)
+                         * (2 if predecessor_lags else 1))
         # With a variable-width input (serving), the slots after the history are known only from here.
         self.session_slots = session_slots
         self.successor_lags = successor_lags
@@ -396,15 +468,18 @@ class RepeatScores(keras.layers.Layer):
         self.repeat_slots = session_slots + self.repeat_history_length
         self.buckets = recency_buckets(self.repeat_history_length, self.repeat_slots)
         n_buckets = 2 * RECENCY_BUCKETS
-        self.kernel = self.add_weight(shape=(units, n_buckets), initializer="zeros", name="kernel")
+        self.kernel = self.add_weight(shape=(units, n_buckets), initializer="zeros", name="kernel",
+                                      trainable=self.state_gates)
         self.bucket_bias = self.add_weight(shape=(n_buckets,), initializer="zeros", name="bucket_bias")
         if self.successor_lags:
-            self.gate_kernel = self.add_weight(shape=(units, 2 * SUCCESSOR_CHANNELS), initializer="zeros",
-                                               name="gate_kernel")
-            # Starts as log(1 + E): the rule's ranking, on a scale the softmax tolerates.
+            self.gate_kernel = self.add_weight(shape=(units, 2 * self.channels), initializer="zeros",
+                                               name="gate_kernel", trainable=self.state_gates)
+            # Starts as log(1 + E) (the last play's evidence weighing most): the rule's ranking,
+            # on a scale the softmax tolerates.
+            start = np.tile(np.array([1.0, 0.5], np.float32), self.channels // SUCCESSOR_CHANNELS)
             self.gate_bias = self.add_weight(
-                shape=(2 * SUCCESSOR_CHANNELS,), name="gate_bias",
-                initializer=keras.initializers.Constant(np.array([0.0, 0.0, 1.0, 0.5], np.float32)))
+                shape=(2 * self.channels,), name="gate_bias",
+                initializer=keras.initializers.Constant(np.concatenate([np.zeros_like(start), start])))
 
     def _successor_evidence(self, ids, real, n_ids):
         """The evidence tracks gain as successors of an anchor, sparse: one entry per (row, track, channel).
@@ -420,8 +495,10 @@ class RepeatScores(keras.layers.Layer):
         """
         slots = tf.shape(ids)[1]
         positions = tf.range(slots)[None, :]
-        lags = tf.range(1, self.successor_lags + 1)
-        lag_values = tf.cast(lags, real.dtype)[None, :]
+        offsets = [(tf.range(1, self.successor_lags + 1), 0)]  # (slot offsets, direction)
+        if self.predecessor_lags:
+            offsets.append((-tf.range(1, self.predecessor_lags + 1), 1))
+        recent_channels = 2 if self.successor_recent_slots else 1
         rows, keys, weights = [], [], []
         for anchor in range(self.anchors):
             track = ids[:, slots - 1 - anchor:slots - anchor]  # [b, 1]; padding never matches a play
@@ -429,57 +506,79 @@ class RepeatScores(keras.layers.Layer):
             matches = tf.where(tf.logical_and(tf.logical_and(tf.equal(ids, track), real > 0),
                                               positions < slots - 1 - anchor))  # [m, 2] (row, slot)
             row, slot = tf.cast(matches[:, 0], tf.int32), tf.cast(matches[:, 1], tf.int32)
-            channel = min(anchor, SUCCESSOR_CHANNELS - 1)
-            # Slot s + lag followed a match in slot s; past the end it is clipped and weighs 0.
-            # All lags in one gather ([m, L]): a loop over lags costs a few ops per lag per call.
-            follower = slot[:, None] + lags[None, :]
-            target = tf.minimum(follower, slots - 1)
-            row_per_lag = tf.broadcast_to(row[:, None], tf.shape(target))
-            followed = tf.stack([row_per_lag, target], axis=-1)  # [m, L, 2]
-            valid = tf.gather_nd(real, followed) * tf.cast(follower < slots, real.dtype)
-            successor = tf.cast(tf.gather_nd(ids, followed), tf.int64)
-            rows.append(tf.reshape(row_per_lag, [-1]))
-            keys.append(tf.reshape(successor * SUCCESSOR_CHANNELS + channel, [-1]))
-            weights.append(tf.reshape(valid / (float(1 + anchor) * lag_values), [-1]))
+            channel = tf.fill(tf.shape(slot), min(anchor, SUCCESSOR_CHANNELS - 1))
+            if self.successor_recent_slots:
+                channel += SUCCESSOR_CHANNELS * tf.cast(slot >= slots - self.successor_recent_slots, tf.int32)
+            for lags, direction in offsets:
+                # Slot s + lag followed a match in slot s (s - lag preceded it); outside the
+                # input it is clipped and weighs 0. All lags in one gather ([m, L]).
+                lag_values = tf.cast(tf.abs(lags), real.dtype)[None, :]
+                neighbour = slot[:, None] + lags[None, :]
+                target = tf.clip_by_value(neighbour, 0, slots - 1)
+                row_per_lag = tf.broadcast_to(row[:, None], tf.shape(target))
+                near = tf.stack([row_per_lag, target], axis=-1)  # [m, L, 2]
+                inside = tf.logical_and(neighbour >= 0, neighbour < slots)
+                valid = tf.gather_nd(real, near) * tf.cast(inside, real.dtype)
+                neighbour_track = tf.cast(tf.gather_nd(ids, near), tf.int64)
+                lag_channel = channel + direction * SUCCESSOR_CHANNELS * recent_channels
+                rows.append(tf.reshape(row_per_lag, [-1]))
+                keys.append(tf.reshape(neighbour_track * self.channels
+                                       + tf.cast(lag_channel[:, None], tf.int64), [-1]))
+                weights.append(tf.reshape(valid / (float(1 + anchor) * lag_values), [-1]))
         if not rows:
             empty = tf.zeros([0], tf.int64)
             return empty, empty, empty, tf.zeros([0], real.dtype)
         # int64 keys: batch × catalogue × channels passes 2**31 for large catalogues.
-        width = tf.cast(n_ids, tf.int64) * SUCCESSOR_CHANNELS
+        width = tf.cast(n_ids, tf.int64) * self.channels
         keys = tf.cast(tf.concat(rows, 0), tf.int64) * width + tf.concat(keys, 0)
         unique_keys, position = tf.unique(keys)
         evidence = tf.math.unsorted_segment_sum(tf.concat(weights, 0), position, tf.size(unique_keys))
-        return (unique_keys // width, (unique_keys % width) // SUCCESSOR_CHANNELS,
-                unique_keys % SUCCESSOR_CHANNELS, evidence)
+        return (unique_keys // width, (unique_keys % width) // self.channels,
+                unique_keys % self.channels, evidence)
 
-    def call(self, inputs):
+    def entries(self, ids, state, n_ids):
+        """What the layer adds to the logits, sparse: ``(rows, tracks, values)``, int32/int64/float ``[k]``.
+
+        A ``(row, track)`` pair may occur several times (its values add up).
+        :meth:`call` scatter-adds them onto dense logits; a loss that scores
+        only some tracks (``sampled.py``) reads them as they are.
+        """
         ops = keras.ops
-        logits, ids, state = inputs
         ids = ops.cast(ids, "int32")
-        real = ops.cast(ids > PADDING_ID, logits.dtype)  # [b, slots]: plays, not padding or boundary
+        real = ops.cast(ids > PADDING_ID, state.dtype)  # [b, slots]: plays, not padding or boundary
         ids = ops.maximum(ids, 0)  # the boundary's weight is 0; keep its index in range
-        # Scatter-adds into the logits (duplicates add up): one pass over [b, n_ids], not a
-        # catalogue-sized temporary per term, which is what batching many requests pays for.
         recent = ids[:, -self.repeat_slots:]  # [b, R]: R < repeat_slots when the input is narrower
         buckets = tf.constant(self.buckets)[self.repeat_slots - tf.shape(recent)[1]:]  # the last R
         per_bucket = ops.matmul(state, self.kernel) + self.bucket_bias  # [b, buckets]
         repeat = ops.take(per_bucket, buckets, axis=1) * real[:, -self.repeat_slots:]  # [b, R]
         rows = tf.broadcast_to(tf.range(tf.shape(recent)[0])[:, None], tf.shape(recent))
-        logits = tf.tensor_scatter_nd_add(logits, tf.reshape(tf.stack([rows, recent], -1), [-1, 2]),
-                                          tf.reshape(repeat, [-1]))
-        if self.successor_lags:
-            rows, tracks, channels, evidence = self._successor_evidence(ids, real, ops.shape(logits)[1])
-            gate = ops.matmul(state, self.gate_kernel) + self.gate_bias  # [b, 2 channels]
-            linear = tf.gather_nd(gate, tf.stack([rows, channels], -1))
-            logarithmic = tf.gather_nd(gate, tf.stack([rows, channels + SUCCESSOR_CHANNELS], -1))
-            logits = tf.tensor_scatter_nd_add(logits, tf.stack([rows, tracks], -1),
-                                              linear * evidence + logarithmic * tf.math.log1p(evidence))
-        return logits
+        rows, tracks, values = tf.reshape(rows, [-1]), tf.reshape(recent, [-1]), tf.reshape(repeat, [-1])
+        if not self.successor_lags:
+            return rows, tf.cast(tracks, tf.int64), values
+        successor_rows, successor_tracks, channels, evidence = self._successor_evidence(ids, real, n_ids)
+        gate = ops.matmul(state, self.gate_kernel) + self.gate_bias  # [b, 2 × channels]
+        successor_rows = tf.cast(successor_rows, tf.int32)
+        linear = tf.gather_nd(gate, tf.stack([successor_rows, tf.cast(channels, tf.int32)], -1))
+        logarithmic = tf.gather_nd(
+            gate, tf.stack([successor_rows, tf.cast(channels, tf.int32) + self.channels], -1))
+        return (tf.concat([rows, successor_rows], 0),
+                tf.concat([tf.cast(tracks, tf.int64), successor_tracks], 0),
+                tf.concat([values, linear * evidence + logarithmic * tf.math.log1p(evidence)], 0))
+
+    def call(self, inputs):
+        logits, ids, state = inputs
+        # Scatter-adds into the logits (duplicates add up): one pass over [b, n_ids], not a
+        # catalogue-sized temporary per term, which is what batching many requests pays for.
+        rows, tracks, values = self.entries(ids, state, keras.ops.shape(logits)[1])
+        return tf.tensor_scatter_nd_add(
+            logits, tf.stack([tf.cast(rows, tf.int64), tracks], -1), tf.cast(values, logits.dtype))
 
     def get_config(self):
         return {**super().get_config(), "history_length": self.history_length,
                 "successor_lags": self.successor_lags, "successor_anchors": self.successor_anchors,
-                "repeat_history_length": self.repeat_history_length, "session_slots": self.session_slots}
+                "repeat_history_length": self.repeat_history_length, "session_slots": self.session_slots,
+                "successor_recent_slots": self.successor_recent_slots, "predecessor_lags": self.predecessor_lags,
+                "state_gates": self.state_gates}
 
 
 def build_model(vocab_size: int, hparams: NextTrackHParams) -> keras.Model:
@@ -502,19 +601,41 @@ def build_model(vocab_size: int, hparams: NextTrackHParams) -> keras.Model:
     rnn = keras.layers.GRU if hparams.rnn == "gru" else keras.layers.LSTM
     state = rnn(hparams.lstm_units, name="session_lstm")(embedded)
     state = keras.layers.Dropout(hparams.dropout, name="session_dropout")(state)
-    if hparams.tied_embeddings:
+    if not hparams.neural_scores:
+        logits = BiasLogits(n_ids, hparams.track_bias, name="next_track_logits")(state)
+    elif hparams.tied_embeddings:
         projected = keras.layers.Dense(hparams.embedding_dim, name="session_projection")(state)
         logits = TiedLogits(embedding, name="next_track_logits")(projected)
     else:
         logits = keras.layers.Dense(n_ids, name="next_track_logits")(state)
-    if hparams.repeat_scores:
+    if hparams.scorer == "mlp":
+        from musicrec.models.next_track.candidates import CandidateScorer
+
+        logits = CandidateScorer(hparams.history_length, hparams.session_slots, hparams.repeat_history_length,
+                                 hparams.successor_lags, hparams.successor_anchors, hparams.predecessor_lags,
+                                 hparams.successor_recent_slots, hparams.scorer_units, hparams.scorer_context,
+                                 name="candidate_scores")([logits, track_ids, state])
+    elif hparams.repeat_scores:
         logits = RepeatScores(hparams.history_length, hparams.successor_lags, hparams.successor_anchors,
-                              hparams.repeat_history_length, hparams.session_slots, name="repeat_scores")(
+                              hparams.repeat_history_length, hparams.session_slots,
+                              successor_recent_slots=hparams.successor_recent_slots,
+                              predecessor_lags=hparams.predecessor_lags, state_gates=hparams.state_gates,
+                              name="repeat_scores")(
             [logits, track_ids, state])
     model = keras.Model(track_ids, logits, name="next_track")
     # The serving builders read the layout from here (not saved: build_model always sets it).
     model.next_track_hparams = hparams
     return model
+
+
+def scoring_layer(core_model: keras.Model):
+    """The layer that scores the listener's own tracks (its ``entries`` are sparse scores), or ``None``."""
+    for name in ("candidate_scores", "repeat_scores"):
+        try:
+            return core_model.get_layer(name)
+        except ValueError:
+            continue
+    return None
 
 
 def output_embeddings(core_model: keras.Model, hparams: NextTrackHParams):
