@@ -9,12 +9,18 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
+# The pretrained genre front end reads the checkpoints of this wheel (never its code).
+MUSICNN := musicnn==0.1.0
+
 # One pip call installs the whole pinned stack, so nothing later lifts numpy
-# or protobuf past what TensorFlow 2.17 accepts.
-$(STAMP): setup.py
+# or protobuf past what TensorFlow 2.17 accepts. musicnn follows alone with
+# --no-deps: its metadata pins numpy<1.17 and TensorFlow 1, neither of which
+# it may pull in; only its checkpoint files are used (see NOTICE).
+$(STAMP): setup.py Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=70,<81" wheel
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-deps "$(MUSICNN)"
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -117,7 +117,6 @@ DEFAULT_OUT = os.path.join(REPO_ROOT, "benchmarks", "results", f"{NAME}.json")
 GAP_SECONDS = 1800
 MAX_PREFIX = 20
 TOP_N = 10
-REFERENCE_BATCH = 64
 # users per signature call, in the reference and (min = max batch size) in the job
 REFERENCE_RECOMMEND_BATCH = 256
 RUNNING_MODE = "multi_processing"  # --running-mode, for worker counts above 1
@@ -165,10 +164,12 @@ def run_job(out_dir: str, params: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------- tagging
 
 
-def reference_tagging(paths: Sequence[str], saved_model: str, params: features.AudioFeatureParams
-                      ) -> dict[str, str]:
-    """The in-process loop: load the model, segments per file, the signature on them, the mean;
-    returns ``{path: genre}``."""
+def reference_tagging(paths: Sequence[str], saved_model: str) -> dict[str, str]:
+    """The in-process loop: load the model, segments per file (the model's stored features), the
+    signature on each track; returns ``{path: genre}``."""
+    from musicrec.models.genre.signatures import read_model_features
+
+    params = read_model_features(saved_model)[1]
     signature = tf.saved_model.load(saved_model).signatures["serving_default"]
     genres = {}
     for path in paths:
@@ -176,17 +177,14 @@ def reference_tagging(paths: Sequence[str], saved_model: str, params: features.A
             segments = features.track_segments(path, params)
         except features.AudioDecodeError:
             continue
-        parts = [signature(log_mel=tf.constant(segments[start:start + REFERENCE_BATCH]))
-                 for start in range(0, segments.shape[0], REFERENCE_BATCH)]
-        probabilities = np.concatenate([part["probabilities"].numpy() for part in parts]).mean(axis=0)
-        _embedding = np.concatenate([part["embedding"].numpy() for part in parts]).mean(axis=0)
-        classes = parts[0]["classes"].numpy()[0]
-        genres[path] = classes[int(np.argmax(probabilities))].decode()
+        answer = signature(log_mel=tf.constant(segments[None]))
+        _embedding = answer["embedding"].numpy()[0]
+        classes = answer["classes"].numpy()[0]
+        genres[path] = classes[int(np.argmax(answer["probabilities"].numpy()[0]))].decode()
     return genres
 
 
-def classify_agreement(summary: pd.DataFrame, serving_base: str, params: features.AudioFeatureParams
-                       ) -> dict[str, Any]:
+def classify_agreement(summary: pd.DataFrame, serving_base: str) -> dict[str, Any]:
     """Compares the summary's ``genre`` with ``musicrec classify`` through a local gRPC server."""
     from musicrec.classify_command import classify_file
     from musicrec.serving.client import PredictionClient
@@ -198,7 +196,7 @@ def classify_agreement(summary: pd.DataFrame, serving_base: str, params: feature
     try:
         with PredictionClient(server.address, timeout_seconds=60) as client:
             for row in summary.itertuples():
-                online = classify_file(client, "genre", row.path, params, top=1)[0]["genre"]
+                online = classify_file(client, "genre", row.path, top=1)[0]["genre"]
                 if online != row.genre:
                     disagreements.append({"path": row.path, "batch": row.genre, "classify": online})
     finally:
@@ -261,7 +259,6 @@ def bench_tagging(data_dir: str, genre_model: str, serving_base: str, workers: S
                   ) -> dict[str, Any]:
     """``repeat`` lists every file that many times (distinct track ids), for a catalogue
     large enough that the runner's fixed cost is amortised; the agreement check uses one pass."""
-    params = features.AudioFeatureParams()
     sources = bulk_inferrer.list_catalogue(data_dir)[:limit]
     paths = [source.path for source in sources] * repeat
     catalogue = os.path.join(work_dir, "catalogue.csv")
@@ -273,7 +270,7 @@ def bench_tagging(data_dir: str, genre_model: str, serving_base: str, workers: S
     seconds = audio_seconds(paths)
     for path in paths:  # page cache
         open(path, "rb").read()
-    reference_tagging(paths[:1], genre_model, params)  # first-call costs (librosa, tracing)
+    reference_tagging(paths[:1], genre_model)  # first-call costs (librosa, tracing)
     run_job(os.path.join(work_dir, "tags-warmup"), {  # Beam's first-use imports, not part of a job
         "job": "tag", "saved_model": genre_model, "metadata_csv": one_file, "progress_seconds": 60.0})
 
@@ -288,7 +285,7 @@ def bench_tagging(data_dir: str, genre_model: str, serving_base: str, workers: S
 
         result, reference, manifest = compare(
             f"tagging, {count} worker(s)", "audio_seconds", seconds,
-            reference=lambda: reference_tagging(paths, genre_model, params),
+            reference=lambda: reference_tagging(paths, genre_model),
             job=lambda: run_job(out, job_params(catalogue)),
             fixed_job=lambda: run_job(os.path.join(work_dir, "tags-fixed"), job_params(one_file)),
             repeats=repeats)
@@ -304,7 +301,7 @@ def bench_tagging(data_dir: str, genre_model: str, serving_base: str, workers: S
         summary = summary.drop_duplicates("path")
     add_scaling(figures["beam"], "audio_seconds")
     if check and summary is not None:
-        figures["classify_agreement"] = classify_agreement(summary, serving_base, params)
+        figures["classify_agreement"] = classify_agreement(summary, serving_base)
         agreement = figures["classify_agreement"]
         print(f"genre column vs musicrec classify: {agreement['agree']}/{agreement['clips']} agree", flush=True)
     return figures

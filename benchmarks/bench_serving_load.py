@@ -92,15 +92,20 @@ def build_stand_ins(serving_base: str, genres: int = 8, vocabulary_size: int = 2
     from musicrec.models.export import export_serving_model
     from musicrec.models.features import AudioFeatureParams
     from musicrec.models.genre import model as genre_model
+    from musicrec.models.genre.signatures import GenreSignatures
     from musicrec.models.next_track import model as next_track_model
 
     if "genre" in models:
+        # The log-mel LSTM (a light stand-in), exported as run_fn exports it: per-track
+        # signatures and the feature parameters stored with it.
         params = AudioFeatureParams()
         normalization = genre_model.new_normalization()
         normalization.adapt(np.random.default_rng(0).normal(size=(256, params.n_mels)).astype(np.float32))
         classifier = genre_model.build_classifier(params.n_mels, genres, genre_model.GenreHParams(),
                                                   normalization)
-        export_serving_model(genre_model.build_serving_model(classifier, [f"genre{i}" for i in range(genres)]),
+        labels = [f"genre{i}" for i in range(genres)]
+        export_serving_model(GenreSignatures(genre_model.build_serving_model(classifier, labels),
+                                             labels, params),
                              os.path.join(serving_base, "genre", "1"), ["log_mel"],
                              ["probabilities", "classes", "genre", "embedding"])
     if "next_track" not in models:
@@ -113,12 +118,12 @@ def build_stand_ins(serving_base: str, genres: int = 8, vocabulary_size: int = 2
 
 
 def request_inputs(model: str, export_dir: str) -> dict[str, np.ndarray]:
-    """One example as the CLI sends it: a 3 s log-mel segment, or a 10-play session prefix."""
+    """One example: a track of one 3 s log-mel segment, or a 10-play session prefix."""
     if model == "genre":
         from musicrec.models.features import AudioFeatureParams
 
         params = AudioFeatureParams()
-        segment = np.random.default_rng(1).normal(size=(1, params.frames_per_segment, params.n_mels))
+        segment = np.random.default_rng(1).normal(size=(1, 1, params.frames_per_segment, params.n_mels))
         return {"log_mel": segment.astype(np.float32)}
     vocabulary_probe = tf.saved_model.load(export_dir).signatures["serving_default"](
         track_keys=tf.constant([[""]]))["track_keys"].numpy()[0]

@@ -53,12 +53,15 @@ class AudioSource:
         genre: label name.
         track_id: stable id of the track (the file stem unless given).
         artist: artist name, ``""`` when unknown.
+        split: a split given with the file (``train``, ``eval`` or ``test``,
+            from the metadata CSV), which wins over the hash; ``""``: none.
     """
 
     path: str
     genre: str
     track_id: str
     artist: str = ""
+    split: str = ""
 
 
 # --------------------------------------------------------------------------- listing
@@ -75,8 +78,11 @@ def list_sources(audio_dir: str | None = None,
             in ``<audio_dir>/<genre>/`` is a track of that genre; its track id is
             the file stem and its artist is unknown.
         metadata_csv: CSV with a header and columns ``path``, ``genre`` and
-            optionally ``artist`` and ``track_id``; relative paths are relative
-            to the CSV's folder; a missing ``track_id`` is the file stem.
+            optionally ``artist``, ``track_id`` and ``split``; relative paths
+            are relative to the CSV's folder; a missing ``track_id`` is the
+            file stem; a ``split`` (``train``, ``eval``, ``test``) pins the
+            row's split (a predefined split, or cross-validation folds), an
+            empty one leaves it to the hash.
 
     Returns:
         ``(sources, labels)``: sources sorted by path, and the sorted distinct
@@ -84,7 +90,8 @@ def list_sources(audio_dir: str | None = None,
 
     Raises:
         ValueError: both or neither argument given, the folder has no genre
-            sub-folders, or a CSV row lacks its path or genre.
+            sub-folders, or a CSV row lacks its path or genre or names an
+            unknown split.
         FileNotFoundError: ``audio_dir`` or ``metadata_csv`` does not exist.
     """
     if (audio_dir is None) == (metadata_csv is None):
@@ -142,10 +149,14 @@ def _read_metadata_csv(metadata_csv: str) -> list[AudioSource]:
                 raise ValueError(f"{metadata_csv}:{line_number}: empty path or genre")
             if "://" not in path and not posixpath.isabs(path):
                 path = posixpath.join(base_dir, path)
+            split = (row.get("split") or "").strip()
+            if split and split not in beam_io.SPLITS:
+                raise ValueError(f"{metadata_csv}:{line_number}: split {split!r} is none of "
+                                 f"{list(beam_io.SPLITS)}")
             sources.append(AudioSource(
                 path=path, genre=genre,
                 track_id=(row.get("track_id") or "").strip() or _stem(path),
-                artist=(row.get("artist") or "").strip()))
+                artist=(row.get("artist") or "").strip(), split=split))
     return sources
 
 
@@ -168,11 +179,14 @@ def split_key(source: AudioSource) -> str:
 
 
 def assign_split(source: AudioSource, fractions: Mapping[str, float] = DEFAULT_SPLIT_FRACTIONS) -> str:
-    """Split of a track from an MD5 of :func:`split_key`, stable across runs and machines.
+    """Split of a track: the one it was listed with, else from an MD5 of :func:`split_key`.
 
-    The first 8 bytes of the digest map to a point in [0, 1), compared with
-    the cumulative fractions in ``beam_io.SPLITS`` order.
+    The hash is stable across runs and machines: the first 8 bytes of the
+    digest map to a point in [0, 1), compared with the cumulative fractions
+    in ``beam_io.SPLITS`` order.
     """
+    if source.split:
+        return source.split
     digest = hashlib.md5(split_key(source).encode("utf-8")).digest()
     point = int.from_bytes(digest[:8], "big") / 2.0 ** 64
     cumulative = 0.0
@@ -416,7 +430,8 @@ def build_manifest(inputs: int, dead_letters: int, track_counts: Mapping[str, An
         "segment_shape": [params.frames_per_segment, params.n_mels],
         "feature_params": params.to_dict(),
         "split_fractions": dict(split_fractions),
-        "split_key": "md5 of the artist when known, else of the track id",
+        "split_key": "the metadata CSV's split when given, else md5 of the artist when known, "
+                     "else of the track id",
         "num_shards": num_shards,
     }
 

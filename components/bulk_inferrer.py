@@ -225,7 +225,8 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
         playlog_paths: play-log files or folders (``recommend``).
         track_keys: keys to embed, a list or a file with one per line
             (``embeddings``; default: the model's vocabulary, see :func:`model_track_keys`).
-        feature_params: dict for ``AudioFeatureParams.from_dict`` (``tag``; the model's).
+        feature_params: dict for ``AudioFeatureParams.from_dict`` (``tag``): overrides
+            the parameters stored with the model, which it reads by default.
         top_genres (3), top_n (10), exclude (``"history"``), max_prefix_length (20),
         max_history_length (:data:`DEFAULT_MAX_HISTORY_LENGTH`), session_gap_seconds (1800),
         playlog_format (``"auto"``),
@@ -259,7 +260,8 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
             raise ValueError("bulk_inferrer: no audio files listed")
         build = lambda pipeline: inference_jobs.build_tagging(  # noqa: E731
             pipeline, sources, result.uri, saved_model,
-            AudioFeatureParams.from_dict(params.get("feature_params") or {}),
+            (AudioFeatureParams.from_dict(params["feature_params"])
+             if params.get("feature_params") else None),
             top_genres=int(params.get("top_genres", 3)), num_shards=num_shards,
             batching=_batching(params, (64, 256)), model_info=info, progress_seconds=progress)
     elif job == "recommend":

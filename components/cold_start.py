@@ -33,8 +33,8 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
 
     Params: ``ridge_alphas`` (list of penalties, optional), ``warm_norm``
     (rescale predictions to the warm tracks' mean length; default true),
-    ``eval_plays`` (held-out plays CSV, or ``None``), ``batch_size`` (segments
-    per genre-model call).
+    ``eval_plays`` (held-out plays CSV, or ``None``), ``batch_size`` (tracks
+    per genre-model call, default 8).
     """
     from musicrec.models.next_track import cold_start
     from musicrec.models.next_track.data import read_vocabulary
@@ -43,7 +43,7 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
     if not audio_files:
         raise ValueError(f"no audio shards under {inputs['audio_examples'].uri}")
     track_ids, vectors = cold_start.audio_embeddings(
-        inputs["genre_model"].path("serving"), audio_files, int(params.get("batch_size", 64)))
+        inputs["genre_model"].path("serving"), audio_files, int(params.get("batch_size", 8)))
     result = cold_start.extend_with_cold_tracks(
         inputs["model"].uri, read_vocabulary(inputs["examples"].uri), track_ids, vectors,
         params.get("ridge_alphas") or cold_start.DEFAULT_ALPHAS,

@@ -14,7 +14,9 @@ Blessing: the kind's fixed thresholds (beat chance / the popularity
 baseline) and, when a previous blessed model exists, the candidate's
 comparison metric (track accuracy for genre, MRR@20 for next-track) must not
 be below the previous model's, measured on the same test data, by more than
-``baseline_tolerance``.
+``baseline_tolerance``. A previous genre model that reads other features than
+the examples (another front end) cannot be measured on them: the thresholds
+then decide alone, and ``metrics.json`` says why (``baseline_model.not_compared``).
 """
 from __future__ import annotations
 
@@ -56,6 +58,14 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
     blessing: dict[str, Any] = {"blessed": blessed, "reason": reason,
                                 "rule": "thresholds", "candidate_model": model.uri}
     baseline = inputs.get("baseline_model")
+    not_comparable = baseline is not None and incomparable_baseline(model_kind, baseline, examples)
+    if not_comparable:
+        # A model that reads other features cannot be scored on these examples (a switch of
+        # genre_model.frontend, say): the thresholds alone decide, and the record says why.
+        logger.warning("previous blessed %s model not compared: %s", model_kind.name, not_comparable)
+        report["baseline_model"] = {"uri": baseline.uri, "not_compared": not_comparable}
+        blessing.update(reason=f"{reason}; previous blessed model not compared: {not_comparable}")
+        baseline = None
     if baseline is not None:
         baseline_metrics = evaluate_model(model_kind, baseline, examples)
         passed, comparison, numbers = compare_with_baseline(
@@ -72,6 +82,28 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
         metric=model_kind.comparison_metric, value=model_kind.comparison_value(metrics),
         **({"baseline_value": blessing["comparison"]["baseline"], "baseline_model": baseline.uri}
            if baseline is not None else {}))
+
+
+def incomparable_baseline(model_kind: ModelKind, baseline: Artifact, examples: Artifact) -> str:
+    """Why the previous blessed model cannot be scored on ``examples``; ``""`` when it can.
+
+    A genre model reads the features stored with it (``assets.extra``); they
+    must be those the examples were made with (their manifest).
+    """
+    if model_kind.name != "genre":
+        return ""
+    from musicrec.models.genre.signatures import ModelFeaturesMissing, read_model_features
+
+    try:
+        frontend, params = read_model_features(os.path.join(baseline.uri, "serving"))
+    except ModelFeaturesMissing:
+        return "it predates the feature parameters stored with genre models"
+    with open(os.path.join(examples.uri, "manifest.json"), encoding="utf-8") as handle:
+        made_with = json.load(handle).get("feature_params") or {}
+    if params.to_dict() != made_with:
+        return (f"it reads other features ({frontend} front end, {params.n_mels} mel bands at "
+                f"{params.sample_rate} Hz) than these examples were made with")
+    return ""
 
 
 def evaluate_model(model_kind: ModelKind, model: Artifact, examples: Artifact,

@@ -12,8 +12,8 @@ answer come from the same graph.
 
 How a batch of elements becomes the signature's input tensors is a
 *collate* function (module level, so that Beam can pickle it):
-:func:`collate_log_mel` pads ``[frames_i, n_mels]`` segments with the genre
-model's padding value (which it masks); :func:`collate_track_keys` pads
+:func:`collate_tracks` stacks tracks' segments, padding with the genre
+model's padding segments (which it leaves out); :func:`collate_track_keys` pads
 ``[length_i]`` string prefixes with ``""`` (which the next-track model masks);
 :func:`collate_key_list` stacks single keys into ``[n]``.
 """
@@ -55,18 +55,17 @@ def signature_io(saved_model_dir: str, signature_name: str) -> tuple[dict[str, A
     return dict(signature.inputs), dict(signature.outputs)
 
 
-def collate_log_mel(batch: Sequence[np.ndarray]) -> tuple[dict[str, np.ndarray], list[int]]:
-    """Tracks' segments ``[n_i, frames_i, n_mels]`` → one ``{"log_mel": float32 [sum n_i, frames, n_mels]}``.
+def collate_tracks(batch: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Tracks' segments ``[n_i, frames, n_mels]`` → ``{"log_mel": float32 [tracks, max n_i, frames, n_mels]}``.
 
-    The segments of several tracks go into one call; the row counts ``n_i``
-    split the answers back per track. Shorter segments are padded with the
-    genre model's masked padding value (``models.genre.evaluate.pad_segments``),
-    so padding never changes a segment's answer.
+    One row per track, as the genre ``serving_default`` takes them: a track
+    with fewer segments is padded with whole padding segments, which the
+    model leaves out (``models.genre.evaluate.stack_tracks``), so padding
+    never changes a track's answer.
     """
-    from musicrec.models.genre.evaluate import pad_segments
+    from musicrec.models.genre.evaluate import stack_tracks
 
-    segments = [segment for track in batch for segment in track]
-    return {"log_mel": pad_segments(segments)}, [len(track) for track in batch]
+    return {"log_mel": stack_tracks(list(batch))}
 
 
 def keyed_segment_count(keyed_track: tuple[Any, np.ndarray]) -> int:
@@ -199,5 +198,5 @@ class SignatureModelHandler(tensorflow_inference.TFModelHandlerNumpy):
         return f"BulkInferrer_{self._signature_name}"
 
 
-__all__ = ["SignatureModelHandler", "SignatureInference", "collate_log_mel", "keyed_segment_count", "collate_track_keys",
+__all__ = ["SignatureModelHandler", "SignatureInference", "collate_tracks", "keyed_segment_count", "collate_track_keys",
            "collate_key_list", "collate_recommend", "pad_track_keys", "split_outputs", "signature_names", "signature_io"]

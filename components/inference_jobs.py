@@ -25,8 +25,9 @@ Reading and decoding reuse ingestion: the audio ExampleGen's duplicate-id
 check and :class:`~musicrec.components.audio_example_gen.DecodeTrack` (with
 its dead-letter reasons), the play-log readers and the ExampleGen's session
 rule (``playlog_example_gen.split_into_sessions``). Track-level
-genre probabilities are the mean of the segment probabilities, as the
-evaluator computes them (``models.genre.evaluate.average_segment_probabilities``).
+genre probabilities are the genre model's answer for the track's segments
+together (its ``serving_default`` answers per track), as the evaluator
+reads them; the features are those stored with the model.
 """
 from __future__ import annotations
 
@@ -336,39 +337,35 @@ def _write_manifest(pipeline, output_uri: str, static: dict, balances: Sequence[
 # --------------------------------------------------------------------------- catalogue tagging
 
 
-def tag_track(key: tuple[str, str, str], prediction: Mapping[str, np.ndarray], top_genres: int = 3
-              ) -> dict[str, Any]:
-    """One track's segment answers → its tag record.
+def tag_track(key: tuple[str, str, str, int], prediction: Mapping[str, np.ndarray],
+              top_genres: int = 3) -> dict[str, Any]:
+    """One track's answer → its tag record.
 
     Args:
-        key: ``(track_id, path, label)``; ``label`` is the genre the input
-            listed, ``""`` when unknown.
-        prediction: the genre signature's outputs for the track's segments:
-            ``probabilities`` and ``classes`` ``[n_segments, n_genres]``,
-            ``embedding`` ``[n_segments, d]``.
+        key: ``(track_id, path, label, n_segments)``; ``label`` is the genre
+            the input listed, ``""`` when unknown.
+        prediction: the genre signature's outputs for the track:
+            ``probabilities`` and ``classes`` ``[n_genres]``, ``embedding``
+            ``[d]``.
         top_genres: genres kept.
 
     Returns:
         ``track_id``, ``path``, ``label``, ``n_segments``, ``classes``
-        ``[n_genres]``, ``probabilities`` ``[n_genres]`` (mean over segments,
-        as the evaluator computes it), ``genre`` (argmax, ties to the first
-        class, as ``musicrec classify``), ``top_genres`` and
-        ``top_probabilities`` ``[top_genres]`` best first, ``embedding`` ``[d]``
-        (mean of the segment embeddings).
+        ``[n_genres]``, ``probabilities`` ``[n_genres]`` (the model's
+        track-level answer, as the evaluator scores it), ``genre`` (argmax,
+        ties to the first class, as ``musicrec classify``), ``top_genres`` and
+        ``top_probabilities`` ``[top_genres]`` best first, ``embedding`` ``[d]``.
     """
-    from musicrec.models.genre.evaluate import average_segment_probabilities
-
-    track_id, path, label = key
-    probabilities = average_segment_probabilities(prediction["probabilities"])
-    classes = [str(name) for name in prediction["classes"][0]]
+    track_id, path, label, n_segments = key
+    probabilities = np.asarray(prediction["probabilities"], dtype=np.float32)
+    classes = [str(name) for name in prediction["classes"]]
     order = np.argsort(-probabilities, kind="stable")[:top_genres]
     return {
-        "track_id": track_id, "path": path, "label": label,
-        "n_segments": int(prediction["probabilities"].shape[0]),
-        "classes": classes, "probabilities": probabilities.astype(np.float32),
+        "track_id": track_id, "path": path, "label": label, "n_segments": int(n_segments),
+        "classes": classes, "probabilities": probabilities,
         "genre": classes[order[0]], "top_genres": [classes[i] for i in order],
-        "top_probabilities": probabilities[order].astype(np.float32),
-        "embedding": prediction["embedding"].mean(axis=0).astype(np.float32),
+        "top_probabilities": probabilities[order],
+        "embedding": np.asarray(prediction["embedding"], dtype=np.float32),
     }
 
 
@@ -400,10 +397,12 @@ def build_tagging(pipeline: beam.Pipeline, sources: Sequence[AudioSource], outpu
                   ) -> dict[str, Any]:
     """Adds catalogue tagging to ``pipeline``: every audio file → its genres and embedding.
 
-    Files are decoded with the ingestion code (same dead-letter reasons), cut
-    into segments, and the segments of all files are batched together into the
-    genre model's ``serving_default`` signature; each track's answer is the mean
-    of its segments' probabilities (and embeddings).
+    Files are decoded with the ingestion code (same dead-letter reasons) and
+    cut into segments with the feature parameters stored with the model
+    (``assets.extra``, ``models.genre.signatures.read_model_features``);
+    several tracks go into each call of the genre model's ``serving_default``
+    signature, one row per track, and each track's answer comes back as its
+    own row.
 
     Args:
         pipeline: a Beam pipeline.
@@ -411,7 +410,8 @@ def build_tagging(pipeline: beam.Pipeline, sources: Sequence[AudioSource], outpu
             ``bulk_inferrer.list_catalogue``); a repeated track id is a dead letter.
         output_uri: folder; gets ``tags/``, ``tags.csv``, ``dead_letters.jsonl``, ``manifest.json``.
         saved_model_dir: the genre SavedModel.
-        params: log-mel parameters; must be those the model was trained with.
+        params: log-mel parameters overriding those stored with the model (for
+            tests of failing models; a model reads only its own).
         top_genres: genres per track in ``top_genres`` (at most the model's classes).
         num_shards: TFRecord shards (0 lets the runner choose).
         batching: segments per signature call.
@@ -420,9 +420,12 @@ def build_tagging(pipeline: beam.Pipeline, sources: Sequence[AudioSource], outpu
     Returns:
         ``{"tags": records (dicts, see :func:`tag_track`), "dead_letters": dicts, "manifest": one dict}``.
     """
-    params = params or features.AudioFeatureParams()
     if top_genres < 1:
         raise ValueError(f"top_genres must be >= 1, got {top_genres}")
+    if params is None:
+        from musicrec.models.genre.signatures import read_model_features
+
+        params = read_model_features(saved_model_dir)[1]
     # Duplicate ids are found here, in the driver that holds the list anyway; only paths go to the
     # workers (Create spreads them), and one fused stage per worker decodes, runs the model and
     # writes the records: only counts and part-file paths come back (docs/batch.md).
@@ -431,14 +434,14 @@ def build_tagging(pipeline: beam.Pipeline, sources: Sequence[AudioSource], outpu
                | "ListSources" >> beam.Create(kept)
                | "Decode" >> beam.ParDo(audio_example_gen.DecodeTrack(params, progress_seconds))
                .with_outputs(DEAD, main="tracks"))
-    # One element per track, weighted by its segments: a signature call takes the segments
-    # of several tracks (up to batching.max_batch_size segments), and each track's answers
-    # come back together, so no regrouping by track is needed.
+    # One element per track, weighted by its segments: a signature call takes several tracks
+    # (up to batching.max_batch_size segments), one row each.
     inferred = (decoded.tracks
                 | "KeyByTrack" >> beam.Map(
-                    lambda track: ((track[0].track_id, track[0].path, track[0].genre), track[1]))
+                    lambda track: ((track[0].track_id, track[0].path, track[0].genre,
+                                    int(track[1].shape[0])), track[1]))
                 | "Genre" >> RunSignature(saved_model_dir, inference_handler.SignatureInference(
-                    "serving_default", inference_handler.collate_log_mel,
+                    "serving_default", inference_handler.collate_tracks,
                     ["probabilities", "classes", "embedding"]), batching, "tag", progress_seconds,
                     element_size_fn=inference_handler.keyed_segment_count))
     tags = inferred["predictions"] | "TagTracks" >> beam.MapTuple(tag_track, top_genres)

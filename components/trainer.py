@@ -29,7 +29,8 @@ def spec(model_kind: str) -> ComponentSpec:
 
 def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
         params: Mapping[str, Any]) -> None:
-    """Trains. Params: ``kind``, ``hparams`` (dict), ``features`` (dict, genre only), ``seed``."""
+    """Trains. Params: ``kind``, ``hparams`` (dict), ``features`` (dict) and ``frontend``
+    (genre only), ``seed``."""
     model_kind = kind(params["kind"])
     examples = inputs["examples"]
     train_files = split_files(examples, "train")
@@ -42,6 +43,7 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
         examples_dir=examples.uri, model_dir=outputs["model"].uri,
         hparams=dict(params.get("hparams") or {}),
         feature_params=AudioFeatureParams.from_dict(features) if features else None,
+        **({"frontend": params["frontend"]} if params.get("frontend") else {}),
         seed=int(params.get("seed", 0)), **warm_start_args(base_model))
     metrics = model_kind.run_fn()(args)
     outputs["model"].properties.update(

@@ -42,7 +42,13 @@ class AudioFeatureParams:
         segment_seconds: length of one model input segment, in seconds.
         segment_hop_seconds: distance between segment starts, in seconds.
         log_floor: added to the mel power before the natural log, so silence
-            maps to ``log(log_floor)`` instead of ``-inf``.
+            maps to ``log(log_floor)`` instead of ``-inf`` (``compression: log``).
+        center: frame the signal as librosa's ``center=True`` does (``n_fft // 2``
+            zeros on either side, frame ``t`` centred on sample ``t * hop_length``);
+            ``False``: frame ``t`` starts at sample ``t * hop_length``.
+        compression: how mel power becomes the features: ``"log"``,
+            ``log(mel_power + log_floor)``; ``"log10_1p"``, ``log10(1 + 10000 *
+            mel_power)`` (musicnn's "logC", :data:`LOG10_1P_GAIN`), 0 for silence.
     """
 
     sample_rate: int = 22050
@@ -54,6 +60,8 @@ class AudioFeatureParams:
     segment_seconds: float = 3.0
     segment_hop_seconds: float = 3.0
     log_floor: float = 1e-6
+    center: bool = False
+    compression: str = "log"
 
     def __post_init__(self):
         if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop_length <= 0:
@@ -67,6 +75,8 @@ class AudioFeatureParams:
             )
         if self.segment_hop_seconds <= 0:
             raise ValueError("segment_hop_seconds must be positive")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
 
     @property
     def segment_samples(self) -> int:
@@ -75,13 +85,33 @@ class AudioFeatureParams:
 
     @property
     def frames_per_segment(self) -> int:
-        """STFT frames in one segment (``center=False`` framing)."""
+        """STFT frames in one segment.
+
+        ``center=False``: the frames that fit in ``segment_samples``.
+        ``center=True``: ``librosa.time_to_frames(segment_seconds) + 1``, the
+        patch length musicnn was trained on (187 frames for 3 s at 16 kHz, hop 256).
+        """
+        if self.center:
+            return 1 + (self.segment_samples - self.n_fft // 2) // self.hop_length
         return 1 + (self.segment_samples - self.n_fft) // self.hop_length
 
     @property
     def segment_hop_frames(self) -> int:
-        """Frames between the starts of consecutive segments (at least 1)."""
+        """Frames between the starts of consecutive segments (at least 1).
+
+        Centred framing with the hop equal to the segment length gives
+        back-to-back segments (musicnn's non-overlapping patches), however
+        the seconds round to frames.
+        """
+        if self.center and self.segment_hop_seconds == self.segment_seconds:
+            return self.frames_per_segment
         return max(1, int(round(self.segment_hop_seconds * self.sample_rate / self.hop_length)))
+
+    def frame_count(self, samples: int) -> int:
+        """STFT frames of a waveform of ``samples`` samples (0 when too short for one)."""
+        if self.center:
+            return 1 + samples // self.hop_length
+        return 0 if samples < self.n_fft else 1 + (samples - self.n_fft) // self.hop_length
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,6 +123,29 @@ class AudioFeatureParams:
         if unknown:
             raise ValueError(f"unknown audio feature parameters: {unknown}")
         return cls(**values)
+
+
+# What AudioFeatureParams.compression may be, and the gain of "log10_1p" (musicnn's).
+COMPRESSIONS = ("log", "log10_1p")
+LOG10_1P_GAIN = 10000.0
+
+
+def compress(mel_power: np.ndarray, params: AudioFeatureParams) -> np.ndarray:
+    """Mel power to features, in place when ``mel_power`` is float32 (``params.compression``)."""
+    if params.compression == "log10_1p":
+        mel_power *= LOG10_1P_GAIN
+        mel_power += 1.0
+        return np.log10(mel_power, out=mel_power)
+    mel_power += params.log_floor
+    return np.log(mel_power, out=mel_power)
+
+
+def decompress(features: np.ndarray, params: AudioFeatureParams) -> np.ndarray:
+    """The inverse of :func:`compress`: mel power (float64, at least 0) from log-mel features."""
+    values = np.asarray(features, dtype=np.float64)
+    if params.compression == "log10_1p":
+        return np.maximum((np.power(10.0, values) - 1.0) / LOG10_1P_GAIN, 0.0)
+    return np.maximum(np.exp(values) - params.log_floor, 0.0)
 
 
 # Dead-letter reasons: one exact string per class of bad input, so that
@@ -226,8 +279,9 @@ def log_mel(waveform: np.ndarray, params: AudioFeatureParams,
     """Log-mel spectrogram of a mono waveform.
 
     The same spectrogram as ``librosa.feature.melspectrogram(y, sr, n_fft,
-    hop_length, window="hann", center=False, power=2.0, n_mels, fmin, fmax)``
-    (librosa's Slaney mel filters, its periodic Hann window), computed with a
+    hop_length, window="hann", center, pad_mode="constant", power=2.0, n_mels,
+    fmin, fmax)`` (librosa's Slaney mel filters, its periodic Hann window),
+    compressed as ``params.compression`` says, computed with a
     single-precision FFT (``scipy.fft``) over blocks of frames: about twice as
     fast as librosa's own STFT, which computes in double precision, and within
     1e-4 of it after the log (``tests/test_features_log_mel.py``). librosa
@@ -241,13 +295,16 @@ def log_mel(waveform: np.ndarray, params: AudioFeatureParams,
             n_mels]``; computed (and cached per ``params``) when ``None``.
 
     Returns:
-        float32 array ``[frames, n_mels]`` with
-        ``frames = 1 + (samples - n_fft) // hop_length`` (0 when the waveform
-        is shorter than one window), values ``log(mel_power + log_floor)``.
+        float32 array ``[frames, n_mels]`` with ``frames =
+        params.frame_count(samples)`` (0 when the waveform is too short for
+        one window), values ``log(mel_power + log_floor)`` or ``log10(1 +
+        10000 * mel_power)``.
     """
     import scipy.fft
 
     waveform = np.ascontiguousarray(waveform, dtype=np.float32)
+    if params.center:
+        waveform = np.pad(waveform, params.n_fft // 2)
     if waveform.shape[0] < params.n_fft:
         return np.zeros((0, params.n_mels), dtype=np.float32)
     if filterbank is None:
@@ -263,8 +320,7 @@ def log_mel(waveform: np.ndarray, params: AudioFeatureParams,
         power = np.square(spectrum.real)
         power += np.square(spectrum.imag)
         np.dot(power, filterbank, out=mel_power[start:start + block.shape[0]])
-    mel_power += params.log_floor
-    return np.log(mel_power, out=mel_power)
+    return compress(mel_power, params)
 
 
 @functools.lru_cache(maxsize=4)
@@ -333,9 +389,7 @@ def track_segments(path: str, params: AudioFeatureParams,
             ``SILENCE_PEAK_DBFS``).
     """
     waveform = load_audio(path, params)
-    samples = waveform.shape[0]
-    frames = 0 if samples < params.n_fft else 1 + (samples - params.n_fft) // params.hop_length
-    if frames < params.frames_per_segment:
+    if params.frame_count(waveform.shape[0]) < params.frames_per_segment:
         seconds = waveform.shape[0] / params.sample_rate
         raise AudioDecodeError(
             REASON_TOO_SHORT,
@@ -349,7 +403,7 @@ def track_segments(path: str, params: AudioFeatureParams,
 
 def expected_segments(duration_seconds: float, params: AudioFeatureParams) -> int:
     """Number of segments :func:`track_segments` yields for a clip of that length."""
-    frames = 1 + (int(duration_seconds * params.sample_rate) - params.n_fft) // params.hop_length
+    frames = params.frame_count(int(duration_seconds * params.sample_rate))
     if frames < params.frames_per_segment:
         return 0
     return 1 + (frames - params.frames_per_segment) // params.segment_hop_frames
@@ -357,6 +411,7 @@ def expected_segments(duration_seconds: float, params: AudioFeatureParams) -> in
 
 __all__ = [
     "AudioDecodeError", "AudioFeatureParams", "load_audio", "log_mel", "mel_filterbank",
+    "compress", "decompress", "COMPRESSIONS", "LOG10_1P_GAIN",
     "segment", "track_segments", "expected_segments", "peak_dbfs", "DECODE_REASONS",
     "REASON_EMPTY", "REASON_UNREADABLE", "REASON_NOT_AUDIO", "REASON_CORRUPT", "REASON_TOO_SHORT",
     "REASON_SILENT", "SILENCE_PEAK_DBFS",

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from musicrec.models.features import AudioFeatureParams
+from musicrec.models.features import AudioFeatureParams, decompress
 
 N_MFCC = 20
 CONTRAST_BANDS = 6
@@ -92,7 +92,9 @@ def frame_features_from_log_mel(log_mel: np.ndarray, params: AudioFeatureParams)
     there are.
 
     Args:
-        log_mel: float ``[frames, n_mels]``, ``log(mel_power + log_floor)``.
+        log_mel: float ``[frames, n_mels]``, compressed mel power
+            (``params.compression``: ``log(mel_power + log_floor)`` or
+            ``log10(1 + 10000 * mel_power)``).
         params: the parameters the log-mel was computed with.
 
     Returns:
@@ -100,7 +102,7 @@ def frame_features_from_log_mel(log_mel: np.ndarray, params: AudioFeatureParams)
     """
     import librosa
 
-    power = np.maximum(np.exp(np.asarray(log_mel, dtype=np.float64)) - params.log_floor, 0.0).T
+    power = decompress(log_mel, params).T
     mfcc = librosa.feature.mfcc(S=librosa.power_to_db(power), n_mfcc=N_MFCC)
     # With fewer mel bands than coefficients the DCT stops at n_mels: the rest are 0.
     mfcc = np.pad(mfcc, [(0, N_MFCC - mfcc.shape[0]), (0, 0)])

@@ -24,6 +24,10 @@ class TrainArgs:
             ``<model_dir>/serving`` and metrics to ``<model_dir>/train_metrics.json``.
         hparams: model hyperparameters by name; unknown names are an error.
         feature_params: audio front-end parameters (genre model only).
+        frontend: the genre model's front end (``genre_model.frontend``):
+            ``"log_mel"`` (the from-scratch LSTM/CRNN over log-mel segments)
+            or ``"musicnn_msd"`` (a clip head over the pretrained musicnn
+            front end, the pipeline's default).
         seed: seeds Python, NumPy and TensorFlow for a repeatable run.
         warm_start_dir: ``model_dir`` of an earlier run of the same model
             kind; training starts from its checkpoint (see
@@ -36,6 +40,7 @@ class TrainArgs:
     model_dir: str
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     feature_params: AudioFeatureParams | None = None
+    frontend: str = "log_mel"
     seed: int = 0
     warm_start_dir: str | None = None
 

@@ -76,8 +76,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="TensorFlow intra- and inter-op threads (and BLAS/OpenMP threads) in every "
                              "Beam worker process and this one (default: one per core, except with "
                              "worker processes: cores / workers each, so that they do not compete)")
-    parser.add_argument("--config", help="the pipeline config: audio features the model was trained "
-                                         "with (tag) and the ML Metadata store (with --workdir)")
+    parser.add_argument("--config", help="the pipeline config: its ML Metadata store (with --workdir); "
+                                         "tag reads the audio features stored with the model")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,10 +147,8 @@ def job_params(args: argparse.Namespace) -> dict:
         if getattr(args, name):
             params[name] = getattr(args, name)
     if args.job == "tag":
-        from musicrec.pipeline.config import feature_params, load_config
-
-        params.update(audio_dir=args.audio, metadata_csv=args.metadata, top_genres=args.top_genres,
-                      feature_params=feature_params(load_config(args.config)).to_dict())
+        # The audio features are the model's own (stored with it), never --config's.
+        params.update(audio_dir=args.audio, metadata_csv=args.metadata, top_genres=args.top_genres)
     elif args.job == "recommend":
         params.update(playlog_paths=list(args.playlogs), top_n=args.top_n, exclude=args.exclude,
                       max_prefix_length=args.max_prefix_length, max_history_length=args.max_history_length,

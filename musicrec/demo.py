@@ -23,7 +23,7 @@ log = logging.getLogger("musicrec.demo")
 # The tiny catalogue has 24 tracks (22 with plays), so HR@20 sits at its ceiling for
 # every recommender and "beats popularity" is a coin toss: the smoke test skips it.
 TINY_OVERRIDES = {
-    "genre_model": {"hparams": {"epochs": 8, "lstm_units": 32}},
+    "genre_model": {"hparams": {"epochs": 30}},
     "next_track_model": {"hparams": {"epochs": 5, "lstm_units": 32, "embedding_dim": 16},
                          "must_beat_baselines": False},
 }
@@ -154,7 +154,7 @@ def first_cold_case(result) -> tuple[list[str], str] | None:
 def run_demo(workdir: str, seed: int = 0, port: int = 8500, tiny: bool = False) -> int:
     from musicrec import commands
     from musicrec.classify_command import classify_file
-    from musicrec.pipeline.config import feature_params, make_config
+    from musicrec.pipeline.config import make_config
     from musicrec.recommend_command import recommend_tracks
     from musicrec.serving.client import PredictionClient
 
@@ -186,14 +186,13 @@ def run_demo(workdir: str, seed: int = 0, port: int = 8500, tiny: bool = False) 
     tracks = held_out_tracks(result.artifact("audio_example_gen", "examples").uri, 6)
     sessions = held_out_sessions(result.artifact("playlog_example_gen", "sessions").uri, 3)
     cold_example = first_cold_case(result)
-    features = feature_params(config)
     with serving_process(workdir, port, ["genre", "next_track"]) as target, \
             PredictionClient(target, timeout_seconds=30.0) as client:
         print("== 4/4 querying the server over gRPC", flush=True)
         print("   genre of held-out tracks (true → predicted):")
         correct = 0
         for track_id, genre in tracks:
-            top = classify_file(client, "genre", metadata[track_id]["path"], features, 3)
+            top = classify_file(client, "genre", metadata[track_id]["path"], 3)
             correct += top[0]["genre"] == genre
             ranked = ", ".join(f"{g['genre']} {g['probability']:.2f}" for g in top)
             print(f"   {track_id}  {genre:>10} → {ranked}")

@@ -12,6 +12,8 @@ from typing import Any, Mapping
 import yaml
 
 from musicrec.models.features import AudioFeatureParams
+from musicrec.models.genre.frontends import (DEFAULT_FRONTEND, check_frontend,
+                                            frontend_feature_params)
 
 DEFAULTS: dict[str, Any] = {
     # Seeds data splits' tie-breaks, weight initialisation and shuffling.
@@ -19,8 +21,13 @@ DEFAULTS: dict[str, Any] = {
     # Pass-through Apache Beam flags, e.g. ["--runner=FlinkRunner", ...].
     "beam_args": [],
     "audio": {
-        # Log-mel front end; shared by ingestion, training and the clients.
-        "features": AudioFeatureParams().to_dict(),
+        # The audio features are the genre front end's (genre_model.frontend); ingestion and
+        # training use them, and the exported model stores them for its clients. With
+        # frontend log_mel, keys of models.features.AudioFeatureParams override its defaults
+        # (sample_rate 22050, n_fft 2048, hop_length 512, n_mels 64, fmin 20.0, fmax null,
+        # segment_seconds 3.0, segment_hop_seconds 3.0, log_floor 1e-6, center false,
+        # compression log); musicnn_msd reads fixed features and takes none.
+        "features": {},
         "eval_fraction": 0.1,
         "test_fraction": 0.1,
         "num_shards": 1,
@@ -49,7 +56,16 @@ DEFAULTS: dict[str, Any] = {
         "progress_seconds": 30.0,
     },
     "genre_model": {
-        # Keys of models.genre.model.GenreHParams (validated by it when the
+        # "musicnn_msd": a small recurrent clip head over the frozen, pretrained MSD_musicnn
+        # network (licence: NOTICE); "log_mel": the from-scratch LSTM/CRNN over log-mel
+        # segments (docs/genre.md, "Choosing a front end").
+        "frontend": DEFAULT_FRONTEND,
+        # musicnn_msd: keys of models.genre.pretrained.PretrainedHParams: recurrent
+        # lstm|gru|none, recurrent_units, bidirectional, embedding_dim, dropout,
+        # recurrent_path_dropout, learning_rate, weight_decay, clipnorm, epochs,
+        # batch_size, early_stopping_patience, class_weights, label_smoothing,
+        # crop_min_patches, finetune_penultimate.
+        # log_mel: keys of models.genre.model.GenreHParams (validated by it when the
         # trainer starts; docs/genre.md lists them); empty means its defaults:
         # architecture lstm|crnn, lstm_units, lstm_layers, bidirectional,
         # crnn_recurrent gru|lstm, conv_filters, embedding_dim, dropout,
@@ -146,7 +162,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Sections whose inner keys belong to another module, which validates them.
-_OPEN_SECTIONS = {("genre_model", "hparams"), ("next_track_model", "hparams")}
+_OPEN_SECTIONS = {("genre_model", "hparams"), ("next_track_model", "hparams"),
+                  ("audio", "features")}
 
 
 class ConfigError(ValueError):
@@ -182,7 +199,11 @@ def make_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Returns the defaults with ``overrides`` merged in and validated."""
     config = _merge(DEFAULTS, dict(overrides or {}), ())
     try:
-        AudioFeatureParams.from_dict(config["audio"]["features"])
+        check_frontend(config["genre_model"]["frontend"])
+    except ValueError as exc:
+        raise ConfigError(f"genre_model.frontend: {exc}") from exc
+    try:
+        feature_params(config)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"audio.features: {exc}") from exc
     from musicrec.pipeline.spans import POLICIES
@@ -239,7 +260,8 @@ def load_config(path: str | None) -> dict[str, Any]:
 
 
 def feature_params(config: Mapping[str, Any]) -> AudioFeatureParams:
-    return AudioFeatureParams.from_dict(config["audio"]["features"])
+    """The audio features of the config's genre front end (``audio.features`` over its defaults)."""
+    return frontend_feature_params(config["genre_model"]["frontend"], config["audio"]["features"])
 
 
 def dump_config(config: Mapping[str, Any]) -> str:

@@ -34,6 +34,7 @@ from musicrec.components import (audio_example_gen, bulk_inferrer, cold_start, e
                                  playlog_example_gen, pusher, trainer)
 from musicrec.components.base import Artifact
 from musicrec.components.model_kinds import kind
+from musicrec.pipeline.config import feature_params
 from musicrec.pipeline.metadata import MetadataStore
 from musicrec.pipeline.runner import Node, Pipeline, Resolver
 from musicrec.pipeline.spans import select_spans
@@ -101,7 +102,8 @@ def _model_branch(model_kind: str, examples_node: Node, config: Mapping[str, Any
     train = Node(f"trainer_{model_kind}", trainer.spec(model_kind),
                  inputs={"examples": examples},
                  params={"kind": model_kind, "hparams": section["hparams"], "seed": config["seed"],
-                         "features": config["audio"]["features"] if model_kind == "genre" else None},
+                         **({"features": feature_params(config).to_dict(),
+                             "frontend": section["frontend"]} if model_kind == "genre" else {})},
                  resolvers=({"base_model": latest_blessed_base_model(model_kind)}
                             if section["warm_start"] else {}),
                  code_modules=model_code)
@@ -110,7 +112,7 @@ def _model_branch(model_kind: str, examples_node: Node, config: Mapping[str, Any
     evaluate = Node(f"evaluator_{model_kind}", evaluator.spec(model_kind),
                     inputs={"examples": examples, "model": nodes[-1].outputs["model"]},
                     params={"kind": model_kind, **{k: v for k, v in section.items()
-                                                   if k not in ("hparams", "warm_start", "final_fit")}},
+                                                   if k not in ("hparams", "warm_start", "final_fit", "frontend")}},
                     resolvers={"baseline_model": latest_blessed_baseline(model_kind)},
                     code_modules=model_code + (COLD_START_CODE[:1] if extension else []))
     nodes.append(evaluate)
@@ -215,7 +217,7 @@ def create_pipeline(config: Mapping[str, Any], workdir: str, *, audio_dir: str |
         resolved_audio_dir = audio_spans.paths[0] if audio_dir else None
         audio_gen = Node("audio_example_gen", audio_example_gen.SPEC, params={
             "audio_dir": resolved_audio_dir, "metadata_csv": metadata_csv,
-            "feature_params": audio["features"],
+            "feature_params": feature_params(config).to_dict(),
             "split_fractions": {
                 "train": 1.0 - audio["eval_fraction"] - audio["test_fraction"],
                 "eval": audio["eval_fraction"], "test": audio["test_fraction"]},
@@ -225,8 +227,8 @@ def create_pipeline(config: Mapping[str, Any], workdir: str, *, audio_dir: str |
         genre_branch = _model_branch("genre", audio_gen, config, workdir)
         nodes += [audio_gen, *genre_branch]
         pushers["genre"] = genre_branch[-1]
-        job_inputs["tag"] = {"audio_dir": resolved_audio_dir, "metadata_csv": metadata_csv,
-                             "feature_params": audio["features"]}
+        # The tagging job reads the feature parameters stored with the model it runs.
+        job_inputs["tag"] = {"audio_dir": resolved_audio_dir, "metadata_csv": metadata_csv}
         if config["cold_start"]["enabled"]:
             extension = _cold_start_extension(config, genre_branch[0], audio_gen)
     if playlog_paths:

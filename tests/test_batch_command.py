@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from musicrec import cli
 from musicrec.models.features import AudioFeatureParams
+from musicrec.models.genre.signatures import write_model_features
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -28,7 +29,8 @@ K = 5
 
 
 class GenreStandIn(tf.Module):
-    """``log_mel [batch, frames, n_mels]`` → probabilities from a fixed projection of the mean frame."""
+    """``log_mel [tracks, segments, frames, n_mels]`` → probabilities from a fixed projection of
+    the mean frame of the track's real segments."""
 
     def __init__(self):
         super().__init__()
@@ -37,9 +39,13 @@ class GenreStandIn(tf.Module):
         self.to_embedding = tf.Variable(rng.normal(size=(N_MELS, 4)).astype(np.float32))
         self.names = tf.constant(GENRES)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, N_MELS], tf.float32, name="log_mel")])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, N_MELS], tf.float32,
+                                                name="log_mel")])
     def serve(self, log_mel):
-        mean_frame = tf.reduce_mean(log_mel, axis=1)
+        # The contract: padding segments (all 0.0) are left out of a track's answer.
+        real = tf.cast(tf.reduce_any(tf.not_equal(log_mel, 0.0), axis=[2, 3]), tf.float32)
+        mean_frame = (tf.reduce_sum(tf.reduce_mean(log_mel, axis=2) * real[..., None], axis=1)
+                      / tf.maximum(tf.reduce_sum(real, axis=1, keepdims=True), 1.0))
         probabilities = tf.nn.softmax(tf.matmul(mean_frame, self.projection))
         batch = tf.shape(log_mel)[0]
         return {"probabilities": probabilities,
@@ -97,11 +103,18 @@ def save(module: tf.Module, path: str, extra: dict | None = None) -> str:
     return path
 
 
+def save_genre_stand_in(path: str) -> str:
+    """A :class:`GenreStandIn` SavedModel with the default log-mel features stored with it."""
+    save(GenreStandIn(), path)
+    write_model_features(path, "log_mel", AudioFeatureParams())
+    return path
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("batch_cli")
     serving = root / "work" / "serving"
-    save(GenreStandIn(), str(serving / "genre" / "1"))
+    save_genre_stand_in(str(serving / "genre" / "1"))
     save(NextTrackStandIn(False), str(serving / "next_track" / "1"))
     newest = NextTrackStandIn(True)
     save(newest, str(serving / "next_track" / "2"), {"track_embeddings": newest.embed,
@@ -127,10 +140,13 @@ def workdir(tmp_path_factory):
     return {"root": root, "work": str(root / "work"), "catalogue": str(catalogue), "plays": str(plays)}
 
 
-def test_tag_a_flat_folder_with_the_served_genre_model(workdir, capsys):
+def test_tag_a_flat_folder_with_the_served_genre_model_and_its_own_features(workdir, capsys):
     out = str(workdir["root"] / "tags")
+    # A config with other features: tagging reads the model's stored ones (64 bands) instead.
+    config = workdir["root"] / "other-features.yaml"
+    config.write_text("genre_model: {frontend: log_mel}\naudio: {features: {n_mels: 32}}\n")
     assert cli.main(["batch", "tag", "--workdir", workdir["work"], "--audio", workdir["catalogue"],
-                     "--out", out, "--top-genres", "2"]) == 0
+                     "--out", out, "--top-genres", "2", "--config", str(config)]) == 0
     assert "inputs=4 tracks=3 dead_letters=1" in capsys.readouterr().out
     summary = pd.read_csv(os.path.join(out, "tags.csv"))
     assert sorted(summary["track_id"]) == ["clip0", "clip1", "clip2"]
@@ -138,6 +154,7 @@ def test_tag_a_flat_folder_with_the_served_genre_model(workdir, capsys):
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert manifest["model"]["name"] == "genre" and manifest["model"]["version"] == 1
     assert manifest["dead_letters_per_reason"] == {"corrupt audio": 1}
+    assert manifest["feature_params"] == AudioFeatureParams().to_dict()
     assert not [name for name in os.listdir(workdir["root"]) if ".tmp-" in name]
 
 

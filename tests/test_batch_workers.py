@@ -26,7 +26,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from musicrec import batch_command
 from musicrec.components import beam_io, bulk_inferrer, inference_jobs
 from musicrec.components.base import Artifact
-from test_batch_command import VOCAB, GenreStandIn, NextTrackStandIn, save  # noqa: E402
+from test_batch_command import VOCAB, NextTrackStandIn, save, save_genre_stand_in  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -36,7 +36,7 @@ TWO_WORKERS = batch_command.worker_beam_args(2, "multi_processing")
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("batch_workers")
-    genre = save(GenreStandIn(), str(root / "genre"))
+    genre = save_genre_stand_in(str(root / "genre"))
     newest = NextTrackStandIn(True)
     next_track = save(newest, str(root / "next_track"), {"recommend": newest.recommend})
     catalogue = root / "catalogue"

@@ -1,18 +1,22 @@
-"""``musicrec classify`` against a live local server: formats, top-3, progress, a corrupt file."""
+"""``musicrec classify`` against a live local server: formats, top-3, progress, a corrupt file,
+and features that come from the model, never from ``--config``."""
 from __future__ import annotations
 
 import io
 import json
+import os
 
 import keras
 import numpy as np
 import pytest
 import soundfile as sf
+import tensorflow as tf
 
 from musicrec import cli
 from musicrec.classify_command import ProgressBar
 from musicrec.models.export import export_serving_model
-from musicrec.models.features import AudioFeatureParams
+from musicrec.models.features import AudioFeatureParams, track_segments
+from musicrec.models.genre.evaluate import predict_track
 from musicrec.models.genre.model import (GenreHParams, build_classifier, build_serving_model,
                                          new_normalization)
 from musicrec.models.genre.signatures import OUTPUTS, GenreSignatures
@@ -27,23 +31,41 @@ def _clip(seconds: float, frequency: float, rate: int) -> np.ndarray:
     return (0.4 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A local server on a free port with an (untrained) genre model as version 1."""
-    keras.utils.set_random_seed(2)
+# A model trained on other features than the defaults: 16 kHz, 1024-sample windows, 1.5 s segments.
+OTHER_PARAMS = AudioFeatureParams(sample_rate=16000, n_fft=1024, hop_length=256, n_mels=32,
+                                  segment_seconds=1.5, segment_hop_seconds=1.5)
+
+
+def _export_untrained(params: AudioFeatureParams, folder) -> str:
     normalization = new_normalization()
-    normalization.adapt(np.random.default_rng(0).normal(-8, 3, (200, PARAMS.n_mels)).astype(np.float32))
-    classifier = build_classifier(PARAMS.n_mels, len(LABELS),
+    normalization.adapt(np.random.default_rng(0).normal(-8, 3, (200, params.n_mels)).astype(np.float32))
+    classifier = build_classifier(params.n_mels, len(LABELS),
                                   GenreHParams(lstm_units=8, embedding_dim=4), normalization)
-    base = tmp_path_factory.mktemp("served") / "genre"
-    export_serving_model(GenreSignatures(build_serving_model(classifier, LABELS), LABELS, PARAMS),
-                         str(base / "1"), inputs={"log_mel"}, outputs=OUTPUTS)
-    local_server = LocalModelServer({"genre": str(base)}, port=0, poll_wait_seconds=0)
+    export_serving_model(GenreSignatures(build_serving_model(classifier, LABELS), LABELS, params),
+                         str(folder / "1"), inputs={"log_mel"}, outputs=OUTPUTS)
+    return str(folder / "1")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A local server on a free port with two (untrained) genre models as version 1: "genre"
+    (default features) and "genre_16k" (:data:`OTHER_PARAMS`)."""
+    keras.utils.set_random_seed(2)
+    base = tmp_path_factory.mktemp("served")
+    dirs = {"genre": _export_untrained(PARAMS, base / "genre"),
+            "genre_16k": _export_untrained(OTHER_PARAMS, base / "genre_16k")}
+    local_server = LocalModelServer({name: os.path.dirname(path) for name, path in dirs.items()},
+                                    port=0, poll_wait_seconds=0)
     local_server.start()
     try:
-        yield local_server.address
+        yield {"address": local_server.address, "dirs": dirs}
     finally:
         local_server.stop(grace_seconds=0)
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served["address"]
 
 
 @pytest.fixture
@@ -95,7 +117,9 @@ def test_a_file_shorter_than_one_segment_is_refused_with_its_length(server, tmp_
     short = str(tmp_path / "short.wav")
     sf.write(short, _clip(1.0, 440.0, 22050), 22050)
     assert cli.main(["classify", "--server", server, short]) == 1
-    assert "too short" in capsys.readouterr().out
+    out = capsys.readouterr().out.strip()
+    # One line, the reason and the length, not the server's stack of graph details.
+    assert "too short" in out and "1.00 s" in out and "3.0 s" in out and "\n" not in out
 
 
 def test_progress_bar_redraws_on_a_terminal_and_prints_lines_otherwise():
@@ -115,3 +139,35 @@ def test_progress_bar_redraws_on_a_terminal_and_prints_lines_otherwise():
     bar.show(4, "done")
     bar.close()
     assert terminal.getvalue().count("\r") == 2 and terminal.getvalue().endswith("4/4 done\n")
+
+
+def test_classify_uses_the_models_own_features_even_when_the_config_says_otherwise(served, tmp_path,
+                                                                                   capsys):
+    # A config describing other features of the same shape (32 bands): were classify to use
+    # them, the server would accept the request and answer for the wrong features.
+    config = tmp_path / "other.yaml"
+    config.write_text("genre_model: {frontend: log_mel}\n"
+                      "audio: {features: {sample_rate: 22050, n_fft: 2048, hop_length: 512, "
+                      "n_mels: 32, segment_seconds: 3.0, segment_hop_seconds: 3.0}}\n")
+    configured = AudioFeatureParams(n_mels=32)
+    path = str(tmp_path / "clip.wav")
+    t = np.arange(int(6.0 * 22050)) / 22050
+    chord = np.sin(2 * np.pi * 220 * t) + 0.5 * np.sin(2 * np.pi * 1800 * t * (1 + t / 12))
+    sf.write(path, (0.3 * chord + 0.01 * np.random.default_rng(3).standard_normal(t.size)
+                    ).astype(np.float32), 22050, subtype="PCM_24")
+
+    code = cli.main(["classify", "--server", served["address"], "--model", "genre_16k",
+                     "--config", str(config), "--top", str(len(LABELS)), "--json", path])
+    captured = capsys.readouterr()
+    assert code == 0 and "--config is not used" in captured.err
+    answer = json.loads(captured.out.strip().splitlines()[-1])["top_genres"]
+    classified = np.array([{g["genre"]: g["probability"] for g in answer}[name] for name in LABELS])
+
+    signature = tf.saved_model.load(served["dirs"]["genre_16k"]).signatures["serving_default"]
+    with_model_features = predict_track(signature, track_segments(path, OTHER_PARAMS))
+    with_config_features = predict_track(signature, track_segments(path, configured))
+    # What classify answers is the model's answer on its own features (up to the in-graph
+    # resampler's skew against soxr), far from its answer on the config's features.
+    skew = np.abs(classified - with_model_features).max()
+    assert skew < 2e-3
+    assert np.abs(with_config_features - with_model_features).max() > 5 * skew

@@ -18,7 +18,7 @@ from musicrec.pipeline.pipeline import create_pipeline
 pytestmark = pytest.mark.timeout(600)
 
 TINY_MODELS = {
-    "genre_model": {"hparams": {"epochs": 3, "lstm_units": 16}, "min_accuracy_over_chance": 0.0},
+    "genre_model": {"hparams": {"epochs": 3, "embedding_dim": 16}, "min_accuracy_over_chance": 0.0},
     "next_track_model": {"hparams": {"epochs": 2, "lstm_units": 16, "embedding_dim": 8},
                          "must_beat_baselines": False},
 }

@@ -12,8 +12,9 @@ import pytest
 from musicrec import cli, commands, demo_data
 from musicrec.demo import TINY_OVERRIDES, free_port, serving_process
 from musicrec.models.export_check import non_core_ops
-from musicrec.models.features import AudioFeatureParams, track_segments
-from musicrec.pipeline.config import make_config
+from musicrec.models.features import track_segments
+from musicrec.models.genre.signatures import read_model_features
+from musicrec.pipeline.config import feature_params, make_config
 from musicrec.serving.client import PredictionClient
 
 pytestmark = pytest.mark.timeout(900)
@@ -68,12 +69,15 @@ def test_served_models_answer_predict_over_grpc(pipeline_run, capsys):
     port = free_port()
     with serving_process(workdir, port, ["genre", "next_track"]) as target:
         with PredictionClient(target, timeout_seconds=30) as client:
-            segments = track_segments(track_path, AudioFeatureParams())
-            genre = client.predict("genre", {"log_mel": segments})
-            assert genre["probabilities"].shape == (len(segments), len(data.genres))
+            # The served model's own features, as stored with it.
+            _, params = read_model_features(os.path.join(workdir, "serving", "genre", "1"))
+            assert params == feature_params(make_config())
+            segments = track_segments(track_path, params)
+            genre = client.predict("genre", {"log_mel": np.stack([segments, segments])})
+            assert genre["probabilities"].shape == (2, len(data.genres))
             np.testing.assert_allclose(genre["probabilities"].sum(axis=1), 1.0, atol=1e-4)
             assert {g.decode() for g in genre["genre"]} <= set(data.genres)
-            assert genre["embedding"].shape[0] == len(segments)
+            assert genre["embedding"].shape[0] == 2
 
             recs = client.predict("next_track", {"track_keys": np.array([vocab[:3]], dtype=object)})
             keys = [k.decode() for k in recs["track_keys"][0]]

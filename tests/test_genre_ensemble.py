@@ -103,11 +103,11 @@ def check_exported_ensemble(serving_dir: str, segments: np.ndarray, embedding_wi
     assert export_check.non_core_ops(serving_dir) == set()
     signature = tf.saved_model.load(serving_dir).signatures["serving_default"]
     assert set(signature.structured_outputs) == {"probabilities", "classes", "genre", "embedding"}
-    plain = signature(log_mel=tf.constant(segments))
+    plain = signature(log_mel=tf.constant(segments[:, None]))   # each segment a track
     assert plain["embedding"].shape == (len(segments), embedding_width)
     np.testing.assert_allclose(plain["probabilities"].numpy().sum(axis=1), 1.0, atol=1e-5)
     padding = np.full((len(segments), 7, N_MELS), PADDING_VALUE, dtype=np.float32)
-    padded = signature(log_mel=tf.constant(np.concatenate([segments, padding], axis=1)))
+    padded = signature(log_mel=tf.constant(np.concatenate([segments, padding], axis=1)[:, None]))
     np.testing.assert_allclose(padded["probabilities"].numpy(), plain["probabilities"].numpy(),
                                atol=1e-5)
     np.testing.assert_allclose(padded["embedding"].numpy(), plain["embedding"].numpy(), atol=1e-5)

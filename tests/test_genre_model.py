@@ -119,11 +119,11 @@ def test_run_fn_exports_the_genre_signature_contract(trained):
     _, input_specs = signature.structured_input_signature
     assert set(input_specs) == {"log_mel"}
     assert input_specs["log_mel"].dtype == tf.float32
-    assert input_specs["log_mel"].shape.as_list() == [None, None, N_MELS]
+    assert input_specs["log_mel"].shape.as_list() == [None, None, None, N_MELS]
     assert set(signature.structured_outputs) == {"probabilities", "classes", "genre", "embedding"}
 
     _, segments = next(iter(trained["tracks"]["test"].values()))
-    outputs = signature(log_mel=tf.constant(segments))
+    outputs = signature(log_mel=tf.constant(segments[:, None]))   # each segment a track
     probabilities = outputs["probabilities"].numpy()
     assert probabilities.shape == (SEGMENTS_PER_TRACK, len(LABELS))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
@@ -161,7 +161,7 @@ def test_evaluate_matches_an_independent_count(trained):
 
     track_hits = segment_hits = 0
     for track_id, (label, segments) in test_tracks.items():
-        probabilities = signature(log_mel=tf.constant(segments))["probabilities"].numpy()
+        probabilities = signature(log_mel=tf.constant(segments[:, None]))["probabilities"].numpy()
         track_prediction = int(probabilities.mean(axis=0).argmax())
         segment_hits += int((probabilities.argmax(axis=1) == label).sum())
         track_hits += int(track_prediction == label)
@@ -185,11 +185,12 @@ def test_padding_frames_do_not_change_probabilities(trained):
     signature = trained["signature"]
     _, segments = next(iter(trained["tracks"]["test"].values()))
     padding = np.full((SEGMENTS_PER_TRACK, 9, N_MELS), PADDING_VALUE, dtype=np.float32)
-    plain = signature(log_mel=tf.constant(segments))["probabilities"].numpy()
-    padded = signature(log_mel=tf.constant(np.concatenate([segments, padding], axis=1)))
+    plain = signature(log_mel=tf.constant(segments[:, None]))["probabilities"].numpy()
+    padded = signature(log_mel=tf.constant(np.concatenate([segments, padding], axis=1)[:, None]))
     np.testing.assert_allclose(padded["probabilities"].numpy(), plain, atol=1e-5)
     # The padding is what the mask removes: the same frames at a real value do change it.
-    loud = signature(log_mel=tf.constant(np.concatenate([segments, padding + 5.0], axis=1)))
+    loud = signature(log_mel=tf.constant(
+        np.concatenate([segments, padding + 5.0], axis=1)[:, None]))
     assert np.abs(loud["probabilities"].numpy() - plain).max() > 1e-3
 
 

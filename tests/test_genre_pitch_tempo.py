@@ -155,7 +155,7 @@ def test_a_crnn_trained_with_pitch_and_tempo_exports_a_serving_graph_without_the
     assert export_check.saved_model_op_names(args.serving_dir) & AUGMENTATION_OPS == set()
     # Inference is deterministic: no draw is left in the served model.
     signature = tf.saved_model.load(args.serving_dir).signatures["serving_default"]
-    segments = tf.constant(next(iter(tracks["test"].values()))[1])
+    segments = tf.constant(next(iter(tracks["test"].values()))[1][:, None])   # each a track
     first, second = signature(log_mel=segments), signature(log_mel=segments)
     np.testing.assert_array_equal(first["probabilities"].numpy(), second["probabilities"].numpy())
     assert first["probabilities"].shape == (len(segments), len(LABELS))

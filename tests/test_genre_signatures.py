@@ -62,7 +62,8 @@ def test_both_signatures_have_the_contracted_names_dtypes_and_shapes(exported):
                         "classes": (tf.string, [None, len(LABELS)]),
                         "genre": (tf.string, [None]),
                         "embedding": (tf.float32, [None, EMBEDDING_DIM])}
-    for name, input_name, input_shape in (("serving_default", "log_mel", [None, None, PARAMS.n_mels]),
+    for name, input_name, input_shape in (("serving_default", "log_mel",
+                                           [None, None, None, PARAMS.n_mels]),
                                           ("from_waveform", "waveform", [None, None])):
         _, inputs = signatures[name].structured_input_signature
         assert list(inputs) == [input_name]
@@ -74,13 +75,26 @@ def test_both_signatures_have_the_contracted_names_dtypes_and_shapes(exported):
     assert non_core_ops(serving_dir) == set()
 
 
-def test_serving_default_takes_any_number_of_frames(exported):
+def test_serving_default_takes_any_number_of_frames_and_answers_per_track(exported):
     signature = exported[1]["serving_default"]
     for frames in (1, 40, 300):
-        batch = np.random.default_rng(frames).normal(-8, 2, (2, frames, PARAMS.n_mels))
+        batch = np.random.default_rng(frames).normal(-8, 2, (2, 3, frames, PARAMS.n_mels))
         outputs = signature(log_mel=tf.constant(batch, tf.float32))
         assert outputs["probabilities"].shape == (2, len(LABELS))
         np.testing.assert_allclose(outputs["probabilities"].numpy().sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_track_answer_is_the_mean_of_its_segments_and_padding_segments_change_nothing(exported):
+    signature = exported[1]["serving_default"]
+    segments = np.random.default_rng(7).normal(-8, 2, (3, 126, PARAMS.n_mels)).astype(np.float32)
+    alone = signature(log_mel=tf.constant(segments[:, None]))          # each segment a track
+    track = signature(log_mel=tf.constant(segments[None]))
+    for name in ("probabilities", "embedding"):
+        np.testing.assert_allclose(track[name].numpy()[0], alone[name].numpy().mean(axis=0),
+                                   atol=1e-5)
+    padded = np.concatenate([segments, np.zeros((2, 126, PARAMS.n_mels), np.float32)])[None]
+    np.testing.assert_allclose(signature(log_mel=tf.constant(padded))["probabilities"].numpy(),
+                               track["probabilities"].numpy(), atol=1e-6)
 
 
 def test_from_waveform_equals_the_mean_over_librosa_segments_with_the_same_top_genre(exported, tmp_path):
@@ -99,14 +113,13 @@ def test_from_waveform_equals_the_mean_over_librosa_segments_with_the_same_top_g
     assert outputs["embedding"].shape == (1, EMBEDDING_DIM)
 
 
-def test_from_waveform_answers_a_batch_and_a_clip_shorter_than_one_segment(exported):
+def test_from_waveform_answers_a_batch_and_refuses_a_clip_shorter_than_one_segment(exported):
     signature = exported[1]["from_waveform"]
     batch = np.stack([_tone_and_noise(7.0, seed=3), _tone_and_noise(7.0, seed=4)])
     outputs = signature(waveform=tf.constant(batch))
     assert outputs["probabilities"].shape == (2, len(LABELS))
-    short = signature(waveform=tf.constant(_tone_and_noise(1.0, seed=5)[None]))
-    assert np.isfinite(short["probabilities"].numpy()).all()
-    np.testing.assert_allclose(short["probabilities"].numpy().sum(), 1.0, atol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="too short"):
+        signature(waveform=tf.constant(_tone_and_noise(1.0, seed=5)[None]))
 
 
 def _skew(waveform: np.ndarray) -> tuple[float, float]:

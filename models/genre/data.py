@@ -23,6 +23,8 @@ _FEATURES = {
     "n_mels": tf.io.FixedLenFeature([], tf.int64),
     "label": tf.io.FixedLenFeature([], tf.int64),
     "track_id": tf.io.FixedLenFeature([], tf.string),
+    # Records of the contract always hold it; hand-made ones may not (then every segment is 0).
+    "segment_index": tf.io.FixedLenFeature([], tf.int64, default_value=0),
 }
 
 
@@ -53,8 +55,9 @@ def parse_example(serialized: tf.Tensor, n_mels: int) -> dict[str, tf.Tensor]:
         n_mels: mel bands the model expects.
 
     Returns:
-        ``log_mel`` float32 ``[frames, n_mels]``, ``label`` int64 ``[]`` and
-        ``track_id`` string ``[]``.
+        ``log_mel`` float32 ``[frames, n_mels]``, ``label`` int64 ``[]``,
+        ``track_id`` string ``[]`` and ``segment_index`` int64 ``[]`` (the
+        segment's place in its track).
 
     Raises:
         tf.errors.InvalidArgumentError (when the dataset is iterated): the
@@ -78,6 +81,7 @@ def parse_example(serialized: tf.Tensor, n_mels: int) -> dict[str, tf.Tensor]:
         "log_mel": log_mel,
         "label": parsed["label"],
         "track_id": parsed["track_id"],
+        "segment_index": parsed["segment_index"],
     }
 
 
@@ -149,9 +153,21 @@ def iterate_segments(files: Sequence[str], n_mels: int) -> Iterator[tuple[np.nda
     ``log_mel`` is float32 ``[frames, n_mels]`` (raw, unpadded), ``label``
     the label id and ``track_id`` the decoded track id.
     """
+    for log_mel, label, track_id, _index in iterate_indexed_segments(files, n_mels):
+        yield log_mel, label, track_id
+
+
+def iterate_indexed_segments(files: Sequence[str], n_mels: int
+                             ) -> Iterator[tuple[np.ndarray, int, str, int]]:
+    """:func:`iterate_segments` with each segment's ``segment_index`` last.
+
+    Segments come in file order, which need not be track order: ingestion
+    spreads a track's segments over the shards.
+    """
     for example in parsed_dataset(files, n_mels).as_numpy_iterator():
-        yield example["log_mel"], int(example["label"]), example["track_id"].decode("utf-8")
+        yield (example["log_mel"], int(example["label"]), example["track_id"].decode("utf-8"),
+               int(example["segment_index"]))
 
 
 __all__ = ["LABELS_FILE", "read_labels", "parse_example", "parsed_dataset", "make_dataset",
-           "label_counts", "iterate_segments"]
+           "label_counts", "iterate_segments", "iterate_indexed_segments"]

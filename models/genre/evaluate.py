@@ -16,8 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from musicrec.models.features import AudioFeatureParams
-from musicrec.models.genre.data import iterate_segments, read_labels
+from musicrec.models.genre.data import iterate_indexed_segments, iterate_segments, read_labels
 from musicrec.models.genre.model import PADDING_VALUE
+from musicrec.models.genre.signatures import LOG_MEL_INPUT
 
 SignatureFn = Callable[..., dict[str, tf.Tensor]]
 
@@ -26,7 +27,7 @@ def pad_segments(segments: Sequence[np.ndarray]) -> np.ndarray:
     """Stacks ``[frames_i, n_mels]`` segments into ``[n, max_frames, n_mels]``.
 
     Shorter segments are padded at the end with :data:`PADDING_VALUE`
-    frames, which the model masks.
+    frames, which the log-mel models mask.
     """
     if not segments:
         raise ValueError("no segments to stack")
@@ -38,45 +39,59 @@ def pad_segments(segments: Sequence[np.ndarray]) -> np.ndarray:
     return stacked
 
 
+def stack_tracks(tracks: Sequence[np.ndarray | Sequence[np.ndarray]]) -> np.ndarray:
+    """Tracks' segments as one ``serving_default`` input ``[tracks, max_segments, max_frames, n_mels]``.
+
+    Each track is ``[n_i, frames, n_mels]`` or a list of ``[frames_i,
+    n_mels]``; a track with fewer segments gets whole segments of
+    :data:`PADDING_VALUE`, which the model leaves out, and shorter segments
+    padding frames (see :mod:`musicrec.models.genre.signatures`).
+    """
+    if not tracks or any(len(track) == 0 for track in tracks):
+        raise ValueError("every track needs at least one segment")
+    padded = [pad_segments(list(track)) for track in tracks]
+    frames = max(track.shape[1] for track in padded)
+    stacked = np.full((len(padded), max(len(track) for track in padded), frames,
+                       padded[0].shape[2]), PADDING_VALUE, dtype=np.float32)
+    for row, track in enumerate(padded):
+        stacked[row, :track.shape[0], :track.shape[1]] = track
+    return stacked
+
+
+def predict_tracks(signature_fn: SignatureFn, tracks: Sequence[np.ndarray | Sequence[np.ndarray]],
+                   batch_size: int = 8, outputs: Sequence[str] = ("probabilities",)
+                   ) -> dict[str, np.ndarray]:
+    """Track-level outputs of the genre ``serving_default`` signature, ``batch_size`` tracks per call.
+
+    Args:
+        signature_fn: the SavedModel's ``serving_default`` signature.
+        tracks: each track's raw log-mel segments (see :func:`stack_tracks`).
+        batch_size: tracks per signature call.
+        outputs: the outputs to return.
+
+    Returns:
+        ``{output: array [n_tracks, ...]}``.
+    """
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+    for start in range(0, len(tracks), batch_size):
+        answer = signature_fn(log_mel=tf.constant(stack_tracks(tracks[start:start + batch_size])))
+        for name in outputs:
+            parts[name].append(answer[name].numpy())
+    return {name: np.concatenate(values, axis=0) for name, values in parts.items()}
+
+
+def predict_track(signature_fn: SignatureFn, segments: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """One track's genre probabilities ``[n_genres]`` from its raw log-mel segments."""
+    return predict_tracks(signature_fn, [segments])["probabilities"][0]
+
+
 def predict_segments(signature_fn: SignatureFn, segments: np.ndarray | Sequence[np.ndarray],
                      batch_size: int = 64) -> np.ndarray:
-    """Genre probabilities of each segment, through a serving signature.
-
-    Args:
-        signature_fn: the SavedModel's ``serving_default`` signature.
-        segments: raw log-mel, ``[n, frames, n_mels]`` or a list of
-            ``[frames_i, n_mels]`` arrays.
-        batch_size: segments per signature call.
-
-    Returns:
-        float32 ``[n, n_genres]``.
-    """
-    batch = segments if isinstance(segments, np.ndarray) else pad_segments(segments)
-    if batch.ndim != 3 or batch.shape[0] == 0:
-        raise ValueError(f"expected segments [n > 0, frames, n_mels], got shape {batch.shape}")
-    parts = [signature_fn(log_mel=tf.constant(batch[start:start + batch_size], tf.float32))
-             ["probabilities"].numpy() for start in range(0, batch.shape[0], batch_size)]
-    return np.concatenate(parts, axis=0)
-
-
-def average_segment_probabilities(probabilities: np.ndarray) -> np.ndarray:
-    """Combines a track's segment probabilities ``[n, n_genres]`` into ``[n_genres]`` (mean)."""
-    return probabilities.mean(axis=0)
-
-
-def predict_track(signature_fn: SignatureFn, segments: np.ndarray | Sequence[np.ndarray],
-                  batch_size: int = 64) -> np.ndarray:
-    """Track-level genre probabilities: the mean over its segments.
-
-    Args:
-        signature_fn: the SavedModel's ``serving_default`` signature.
-        segments: the track's raw log-mel segments, ``[n, frames, n_mels]``.
-        batch_size: segments per signature call.
-
-    Returns:
-        float32 ``[n_genres]``, summing to 1.
-    """
-    return average_segment_probabilities(predict_segments(signature_fn, segments, batch_size))
+    """Genre probabilities of each segment on its own (a one-segment track): ``[n, n_genres]``."""
+    if len(segments) == 0:
+        raise ValueError("no segments to predict")
+    return predict_tracks(signature_fn, [[segment] for segment in segments],
+                          batch_size)["probabilities"]
 
 
 def classification_metrics(true_labels: Sequence[int], predicted: Sequence[int],
@@ -132,7 +147,7 @@ def evaluate(saved_model_dir: str, test_files: Sequence[str], examples_dir: str,
         saved_model_dir: the exported SavedModel.
         test_files: GZIP TFRecords of the test split.
         examples_dir: the examples artifact (``labels.txt``).
-        batch_size: segments per signature call.
+        batch_size: segments per signature call (tracks per call: an eighth of it).
         output_dir: where ``confusion_matrix.png`` goes; ``None`` writes none.
         with_track_predictions: also return ``track_predictions``, the
             predicted genre name per track id (for paired comparisons of
@@ -140,8 +155,10 @@ def evaluate(saved_model_dir: str, test_files: Sequence[str], examples_dir: str,
             test split).
 
     Returns:
-        ``segment_accuracy`` and ``track_accuracy`` (a track's class is the
-        argmax of its mean segment probabilities), ``macro_f1`` and
+        ``segment_accuracy`` (each segment on its own, as a one-segment
+        track) and ``track_accuracy`` (the model's answer for the track's
+        segments together, ``serving_default``'s per-track contract),
+        ``macro_f1`` and
         ``per_class`` precision/recall/F1/support (track level, see
         :func:`classification_metrics`), ``confusion_matrix`` (track level,
         rows true, columns predicted), ``per_class_accuracy`` (track-level
@@ -157,20 +174,21 @@ def evaluate(saved_model_dir: str, test_files: Sequence[str], examples_dir: str,
     """
     labels = read_labels(examples_dir)
     signature_fn = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
-    n_mels = int(signature_fn.structured_input_signature[1]["log_mel"].shape[-1])
+    n_mels = int(signature_fn.structured_input_signature[1][LOG_MEL_INPUT].shape[-1])
     segments_by_track, label_by_track = read_tracks(test_files, n_mels, len(labels))
 
     segment_hits = 0
     segment_labels: list[int] = []
-    track_labels: list[int] = []
-    track_predictions: list[int] = []
-    for track_id, segments in segments_by_track.items():
-        label = label_by_track[track_id]
+    track_ids = list(segments_by_track)
+    track_labels = [label_by_track[track_id] for track_id in track_ids]
+    track_probabilities = predict_tracks(signature_fn, [segments_by_track[t] for t in track_ids],
+                                         max(1, batch_size // 8))["probabilities"]
+    track_predictions = [int(row.argmax()) for row in track_probabilities]
+    for track_id, label in zip(track_ids, track_labels):
+        segments = segments_by_track[track_id]
         probabilities = predict_segments(signature_fn, segments, batch_size)
         segment_hits += int(np.sum(probabilities.argmax(axis=1) == label))
         segment_labels.extend([label] * len(segments))
-        track_labels.append(label)
-        track_predictions.append(int(average_segment_probabilities(probabilities).argmax()))
 
     scores = classification_metrics(track_labels, track_predictions, labels)
     if output_dir is not None:
@@ -272,29 +290,34 @@ def evaluate_classical_baseline(train_files: Sequence[str], test_files: Sequence
     }
 
 
-def read_tracks(files: Sequence[str], n_mels: int, n_labels: int
+def read_tracks(files: Sequence[str], n_mels: int, n_labels: int | None = None
                 ) -> tuple[dict[str, list[np.ndarray]], dict[str, int]]:
-    """Segments grouped by track: ``({track_id: [log_mel [frames, n_mels], ...]}, {track_id: label})``.
+    """Segments grouped by track, in segment order: ``({track_id: [log_mel [frames, n_mels], ...]}, {track_id: label})``.
+
+    Tracks come in the order their first segment does.
 
     Raises:
-        ValueError: no segments, a label outside ``range(n_labels)``, or a
-            track whose segments disagree on the label.
+        ValueError: no segments, a label outside ``range(n_labels)`` (when
+            given), or a track whose segments disagree on the label.
     """
-    segments_by_track: dict[str, list[np.ndarray]] = {}
+    indexed: dict[str, list[tuple[int, np.ndarray]]] = {}
     label_by_track: dict[str, int] = {}
-    for log_mel, label, track_id in iterate_segments(files, n_mels):
-        if not 0 <= label < n_labels:
+    for log_mel, label, track_id, index in iterate_indexed_segments(files, n_mels):
+        if n_labels is not None and not 0 <= label < n_labels:
             raise ValueError(f"track {track_id!r} has label {label}, outside the "
                              f"{n_labels} labels of labels.txt")
         if label_by_track.setdefault(track_id, label) != label:
             raise ValueError(f"track {track_id!r} has segments labelled "
                              f"{label_by_track[track_id]} and {label}")
-        segments_by_track.setdefault(track_id, []).append(log_mel)
-    if not segments_by_track:
+        indexed.setdefault(track_id, []).append((index, log_mel))
+    if not indexed:
         raise ValueError(f"no segments in {list(files)}")
+    # Shards hold a track's segments in any order; the clip head reads them in time order.
+    segments_by_track = {track_id: [segment for _, segment in sorted(parts, key=lambda p: p[0])]
+                         for track_id, parts in indexed.items()}
     return segments_by_track, label_by_track
 
 
-__all__ = ["evaluate", "predict_track", "predict_segments", "average_segment_probabilities",
+__all__ = ["evaluate", "predict_track", "predict_tracks", "predict_segments", "stack_tracks",
            "pad_segments", "classification_metrics", "read_tracks", "evaluate_classical_baseline",
            "CONFUSION_MATRIX_FILE", "BASELINE_CONFUSION_MATRIX_FILE"]

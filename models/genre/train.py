@@ -152,7 +152,9 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
             examples), ``examples_dir`` (holds ``labels.txt``),
             ``model_dir``, ``hparams`` (see :class:`GenreHParams`; unknown
             names raise ``ValueError``), ``feature_params`` (defaults to
-            :class:`AudioFeatureParams`) and ``seed``.
+            :class:`AudioFeatureParams`), ``frontend`` and ``seed``. With
+            ``frontend: musicnn_msd``
+            :func:`musicrec.models.genre.train_pretrained.run_fn` trains instead.
 
     Writes, under ``model_dir``: ``serving/`` (the SavedModel with the
     ``serving_default`` and ``from_waveform`` signatures,
@@ -175,6 +177,11 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
         ValueError: bad hparams, no training files or no labels.
         RuntimeError: the exported SavedModel breaks the signature contract.
     """
+    if args.frontend != "log_mel":
+        from musicrec.models.genre import frontends, train_pretrained
+
+        frontends.check_frontend(args.frontend)
+        return train_pretrained.run_fn(args)
     hparams = GenreHParams.from_dict(args.hparams)
     feature_params = args.feature_params or AudioFeatureParams()
     n_mels = feature_params.n_mels
@@ -252,7 +259,8 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
                 hparams.architecture, metrics["best_epoch"], metrics["epochs_run"], fit_seconds,
                 metrics["best"])
 
-    export_serving_model(GenreSignatures(build_serving_model(model, labels), labels, feature_params),
+    export_serving_model(GenreSignatures(build_serving_model(model, labels), labels, feature_params,
+                                         frontend="log_mel"),
                          args.serving_dir, inputs={SERVING_INPUT}, outputs=SERVING_OUTPUTS)
     check_waveform_signature(args.serving_dir)
     warm_start.save_checkpoint(model, args.model_dir, labels, hparams.to_dict())

@@ -6,7 +6,7 @@ track-embedding space, trained on the warm tracks (audio and plays). A cold
 track (audio, no plays) then gets predicted parameters and joins the catalogue.
 
 - Audio side: the genre SavedModel's ``serving_default`` output ``embedding``
-  ``[segments, d_audio]``, averaged over a track's segments.
+  ``[d_audio]`` per track (the model's answer for the track's segments together).
 - Target side, per track id, every per-track weight of the next-track model:
   the input embedding row and what ranking uses (the output layer's kernel
   column and bias, or the tied embedding and its bias), so a cold track can be
@@ -60,14 +60,15 @@ PROTOCOL = (
 
 
 def audio_embeddings(genre_saved_model_dir: str, audio_files: Sequence[str],
-                     batch_size: int = 64) -> tuple[list[str], np.ndarray]:
-    """Every track's genre-model ``embedding``, averaged over its segments.
+                     batch_size: int = 8) -> tuple[list[str], np.ndarray]:
+    """Every track's genre-model ``embedding``: the model's answer for the track's segments together.
 
     Args:
         genre_saved_model_dir: the genre SavedModel (``serving_default`` takes
-            ``log_mel`` float32 ``[batch, frames, n_mels]`` and returns ``embedding``).
+            ``log_mel`` float32 ``[tracks, segments, frames, n_mels]`` and
+            returns ``embedding`` per track).
         audio_files: GZIP TFRecords of ``AudioExamples`` (any splits).
-        batch_size: segments per signature call.
+        batch_size: tracks per signature call.
 
     Returns:
         track ids (first-seen order) and float32 ``[n_tracks, d_audio]``.
@@ -77,28 +78,15 @@ def audio_embeddings(genre_saved_model_dir: str, audio_files: Sequence[str],
     """
     import tensorflow as tf
 
-    from musicrec.models.genre.data import iterate_segments
-    from musicrec.models.genre.evaluate import pad_segments
+    from musicrec.models.genre.evaluate import predict_tracks, read_tracks
 
     signature = tf.saved_model.load(genre_saved_model_dir).signatures["serving_default"]
     n_mels = int(signature.structured_input_signature[1]["log_mel"].shape[-1])
-    segments, owners = [], []
-    for log_mel, _, track_id in iterate_segments(list(audio_files), n_mels):
-        segments.append(log_mel)
-        owners.append(track_id)
-    if not segments:
-        raise ValueError(f"no audio segments in {list(audio_files)}")
-    parts = [signature(log_mel=tf.constant(pad_segments(segments[start:start + batch_size])))
-             ["embedding"].numpy() for start in range(0, len(segments), batch_size)]
-    per_segment = np.concatenate(parts, axis=0)
-    track_ids = list(dict.fromkeys(owners))
-    row_of = {track_id: row for row, track_id in enumerate(track_ids)}
-    sums = np.zeros((len(track_ids), per_segment.shape[1]), dtype=np.float64)
-    counts = np.zeros(len(track_ids))
-    for owner, vector in zip(owners, per_segment):
-        sums[row_of[owner]] += vector
-        counts[row_of[owner]] += 1
-    return track_ids, (sums / counts[:, None]).astype(np.float32)
+    segments_by_track, _labels = read_tracks(list(audio_files), n_mels)
+    track_ids = list(segments_by_track)
+    embeddings = predict_tracks(signature, [segments_by_track[t] for t in track_ids], batch_size,
+                                outputs=("embedding",))["embedding"]
+    return track_ids, embeddings.astype(np.float32)
 
 
 # --------------------------------------------------------------------------- regressor

@@ -1,0 +1,240 @@
+"""The genre classifier on a pretrained front end: a clip head over musicnn's patch embeddings.
+
+``genre_model.frontend: musicnn_msd`` (the default). The frozen front end
+(:mod:`musicrec.models.genre.musicnn`) turns each 3 s patch of a clip into a
+200-wide embedding; :func:`build_clip_head` classifies the clip from that
+sequence of patch embeddings:
+
+- a **statistics path**: the mean and standard deviation of the patch
+  embeddings over the clip, standardised (mean and variance of the training
+  clips'), the summary a linear classifier on musicnn features uses;
+- a **recurrent path** (``recurrent: gru | lstm``; ``none`` leaves it out):
+  a small GRU or LSTM over the standardised patch embeddings in clip order,
+  its outputs pooled by mean and standard deviation over the clip;
+- both joined, dropout, a dense ``embedding`` (ReLU; the served track
+  embedding) and a softmax over the genres.
+
+Patches are masked: a clip of ``n`` patches in a batch padded to ``S``
+patches gives exactly what it gives alone. Training reads the front end's
+output cached once per patch (the front end is frozen: recomputing it every
+epoch would cost ~99 % of the training time for nothing); the exported
+SavedModel holds the whole graph, log-mel to genre.
+
+``finetune_penultimate: true`` makes musicnn's last block (its 200-unit
+dense layer, :class:`~musicrec.models.genre.musicnn.MusicnnPenultimate`)
+trainable; the cache then holds the 1506-wide pooled features before it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import keras
+import numpy as np
+
+from musicrec.models.genre.model import GenreCrossentropy, MaskedMean, genre_accuracy
+
+RECURRENT_KINDS = ("gru", "lstm", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedHParams:
+    """Hyperparameters of the clip head (``genre_model.hparams`` with ``frontend: musicnn_msd``).
+
+    Attributes:
+        recurrent: the recurrent path over the patch embeddings, ``"gru"``,
+            ``"lstm"`` or ``"none"`` (statistics path only).
+        recurrent_units: state width of the recurrent layer (per direction).
+        bidirectional: run the recurrent layer both ways.
+        embedding_dim: width of the ``embedding`` layer (the served track embedding).
+        dropout: dropout on the joined paths, before the embedding, in [0, 1).
+        recurrent_path_dropout: extra dropout on the recurrent path's pooled
+            features, in [0, 1).
+        learning_rate: AdamW's step size.
+        weight_decay: AdamW's decoupled weight decay (0: plain Adam).
+        clipnorm: gradients rescaled to at most this global L2 norm.
+        epochs: maximum training epochs (early stopping may end sooner).
+        batch_size: clips per training step.
+        early_stopping_patience: epochs without a lower monitored loss before
+            training stops; the best epoch's weights are restored.
+        class_weights: weight each clip's loss by ``n / (n_classes * n_c)``.
+        label_smoothing: the target keeps ``1 - label_smoothing`` on the
+            genre and spreads the rest evenly, in [0, 1).
+        crop_min_patches: training input only: each epoch every training clip
+            is cut to a random run of consecutive patches, at least this many
+            (or all it has); 0: whole clips.
+        finetune_penultimate: train musicnn's last dense layer too.
+    """
+
+    # Defaults: chosen on GTZAN dev's tuning clips only (benchmarks/tune_genre_head.py,
+    # results genre_head_tuning_round*.json): an LSTM path and a learning rate of 3e-3 held
+    # 0.86-0.87 in 2- and 4-fold CV inside the tuning clips over three seeds. The statistics
+    # path alone scored as well (0.84-0.88, within one clip of noise), the GRU, a
+    # bidirectional LSTM, random patch runs, recurrent-path dropout, more epochs and
+    # fine-tuning the penultimate block no better.
+    # The head's shape.
+    recurrent: str = "lstm"
+    recurrent_units: int = 32
+    bidirectional: bool = False
+    embedding_dim: int = 64
+    finetune_penultimate: bool = False
+    # Regularisation.
+    dropout: float = 0.5
+    recurrent_path_dropout: float = 0.0
+    label_smoothing: float = 0.1
+    weight_decay: float = 0.01
+    # Optimisation and the training input.
+    learning_rate: float = 3e-3
+    clipnorm: float = 1.0
+    epochs: int = 80
+    batch_size: int = 16
+    early_stopping_patience: int = 15
+    class_weights: bool = True
+    crop_min_patches: int = 0
+
+    def __post_init__(self):
+        if self.recurrent not in RECURRENT_KINDS:
+            raise ValueError(f"genre hparam recurrent must be one of {RECURRENT_KINDS}, "
+                             f"got {self.recurrent!r}")
+        for name in ("recurrent_units", "embedding_dim", "learning_rate", "clipnorm", "epochs",
+                     "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"genre hparam {name} must be positive, got {getattr(self, name)}")
+        for name in ("dropout", "recurrent_path_dropout", "label_smoothing"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"genre hparam {name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("weight_decay", "early_stopping_patience", "crop_min_patches"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"genre hparam {name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> "PretrainedHParams":
+        """Builds hyperparameters from a mapping; missing names keep their defaults.
+
+        Raises:
+            ValueError: a name is not a field (a typo, or a ``log_mel``
+                front end's hyperparameter), or a value is out of range.
+        """
+        values = dict(values or {})
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown genre hparams {unknown} for the musicnn_msd front end; "
+                             f"known: {sorted(known)} (the log_mel front end has others)")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_clip_head(input_width: int, n_classes: int, hparams: PretrainedHParams,
+                    patch_normalization: keras.layers.Normalization,
+                    statistics_normalization: keras.layers.Normalization,
+                    penultimate: keras.layers.Layer | None = None) -> keras.Model:
+    """The clip head: patch features and their mask to genre probabilities and the embedding.
+
+    Args:
+        input_width: width of each patch's features: 200 (musicnn's
+            penultimate embedding) or, with ``penultimate``, 1506.
+        n_classes: genres.
+        hparams: head settings.
+        patch_normalization: per-dimension standardisation of the training
+            patch embeddings (200-wide, :func:`fixed_normalization`).
+        statistics_normalization: the same of the training clips' embedding
+            statistics (mean then std, 400-wide).
+        penultimate: musicnn's penultimate block, applied first when given
+            (``finetune_penultimate``).
+
+    Returns:
+        An uncompiled functional model ``genre_clip_head``: a dict of inputs,
+        ``patch_features`` float32 ``[batch, patches, input_width]`` and
+        ``patch_mask`` bool ``[batch, patches]`` (False on padding patches);
+        outputs ``[probabilities [batch, n_classes], embedding [batch,
+        embedding_dim]]``.
+    """
+    if n_classes < 2:
+        raise ValueError(f"a genre classifier needs at least 2 classes, got {n_classes}")
+    features = keras.Input(shape=(None, input_width), dtype="float32", name="patch_features")
+    mask = keras.Input(shape=(None,), dtype="bool", name="patch_mask")
+    embeddings = penultimate(features) if penultimate is not None else features
+    statistics = MaskedMean(with_std=True, name="clip_statistics")(embeddings, mask)
+    paths = [statistics_normalization(statistics)]
+    if hparams.recurrent != "none":
+        layer_class = keras.layers.GRU if hparams.recurrent == "gru" else keras.layers.LSTM
+        recurrent = layer_class(hparams.recurrent_units, return_sequences=True, name="recurrent")
+        if hparams.bidirectional:
+            recurrent = keras.layers.Bidirectional(recurrent, name="bi_recurrent")
+        sequence = recurrent(patch_normalization(embeddings), mask=mask)
+        pooled = MaskedMean(with_std=True, name="recurrent_pooling")(sequence, mask)
+        if hparams.recurrent_path_dropout > 0:
+            pooled = keras.layers.Dropout(hparams.recurrent_path_dropout,
+                                          name="recurrent_path_dropout")(pooled)
+        paths.append(pooled)
+    joined = paths[0] if len(paths) == 1 else keras.layers.Concatenate(name="paths")(paths)
+    joined = keras.layers.Dropout(hparams.dropout, name="dropout")(joined)
+    embedding = keras.layers.Dense(hparams.embedding_dim, activation="relu", name="embedding")(joined)
+    probabilities = keras.layers.Dense(n_classes, activation="softmax",
+                                       name="probabilities")(embedding)
+    return keras.Model({"patch_features": features, "patch_mask": mask}, [probabilities, embedding],
+                       name="genre_clip_head")
+
+
+def compile_for_training(head: keras.Model, hparams: PretrainedHParams) -> keras.Model:
+    """The model ``fit`` trains: the head's probabilities alone, compiled (AdamW, clipping,
+    label-smoothed cross-entropy, accuracy)."""
+    model = keras.Model(head.inputs, head.outputs[0], name="genre_clip_training")
+    common = dict(learning_rate=hparams.learning_rate, global_clipnorm=hparams.clipnorm)
+    optimizer = (keras.optimizers.AdamW(weight_decay=hparams.weight_decay, **common)
+                 if hparams.weight_decay > 0 else keras.optimizers.Adam(**common))
+    model.compile(optimizer=optimizer, loss=GenreCrossentropy(hparams.label_smoothing),
+                  metrics=[keras.metrics.MeanMetricWrapper(genre_accuracy, name="accuracy")])
+    return model
+
+
+# A dimension whose training variance is below this fraction of the median dimension's is
+# treated as having that variance when standardised: a musicnn unit that is (nearly) constant on
+# the training clips, e.g. one whose ReLU never fires on them, would otherwise be divided by
+# ~0 and blow up on the first clip where it moves (seen on the synthetic demo genres).
+VARIANCE_FLOOR_FRACTION = 0.01
+
+
+def fixed_normalization(values: np.ndarray, name: str) -> keras.layers.Normalization:
+    """A per-dimension standardisation of ``values`` ``[n, width]`` (float32), fixed at build time.
+
+    Mean and variance are ``values``'; the variance is floored at
+    :data:`VARIANCE_FLOOR_FRACTION` of its median over the dimensions.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    variance = values.var(axis=0)
+    floor = max(VARIANCE_FLOOR_FRACTION * float(np.median(variance)), 1e-12)
+    return keras.layers.Normalization(axis=-1, mean=values.mean(axis=0).astype(np.float32),
+                                      variance=np.maximum(variance, floor).astype(np.float32),
+                                      name=name)
+
+
+def clip_statistics(features: list[np.ndarray]) -> np.ndarray:
+    """Mean then standard deviation over patches of each clip's ``[patches, width]``: ``[clips, 2 * width]``.
+
+    The same numbers :class:`MaskedMean` computes in the head (epsilon included).
+    """
+    rows = []
+    for clip in features:
+        mean = clip.mean(axis=0)
+        rows.append(np.concatenate([mean, np.sqrt(np.mean(np.square(clip - mean), axis=0) + 1e-6)]))
+    return np.stack(rows).astype(np.float32)
+
+
+def pad_clips(features: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Clips' ``[patches_i, width]`` as ``(float32 [clips, max_patches, width], bool mask [clips, max_patches])``."""
+    longest = max(clip.shape[0] for clip in features)
+    width = features[0].shape[1]
+    padded = np.zeros((len(features), longest, width), dtype=np.float32)
+    mask = np.zeros((len(features), longest), dtype=bool)
+    for row, clip in enumerate(features):
+        padded[row, :clip.shape[0]] = clip
+        mask[row, :clip.shape[0]] = True
+    return padded, mask
+
+
+__all__ = ["PretrainedHParams", "RECURRENT_KINDS", "build_clip_head", "compile_for_training",
+           "clip_statistics", "fixed_normalization", "pad_clips", "VARIANCE_FLOOR_FRACTION"]
