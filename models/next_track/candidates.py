@@ -13,10 +13,14 @@ every track of a row's input, a small vector of facts read off the input ids:
   listener's own sequential rules: album and playlist replays);
 - *predecessor* evidence, the same for the tracks *before* each match
   (``predecessor_lags``; replays in shuffled or reversed order);
-- optionally split by whether the match is recent (``successor_recent_slots``).
+- optionally split by whether the match is recent (``successor_recent_slots``);
+- *global* evidence: the rule weight of each anchor's strongest followers
+  across every listener (``global_successors``; the table is set from the
+  training sessions by :meth:`CandidateScorer.set_global_rules`, see
+  ``global_rules.py``).
 
 A small MLP turns ``log(1 + facts)`` into the track's score, added to its
-logit. No weight belongs to a track, so the ranker cannot memorise who
+logit. No trained weight belongs to a track, so the ranker cannot memorise who
 played what in training: it learns how listening habits carry over, which
 is what generalises to the future and to listeners it never saw.
 
@@ -51,11 +55,13 @@ class CandidateScorer(keras.layers.Layer):
         context: what the MLP knows of the row besides the track's facts:
             ``"none"``, ``"lengths"`` (how long the session and the history
             are) or ``"state"`` (those and the recurrent session state).
+        global_successors: followers per track in the global rules table (0: none).
     """
 
     def __init__(self, history_length: int, session_slots: int, repeat_history_length: int,
                  successor_lags: int, successor_anchors: int, predecessor_lags: int = 0,
-                 successor_recent_slots: int = 0, units: int = 32, context: str = "none", **kwargs):
+                 successor_recent_slots: int = 0, units: int = 32, context: str = "none",
+                 global_successors: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.history_length = history_length
         self.session_slots = session_slots
@@ -73,12 +79,22 @@ class CandidateScorer(keras.layers.Layer):
         # Anchors are session plays (the slot before them is the boundary).
         self.anchors = min(successor_anchors, session_slots - 1)
         self.groups = (1 + (1 if predecessor_lags else 0)) * (2 if successor_recent_slots else 1)
+        self.global_successors = global_successors
         self.n_features = 2 * RECENCY_BUCKETS + self.anchors * self.groups * (1 if successor_lags else 0)
+        self.global_feature = self.n_features
+        self.n_features += self.anchors if global_successors else 0
         self.hidden = keras.layers.Dense(units, activation="relu", name="hidden")
         self.score = keras.layers.Dense(1, name="score")
 
     def build(self, input_shapes):
-        _, _, state_shape = input_shapes
+        logits_shape, _, state_shape = input_shapes
+        if self.global_successors:
+            # Not trained: counted from sessions (set_global_rules); one row per id.
+            table = (logits_shape[-1], self.global_successors)
+            self.global_ids = self.add_weight(shape=table, dtype="int32", initializer="zeros",
+                                              trainable=False, name="global_successor_ids")
+            self.global_weights = self.add_weight(shape=table, initializer="zeros", trainable=False,
+                                                  name="global_successor_weights")
         inputs = self.n_features + (CONTEXT_LENGTHS if self.context != "none" else 0)
         inputs += state_shape[-1] if self.context == "state" else 0
         self.hidden.build((None, inputs))
@@ -120,7 +136,22 @@ class CandidateScorer(keras.layers.Layer):
                     tracks.append(tf.reshape(tf.gather_nd(ids, near), [-1]))
                     features.append(tf.reshape(tf.broadcast_to(feature[:, None], tf.shape(neighbour)), [-1]))
                     values.append(tf.reshape(weight, [-1]))
+        if self.global_successors:
+            batch = tf.shape(ids)[0]
+            for anchor in range(self.anchors):
+                track = ids[:, slots - 1 - anchor]  # [b]
+                followers = tf.gather(self.global_ids, track)  # [b, M]
+                weight = tf.gather(self.global_weights, track) * real[:, slots - 1 - anchor][:, None]
+                rows.append(tf.reshape(tf.broadcast_to(tf.range(batch)[:, None], tf.shape(followers)), [-1]))
+                tracks.append(tf.reshape(followers, [-1]))
+                features.append(tf.fill([tf.size(followers)], self.global_feature + anchor))
+                values.append(tf.reshape(tf.cast(weight, real.dtype), [-1]))
         return tf.concat(rows, 0), tf.concat(tracks, 0), tf.concat(features, 0), tf.concat(values, 0)
+
+    def set_global_rules(self, ids: np.ndarray, weights: np.ndarray) -> None:
+        """Sets the global rules table (``global_rules.successor_table``), ``[n_ids, M]`` each."""
+        self.global_ids.assign(ids.astype(np.int32))
+        self.global_weights.assign(weights.astype(np.float32))
 
     def entries(self, ids, state, n_ids):
         """The candidates' scores, sparse: ``(rows, tracks, scores)``, each ``(row, track)`` once."""
@@ -161,4 +192,4 @@ class CandidateScorer(keras.layers.Layer):
                 "session_slots": self.session_slots, "repeat_history_length": self.repeat_history_length,
                 "successor_lags": self.successor_lags, "successor_anchors": self.successor_anchors,
                 "predecessor_lags": self.predecessor_lags, "successor_recent_slots": self.successor_recent_slots,
-                "units": self.units, "context": self.context}
+                "units": self.units, "context": self.context, "global_successors": self.global_successors}

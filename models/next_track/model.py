@@ -74,6 +74,14 @@ class NextTrackHParams:
             (:class:`~candidates.CandidateScorer`: a small ranker over repeat
             and successor facts).
         scorer_units: hidden units of the ``"mlp"`` scorer.
+        global_successors: with the ``"mlp"`` scorer, each track's this many
+            strongest followers across every listener (the global sequential
+            rules, ``global_rules.py``) become candidates of the session's
+            anchors, with their rule weight as a fact (0 turns it off).
+        rules_share: with ``global_successors``, the share of each listener's
+            training sessions (the earliest) that only feed the rules table
+            while training, so the scorer never sees rules that count its own
+            targets; the exported table counts every training session.
         scorer_context: what the ``"mlp"`` scorer knows of the row besides a
             track's facts: ``"none"``, ``"lengths"`` (of the session and the
             history) or ``"state"`` (those and the recurrent session state).
@@ -131,6 +139,8 @@ class NextTrackHParams:
     scorer: str = "gates"
     scorer_units: int = 32
     scorer_context: str = "none"
+    global_successors: int = 0
+    rules_share: float = 0.7
     successor_lags: int = 10
     successor_anchors: int = 3
     successor_recent_slots: int = 0
@@ -614,7 +624,7 @@ def build_model(vocab_size: int, hparams: NextTrackHParams) -> keras.Model:
         logits = CandidateScorer(hparams.history_length, hparams.session_slots, hparams.repeat_history_length,
                                  hparams.successor_lags, hparams.successor_anchors, hparams.predecessor_lags,
                                  hparams.successor_recent_slots, hparams.scorer_units, hparams.scorer_context,
-                                 name="candidate_scores")([logits, track_ids, state])
+                                 hparams.global_successors, name="candidate_scores")([logits, track_ids, state])
     elif hparams.repeat_scores:
         logits = RepeatScores(hparams.history_length, hparams.successor_lags, hparams.successor_anchors,
                               hparams.repeat_history_length, hparams.session_slots,

@@ -11,9 +11,9 @@ import tensorflow as tf
 
 from musicrec.atomic import write_json_atomic
 from musicrec.models import warm_start
-from musicrec.models.next_track import data
+from musicrec.models.next_track import data, global_rules
 from musicrec.models.next_track.history import ListeningHistory, read_session_records
-from musicrec.models.next_track.model import NUM_RESERVED_IDS, NextTrackHParams, build_model
+from musicrec.models.next_track.model import NUM_RESERVED_IDS, NextTrackHParams, build_model, scoring_layer
 from musicrec.models.next_track.optimizer import LazyAdam
 from musicrec.models.next_track.sampled import build_candidate_trainer
 from musicrec.models.next_track.serving import (  # noqa: F401  (re-exported for callers)
@@ -113,6 +113,20 @@ def grow_from_checkpoint(model: keras.Model, checkpoint: warm_start.Checkpoint,
                 model.get_layer("track_embedding").input_dim - NUM_RESERVED_IDS - len(checkpoint.tokens))
 
 
+def uses_global_rules(hparams: NextTrackHParams) -> bool:
+    return hparams.scorer == "mlp" and hparams.global_successors > 0
+
+
+def set_global_rules(model: keras.Model, records, vocabulary, hparams: NextTrackHParams) -> None:
+    """Counts ``records`` into the model's global rules table (a no-op without one)."""
+    if not uses_global_rules(hparams):
+        return
+    ids, weights = global_rules.successor_table(
+        records, data.track_ids(vocabulary), len(vocabulary) + NUM_RESERVED_IDS,
+        hparams.successor_lags, hparams.global_successors)
+    scoring_layer(model).set_global_rules(ids, weights)
+
+
 class RankingValidation(keras.callbacks.Callback):
     """Adds ``val_hr@k`` to each epoch's logs: the share of validation examples whose
     target the core model ranks in its top ``k`` over the whole catalogue."""
@@ -183,8 +197,9 @@ def run_fn(args: TrainArgs) -> dict:
 
     train_records = read_session_records(args.train_files)
     history = ListeningHistory(train_records)
-    eval_examples = (_examples(read_session_records(args.eval_files), history, vocabulary, hparams)
-                     if args.eval_files else None)
+    eval_records = read_session_records(args.eval_files) if args.eval_files else []
+    eval_examples = _examples(eval_records, history, vocabulary, hparams) if eval_records else None
+    counted_records = train_records + eval_records  # what the exported rules table counts
     validation_source = "eval split"
     if eval_examples is None and hparams.validation_share > 0:
         held = [r for r in train_records if data.held_out(r.session_id, hparams.validation_share)]
@@ -195,6 +210,11 @@ def run_fn(args: TrainArgs) -> dict:
             validation_source = f"{hparams.validation_share:.0%} of training sessions"
             logger.info("next_track: no eval examples; holding out %s for early stopping",
                         validation_source)
+    rules_records: list = []
+    if uses_global_rules(hparams):
+        rules_records, train_records = global_rules.split_for_rules(train_records, hparams.rules_share)
+        logger.info("next_track: %d sessions feed the global rules while training, %d give examples",
+                    len(rules_records), len(train_records))
     train_examples = _examples(train_records, history, vocabulary, hparams)
     if train_examples is None:
         raise ValueError(f"no training examples (sessions of >= 2 plays with in-vocabulary "
@@ -206,6 +226,7 @@ def run_fn(args: TrainArgs) -> dict:
     model = build_model(len(vocabulary), hparams)
     if checkpoint:
         grow_from_checkpoint(model, checkpoint, hparams)
+    set_global_rules(model, rules_records, vocabulary, hparams)
     full_softmax = hparams.uses_full_softmax(len(vocabulary))
     watched = f"hr@{top_k}" if hparams.early_stopping_metric == "hr" else "loss"
     if full_softmax:
@@ -240,6 +261,7 @@ def run_fn(args: TrainArgs) -> dict:
                               callbacks=callbacks)
     train_seconds = time.perf_counter() - started
 
+    set_global_rules(model, counted_records, vocabulary, hparams)
     os.makedirs(args.model_dir, exist_ok=True)
     export_saved_model(model, vocabulary, hparams, args.serving_dir)
     warm_start.save_checkpoint(model, args.model_dir, vocabulary, hparams.to_dict())
