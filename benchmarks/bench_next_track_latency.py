@@ -2,20 +2,22 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/bench_next_track_latency.py                     # 100 k tracks
+    .venv/bin/python benchmarks/bench_next_track_latency.py                     # 200 k tracks
     .venv/bin/python benchmarks/bench_next_track_latency.py --tracks 20000 --requests 50
 
 Exports an untrained model (default ``NextTrackHParams``; weights do not
 change the cost) over ``--tracks`` generated track keys with
 ``serving.export_saved_model``, loads the SavedModel and times single
 requests (batch of one) of a ``--session``-track session with ``k = 20`` and
-``exclude_seen``, without history and with ``--history`` earlier plays.
+``exclude_seen``, without history and with ``--history`` earlier plays (by
+default as many as the model reads, ``history_length``: what a client that
+sends the listener's plays costs).
 
 Reference, in the same process: NumPy scoring of the same catalogue for one
 session vector (``vector @ table.T``, then ``argpartition`` for the top 20),
 the work no recommender over the full catalogue can skip. The ratio is
-signature p50 ÷ reference p50. The target is p50 <= 10 ms for the 20-track
-session without history.
+signature p50 ÷ reference p50. The target is p50 <= 15 ms for the 20-track
+session with the full history.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from common import short_machine, timed, write_result  # noqa: E402  (run as a s
 NAME = "next_track_latency"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO_ROOT, "benchmarks", "results", f"{NAME}.json")
-TARGET_P50_MS = 10.0
+TARGET_P50_MS = 15.0
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -56,9 +58,10 @@ def time_calls(call, requests: int, warmup: int = 5) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tracks", type=int, default=100_000)
+    parser.add_argument("--tracks", type=int, default=200_000)
     parser.add_argument("--session", type=int, default=20, help="plays in the session")
-    parser.add_argument("--history", type=int, default=100, help="earlier plays in the second case")
+    parser.add_argument("--history", type=int, help="earlier plays in the second case "
+                        "(default: the model's history_length)")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from musicrec.models.next_track.serving import export_saved_model
 
     hparams = NextTrackHParams()
+    args.history = hparams.history_length if args.history is None else args.history
     vocabulary = [f"artist {i % 5000} - track {i}" for i in range(args.tracks)]
     core = build_model(len(vocabulary), hparams)
     export_dir = os.path.join(tempfile.mkdtemp(prefix="bench-next-track-latency-"), "serving")
@@ -97,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         return top[np.argsort(-scores[top])]
 
     figures["reference_numpy"] = percentiles(time_calls(reference, args.requests))
-    ratio = figures["session_only"]["p50_ms"] / figures["reference_numpy"]["p50_ms"]
+    ratio = figures["with_history"]["p50_ms"] / figures["reference_numpy"]["p50_ms"]
     payload = {"tracks": args.tracks, "session_plays": args.session, "history_plays": args.history,
                "requests": args.requests, "k": 20, "hparams": hparams.to_dict(),
                "export_seconds": export_time.seconds, **figures,
                "ratio_signature_over_reference_p50": ratio, "target_p50_ms": TARGET_P50_MS,
-               "meets_target": figures["session_only"]["p50_ms"] <= TARGET_P50_MS}
+               "meets_target": figures["with_history"]["p50_ms"] <= TARGET_P50_MS}
     result = write_result(args.out, NAME, payload)
     print(f"{NAME}: recommend p50 {figures['session_only']['p50_ms']:.2f} ms "
           f"(p90 {figures['session_only']['p90_ms']:.2f}) for a {args.session}-track session over "
