@@ -44,17 +44,18 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from musicrec import commands, demo_data
-    from musicrec.demo import TINY_OVERRIDES
+    from musicrec.demo import DEMO_OVERRIDES, TINY_OVERRIDES
     from musicrec.pipeline.config import make_config
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-cold-start-")
     data_config = demo_data.tiny_config(args.seed) if args.tiny else demo_data.DemoDataConfig(seed=args.seed)
     data = demo_data.generate(os.path.join(workdir, "data"), data_config)
-    overrides = {"seed": args.seed, **(TINY_OVERRIDES if args.tiny else {}),
+    overrides = {"seed": args.seed, **(TINY_OVERRIDES if args.tiny else DEMO_OVERRIDES),
                  "cold_start": {"enabled": True, "eval_plays": data.cold_plays_csv}}
     if args.epochs is not None:
-        section = overrides.setdefault("next_track_model", {})
-        section["hparams"] = {**section.get("hparams", {}), "epochs": args.epochs}
+        section = overrides.get("next_track_model", {})  # a module constant's: copied, never changed
+        overrides["next_track_model"] = {**section, "hparams": {**section.get("hparams", {}),
+                                                                "epochs": args.epochs}}
     config = make_config(overrides)
     with timed() as pipeline_time:
         result = commands.run_pipeline(config, workdir, audio_dir=data.audio_dir,

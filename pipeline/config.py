@@ -195,6 +195,22 @@ def _merge(defaults: Any, override: Any, path: tuple[str, ...]) -> Any:
     return override
 
 
+def _check_cold_start_ranks_the_catalogue(hparams: Mapping[str, Any]) -> None:
+    """Cold-start tracks are in no listener's history: only the neural scores can rank them."""
+    from musicrec.models.next_track.model import CATALOGUE_RANKING, NextTrackHParams
+
+    try:
+        neural_scores = NextTrackHParams.from_dict(hparams).neural_scores
+    except (TypeError, ValueError):
+        return  # the trainer reports bad hparams with their names
+    if not neural_scores:
+        settings = ", ".join(f"{name}: {value!r}" for name, value in CATALOGUE_RANKING.items())
+        raise ConfigError(
+            "cold_start.enabled: the next-track model must rank the whole catalogue to recommend tracks "
+            "nobody has played, and the default scorer ranks only each listener's own tracks and their "
+            f"followers; set next_track_model.hparams {{{settings}}} or turn cold_start off")
+
+
 def make_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Returns the defaults with ``overrides`` merged in and validated."""
     config = _merge(DEFAULTS, dict(overrides or {}), ())
@@ -225,6 +241,8 @@ def make_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if unknown_metrics or not next_track["baseline_metrics"]:
         raise ConfigError(f"next_track_model.baseline_metrics: expected names among "
                           f"{list(RANKED_METRICS)}, got {next_track['baseline_metrics']!r}")
+    if config["cold_start"]["enabled"]:
+        _check_cold_start_ranks_the_catalogue(next_track["hparams"])
     bulk = config["bulk_inference"]
     from musicrec.components.bulk_inferrer import EXCLUDE_MODES, JOBS
 

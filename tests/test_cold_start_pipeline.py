@@ -11,6 +11,7 @@ import pytest
 
 from musicrec import commands, demo_data
 from musicrec.models.export_check import non_core_ops
+from musicrec.models.next_track.model import CATALOGUE_RANKING
 from musicrec.pipeline import metadata as md
 from musicrec.pipeline.config import make_config
 from musicrec.pipeline.pipeline import create_pipeline
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.timeout(600)
 
 TINY_MODELS = {
     "genre_model": {"hparams": {"epochs": 3, "embedding_dim": 16}, "min_accuracy_over_chance": 0.0},
-    "next_track_model": {"hparams": {"epochs": 2, "lstm_units": 16, "embedding_dim": 8},
+    "next_track_model": {"hparams": {**CATALOGUE_RANKING, "epochs": 2, "lstm_units": 16, "embedding_dim": 8},
                          "must_beat_baselines": False},
 }
 
@@ -29,7 +30,7 @@ def _ids(pipeline):
 
 
 def test_cold_start_sits_between_the_next_track_trainer_and_evaluator_only_with_both_inputs(tmp_path):
-    enabled = make_config({"cold_start": {"enabled": True, "eval_plays": "plays.csv"}})
+    enabled = make_config({**TINY_MODELS, "cold_start": {"enabled": True, "eval_plays": "plays.csv"}})
     both = create_pipeline(enabled, str(tmp_path), audio_dir="a", playlog_paths=["l"])
     assert _ids(both) == ["audio_example_gen", "trainer_genre", "evaluator_genre", "pusher_genre",
                           "playlog_example_gen", "trainer_next_track", "cold_start",

@@ -15,14 +15,14 @@ from musicrec.models.next_track import data
 from musicrec.models.next_track.history import ListeningHistory, SessionRecord
 from musicrec.models.next_track.evaluate import RankingMetrics, evaluate
 from musicrec.models.next_track.model import (
-    NextTrackHParams, build_model, build_serving_model, make_track_lookup)
+    CATALOGUE_RANKING, NextTrackHParams, build_model, build_serving_model, make_track_lookup)
 from musicrec.models.next_track.train import run_fn
 from musicrec.models.train_args import TrainArgs
 
 NUM_TRACKS = 60  # > 20, so popularity cannot score a hit on every case at k=20
 TOP_K = 20
 UNKNOWN_KEY = "never-in-train"
-FAST_HPARAMS = {"embedding_dim": 16, "lstm_units": 32, "learning_rate": 0.01, "epochs": 12,
+FAST_HPARAMS = {**CATALOGUE_RANKING, "embedding_dim": 16, "lstm_units": 32, "learning_rate": 0.01, "epochs": 12,
                 "batch_size": 64, "early_stopping_patience": 2, "max_prefix_length": 6,
                 "history_length": 6, "rnn_history_length": 2, "top_k": TOP_K}
 
@@ -167,7 +167,7 @@ def test_serving_signature_follows_the_contract(signature, trained):
 
 def test_model_never_returns_padding_or_oov_even_when_they_score_highest():
     vocabulary = ["a", "b", "c"]
-    core = build_model(len(vocabulary), NextTrackHParams(embedding_dim=4, lstm_units=4))
+    core = build_model(len(vocabulary), NextTrackHParams(**CATALOGUE_RANKING, embedding_dim=4, lstm_units=4))
     weights = core.get_layer("next_track_logits").get_weights()
     weights[-1][:2] = 50.0  # padding and OOV would win every ranking without suppression
     core.get_layer("next_track_logits").set_weights(weights)

@@ -6,11 +6,12 @@ import pytest
 import tensorflow as tf
 
 from musicrec.models.export_check import non_core_ops
-from musicrec.models.next_track.model import NextTrackHParams, build_model, input_layout, output_embeddings
+from musicrec.models.next_track.model import (
+    CATALOGUE_RANKING, NextTrackHParams, build_model, input_layout, output_embeddings)
 from musicrec.models.next_track.serving import export_saved_model
 
 VOCABULARY = [f"artist{i % 4} - song{i}" for i in range(30)]
-HPARAMS = NextTrackHParams(embedding_dim=8, lstm_units=8, history_length=5, rnn_history_length=2,
+HPARAMS = NextTrackHParams(**CATALOGUE_RANKING, embedding_dim=8, lstm_units=8, history_length=5, rnn_history_length=2,
                            max_prefix_length=4, top_k=6)
 
 

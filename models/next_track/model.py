@@ -132,28 +132,28 @@ class NextTrackHParams:
     lstm_units: int = 64
     rnn: str = "lstm"
     tied_embeddings: bool = True
-    neural_scores: bool = True
+    neural_scores: bool = False
     track_bias: bool = False
     repeat_scores: bool = True
     state_gates: bool = True
-    scorer: str = "gates"
+    scorer: str = "mlp"
     scorer_units: int = 32
-    scorer_context: str = "none"
+    scorer_context: str = "state"
     global_successors: int = 0
     rules_share: float = 0.7
     successor_lags: int = 10
     successor_anchors: int = 3
-    successor_recent_slots: int = 0
-    predecessor_lags: int = 0
-    history_length: int = 30000
-    repeat_history_length: int = 5000
+    successor_recent_slots: int = 100
+    predecessor_lags: int = 10
+    history_length: int = 5000
+    repeat_history_length: int = 500
     rnn_history_length: int = 10
     dropout: float = 0.2
     learning_rate: float = 4e-3
     clipnorm: float = 1.0
-    epochs: int = 3
+    epochs: int = 2
     batch_size: int = 256
-    early_stopping_patience: int = 2
+    early_stopping_patience: int = 3
     early_stopping_metric: str = "hr"
     max_prefix_length: int = 20
     top_k: int = 20
@@ -234,6 +234,13 @@ class NextTrackHParams:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Ranks every track of the catalogue by the session vector (the neural scores)
+# on top of the learned repeat and successor terms. Cold start needs it: a track
+# nobody has played is in no listener's history, so the default scorer, which
+# ranks the listener's own tracks and their followers, never ranks it.
+CATALOGUE_RANKING = {"neural_scores": True, "scorer": "gates"}
 
 
 def make_track_lookup(vocabulary: Sequence[str], invert: bool = False,
