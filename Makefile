@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(BIN)/musicrec demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
 
 bench: $(STAMP)

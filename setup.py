@@ -41,6 +41,7 @@ INSTALL_REQUIRES = [
 TEST_REQUIRES = [
     "pytest>=8,<10",
     "pytest-timeout>=2.3,<3",
+    "ruff==0.8.6",
 ]
 
 PACKAGES = {

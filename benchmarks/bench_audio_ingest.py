@@ -13,9 +13,10 @@ The reference is the plain librosa loop (``librosa.load``, then
 Huffman-only strategy, see docs/ingestion.md), the manifest, statistics and
 dead letters, once with Beam's default options (one worker), once with two
 worker threads (``multi_threading``: the decode, FFT, matrix and zlib steps
-release the GIL) and once with two worker processes (``multi_processing``). The figure is audio seconds per wall-clock second; the ratio is
-Beam over the loop, measured in the same process on the same (page-cached,
-warmed-up) files. ``--repeat N`` lists every file N times under distinct
+release the GIL) and once with two worker processes (``multi_processing``).
+The figure is audio seconds per wall-clock second; the ratio is Beam over the loop,
+measured in the same process on the same (page-cached, warmed-up) files.
+``--repeat N`` lists every file N times under distinct
 track ids (the loop decodes them as often), so the runner's fixed start-up
 weighs less; ``--rounds R`` repeats loop and jobs back to back R times and
 reports the median ratio, which a shared, loaded machine needs. Each row also

@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         f"seed {seed}: " + " / ".join(f"{s['per_part'][name]['model']:.3f}" for name, _, _ in parts)
         + f" (mean {s['mean_model']:.3f}) vs baseline audio "
         + " / ".join(f"{s['per_part'][name]['baseline_audio']:.3f}" for name, _, _ in parts)
-        + f", evaluator's " + " / ".join(
+        + ", evaluator's " + " / ".join(
             f"{s['per_part'][name]['evaluator_classical_baseline']:.3f}" for name, _, _ in parts)
         for seed, s in ((seed, summary[f"seed{seed}"]) for seed in seeds))
     print(f"{NAME} {args.protocol} (default config, through the pipeline): {line}; "

@@ -574,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     line = "; ".join(
         f"{model}: overhead p50 {values['overhead_p50_ms']:.2f} ms at 1 client "
         f"(in-process {values['in_process_p50_ms']:.2f} ms; gRPC floor {values['grpc_floor_p50_ms']:.2f} ms; "
-        f"a bare gRPC server's overhead {values['bare_server_overhead_p50_ms']:.2f} ms), batching ×{values['batching_qps_ratio_at_max']:.2f} "
+        f"a bare gRPC server's overhead {values['bare_server_overhead_p50_ms']:.2f} ms), "
+        f"batching ×{values['batching_qps_ratio_at_max']:.2f} "
         f"QPS at {max(levels)}"
         for model, values in summary.items()
     )

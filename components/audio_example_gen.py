@@ -682,7 +682,7 @@ def _write_metadata(manifest: Mapping[str, Any], output_uri: str,
                     band_sums: Mapping[str, tuple[int, np.ndarray, np.ndarray]]) -> None:
     beam_io.write_text_atomic(f"{output_uri}/{STATISTICS_FILE}", json.dumps(
         split_statistics(manifest, band_sums), indent=1, sort_keys=True) + "\n")
-    beam_io.write_text_atomic(f"{output_uri}/{LABELS_FILE}", "".join(f"{l}\n" for l in manifest["labels"]))
+    beam_io.write_text_atomic(f"{output_uri}/{LABELS_FILE}", "".join(f"{label}\n" for label in manifest["labels"]))
     beam_io.write_text_atomic(f"{output_uri}/{MANIFEST_FILE}",
                               json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
@@ -722,7 +722,8 @@ SPEC = ComponentSpec(name="audio_example_gen", inputs={}, outputs={"examples": "
 
 __all__ = [
     "AudioSource", "SPEC", "run", "build_pipeline", "list_sources", "assign_split", "split_key",
-    "check_split_fractions", "segment_example", "segment_example_bytes", "feature_spec", "build_manifest", "DecodeTrack",
+    "check_split_fractions", "segment_example", "segment_example_bytes", "feature_spec", "build_manifest",
+    "DecodeTrack",
     "CountTracksFn", "TrackToExamples", "IngestSummaryFn", "drop_duplicate_track_ids",
     "DEFAULT_SPLIT_FRACTIONS", "DEAD_LETTER_REASONS", "REASON_DUPLICATE",
     "REASON_UNEXPECTED", "LABELS_FILE", "MANIFEST_FILE", "STATISTICS_FILE", "DEAD_LETTERS_FILE",

@@ -46,7 +46,8 @@ EMBEDDING_SIGNATURE = "track_embeddings"
 DEFAULT_MAX_HISTORY_LENGTH = 1000
 KNOWN_PARAMS = {"job", "saved_model", "audio_dir", "metadata_csv", "playlog_paths", "track_keys",
                 "feature_params", "top_genres", "top_n", "exclude", "max_prefix_length",
-                "session_gap_seconds", "playlog_format", "max_history_length", "signature", "num_shards", "min_batch_size",
+                "session_gap_seconds", "playlog_format", "max_history_length", "signature", "num_shards",
+                "min_batch_size",
                 "max_batch_size", "progress_seconds", "beam_args", "model_info"}
 
 

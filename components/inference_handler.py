@@ -199,4 +199,5 @@ class SignatureModelHandler(tensorflow_inference.TFModelHandlerNumpy):
 
 
 __all__ = ["SignatureModelHandler", "SignatureInference", "collate_tracks", "keyed_segment_count", "collate_track_keys",
-           "collate_key_list", "collate_recommend", "pad_track_keys", "split_outputs", "signature_names", "signature_io"]
+           "collate_key_list", "collate_recommend", "pad_track_keys", "split_outputs", "signature_names",
+           "signature_io"]

@@ -407,7 +407,8 @@ def detect_format(path: str) -> str | None:
 
     ``*.csv`` → ``csv``, ``*.tsv`` → ``lastfm_tsv``, ``*.jsonl``/``*.ndjson`` →
     ``jsonl``, ``StreamingHistory*.json`` → ``spotify_json``, ``endsong*.json``
-    and ``Streaming_History_Audio*.json`` → ``spotify_extended_json``. Other JSON files are not guessed: Spotify exports hold
+    and ``Streaming_History_Audio*.json`` → ``spotify_extended_json``. Other JSON files are not guessed:
+    Spotify exports hold
     several (``Userdata.json`` …) that are not play logs.
     """
     name = _uncompressed_name(path)

@@ -152,7 +152,8 @@ def job_params(args: argparse.Namespace) -> dict:
     elif args.job == "recommend":
         params.update(playlog_paths=list(args.playlogs), top_n=args.top_n, exclude=args.exclude,
                       max_prefix_length=args.max_prefix_length, max_history_length=args.max_history_length,
-                      signature=args.signature, session_gap_seconds=args.session_gap_seconds, playlog_format=args.format)
+                      signature=args.signature, session_gap_seconds=args.session_gap_seconds,
+                      playlog_format=args.format)
     elif args.keys:
         params["track_keys"] = args.keys
     return params

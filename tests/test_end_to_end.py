@@ -40,7 +40,8 @@ def test_every_stage_ran_and_both_models_were_pushed(pipeline_run):
     assert record["state"] == "complete"
     assert sorted(record["components"], key=lambda c: record["components"][c]["order"]) == [
         "audio_example_gen", "trainer_genre", "evaluator_genre", "pusher_genre",
-        "playlog_example_gen", "trainer_next_track", "evaluator_next_track", "final_fit_next_track", "pusher_next_track"]
+        "playlog_example_gen", "trainer_next_track", "evaluator_next_track", "final_fit_next_track",
+        "pusher_next_track"]
     pushed = commands.pushes(result)
     for name in ("genre", "next_track"):
         assert pushed[name]["pushed"] and pushed[name]["version"] == 1

@@ -7,7 +7,8 @@ import tensorflow as tf
 from musicrec.models.next_track.model import CATALOGUE_RANKING, NextTrackHParams, build_model
 from musicrec.models.next_track.sampled import build_candidate_trainer
 
-HPARAMS = NextTrackHParams(**CATALOGUE_RANKING, embedding_dim=8, lstm_units=8, history_length=12, repeat_history_length=12,
+HPARAMS = NextTrackHParams(**CATALOGUE_RANKING, embedding_dim=8, lstm_units=8, history_length=12,
+                           repeat_history_length=12,
                            rnn_history_length=2, max_prefix_length=4, successor_lags=2, dropout=0.0)
 VOCAB_SIZE = 6  # ids 2..7
 

@@ -187,8 +187,11 @@ def test_fingerprints_see_new_and_changed_files_including_globs(tmp_path):
     from musicrec.pipeline.fingerprints import cacheable, fingerprint
 
     (tmp_path / "a.csv").write_text("x")
-    glob_key = lambda: fingerprint("gen", {}, {}, [str(tmp_path / "*.csv")])
-    dir_key = lambda: fingerprint("gen", {}, {}, [str(tmp_path)])
+    def glob_key():
+        return fingerprint("gen", {}, {}, [str(tmp_path / "*.csv")])
+
+    def dir_key():
+        return fingerprint("gen", {}, {}, [str(tmp_path)])
     before = glob_key(), dir_key()
     assert before == (glob_key(), dir_key())
     (tmp_path / "b.csv").write_text("y")

@@ -253,7 +253,7 @@ def test_runs_commands_list_runs_and_show_lineage(history):
 
     listing = list_runs(history["workdir"])
     assert history["killed_run_id"] in listing and history["unchanged"].run_id in listing
-    unchanged_line = next(l for l in listing.splitlines() if l.startswith(history["unchanged"].run_id))
+    unchanged_line = next(line for line in listing.splitlines() if line.startswith(history["unchanged"].run_id))
     assert unchanged_line.split()[1] == "complete" and unchanged_line.split()[-3:] == ["0", "5", "-"]
     shown = show_run(history["workdir"], history["killed_run_id"])
     assert "trainer_next_track [trainer[next_track]]: complete" in shown

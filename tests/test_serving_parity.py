@@ -369,7 +369,8 @@ def test_a_label_on_a_version_not_available_is_failed_precondition(start, model_
     scorer = f'name: "scorer" base_path: "{model_base}/scorer" model_platform: "tensorflow"'
     (tmp_path / "models.config").write_text(
         f'model_config_list {{ config {{ {scorer} model_version_policy {{ all {{}} }} }} }}')
-    running = start(str(tmp_path / "models.config"), extra_flags=["--allow_version_labels_for_unavailable_models=false"])
+    running = start(str(tmp_path / "models.config"),
+                    extra_flags=["--allow_version_labels_for_unavailable_models=false"])
     try:
         with PredictionClient(running.grpc_target, timeout_seconds=30, retries=0) as client:
             error = pytest.raises(ServingError, client.reload_config, _config(

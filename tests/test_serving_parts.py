@@ -214,7 +214,8 @@ def test_json_to_array_checks_types_and_raggedness():
                             tensor_info(types_pb2.DT_STRING, [-1]), "s")
     assert strings.tolist() == [b"a", b"\x00\xff"]
     for bad, info in (([[1, 2], [3]], floats), ([["a", 1]], floats), ([True], tensor_info(types_pb2.DT_INT64, [-1])),
-                      ([1.5], tensor_info(types_pb2.DT_INT64, [-1])), ([{"b64": "%%"}], tensor_info(types_pb2.DT_STRING, [-1]))):
+                      ([1.5], tensor_info(types_pb2.DT_INT64, [-1])),
+                     ([{"b64": "%%"}], tensor_info(types_pb2.DT_STRING, [-1]))):
         with pytest.raises(ServingError) as raised:
             json_to_array(bad, info, "x")
         assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT

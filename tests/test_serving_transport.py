@@ -114,7 +114,8 @@ def test_the_listen_backlog_is_libevents(serve):
 
 def test_chunked_gzip_and_expect_continue_bodies_are_read(serve):
     server = serve(Recorder(), max_body_bytes=1024)
-    answer = raw(server.port, b"POST /v1/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    answer = raw(server.port, b"POST /v1/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                 b"Connection: close\r\n\r\n"
                               b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200") and json.loads(answer.split(b"\r\n\r\n", 1)[1])["bytes"] == 11
     assert json.loads(post(server.port, gzip.compress(b"x" * 1000), {"Content-Encoding": "gzip"})[1])["bytes"] == 1000

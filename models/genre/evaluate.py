@@ -292,7 +292,8 @@ def evaluate_classical_baseline(train_files: Sequence[str], test_files: Sequence
 
 def read_tracks(files: Sequence[str], n_mels: int, n_labels: int | None = None
                 ) -> tuple[dict[str, list[np.ndarray]], dict[str, int]]:
-    """Segments grouped by track, in segment order: ``({track_id: [log_mel [frames, n_mels], ...]}, {track_id: label})``.
+    """Segments grouped by track, in segment order:
+    ``({track_id: [log_mel [frames, n_mels], ...]}, {track_id: label})``.
 
     Tracks come in the order their first segment does.
 

@@ -405,7 +405,8 @@ def holdout_cases(sessions: Iterable[tuple[list[str], list[bool]]],
 
 
 def write_holdout_cases(plays_csv: str, model_dir: str, max_prefix_length: int) -> int:
-    """Cuts ``plays_csv`` into cold cases and writes them to ``<model_dir>/cold_start/holdout_cases.jsonl``; returns their number."""
+    """Cuts ``plays_csv`` into cold cases and writes them to ``<model_dir>/cold_start/holdout_cases.jsonl``; returns
+    their number."""
     cases = holdout_cases(read_holdout_sessions(plays_csv), max_prefix_length)
     lines = [json.dumps({"prefix": prefix, "target": target}) + "\n" for prefix, target in cases]
     write_text_atomic(os.path.join(model_dir, COLD_START_DIR, CASES_FILE), "".join(lines))
