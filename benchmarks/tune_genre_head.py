@@ -42,7 +42,8 @@ DEFAULT_OUT = os.path.join(REPO_ROOT, "benchmarks", "results", "genre_head_tunin
 # Candidate heads: overrides of PretrainedHParams' defaults (the defaults then were those of
 # "default"; after these rounds they became "lstm_lr3"'s). Round 1 (2 inner folds, seeds 0-1):
 # default, none, none_lr3, gru_lr3; round 2 (2 folds, seeds 0-2): the first block below;
-# round 3 (4 folds, seeds 0-2): the second. Results: benchmarks/results/genre_head_tuning_round*.json.
+# round 3 (4 folds, seeds 0-2): the second; round 4 (4 folds, seeds 0-2): the ensembles.
+# Results: benchmarks/results/genre_head_tuning_round*.json.
 
 
 def _head(recurrent: str, learning_rate: float = 3e-3, **overrides: Any) -> dict[str, Any]:
@@ -74,7 +75,13 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "lstm_lr3_ls0_e150": _head("lstm", label_smoothing=0.0, epochs=150),
     "none_lr3_ls0_d3": _head("none", label_smoothing=0.0, dropout=0.3),
     "bilstm_lr3_ls0": _head("lstm", bidirectional=True, label_smoothing=0.0),
+    # Round 4 (4 inner folds): seed ensembles, ``ensemble`` heads of different seeds whose
+    # probabilities are averaged, against the seed spread of a single head.
+    "lstm_lr3_x3": _head("lstm", ensemble=3),
+    "lstm_lr3_x5": _head("lstm", ensemble=5),
+    "gru_lr3_ls0_x3": _head("gru", label_smoothing=0.0, ensemble=3),
 }
+ENSEMBLE_SEED_STRIDE = 1000  # member j of seed s trains with seed s * stride + j
 
 
 def tuning_features(data: str, cache: str) -> dict[str, Any]:
@@ -177,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {"embedding_statistics_logistic": score(logistic),
                                "classical_baseline": score(classical)}
     for name in names:
-        hparams = PretrainedHParams.from_dict(CANDIDATES[name])
+        overrides = dict(CANDIDATES[name])
+        members = int(overrides.pop("ensemble", 1))
+        hparams = PretrainedHParams.from_dict(overrides)
         per_seed = []
         for seed in seeds:
             def head(train, test, seed=seed):
@@ -185,14 +194,17 @@ def main(argv: list[str] | None = None) -> int:
 
                 kind = "pooled" if hparams.finetune_penultimate else "embeddings"
                 penultimate = frontend_models(hparams)[1] if hparams.finetune_penultimate else None
-                model, _history, _monitor = fit_head([clips[kind][i] for i in train], y[train],
-                                                     len(labels), hparams, seed=seed,
-                                                     penultimate=penultimate)
                 from musicrec.models.genre.pretrained import pad_clips
 
                 padded, mask = pad_clips([clips[kind][i] for i in test])
-                probabilities = np.asarray(model({"patch_features": padded, "patch_mask": mask},
-                                                     training=False)[0])
+                probabilities = 0.0
+                for member in range(members):
+                    member_seed = seed if members == 1 else seed * ENSEMBLE_SEED_STRIDE + member
+                    model, _history, _monitor = fit_head([clips[kind][i] for i in train], y[train],
+                                                         len(labels), hparams, seed=member_seed,
+                                                         penultimate=penultimate)
+                    probabilities = probabilities + np.asarray(
+                        model({"patch_features": padded, "patch_mask": mask}, training=False)[0])
                 return probabilities.argmax(axis=1)
 
             per_seed.append(score(head))
