@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_demo(workdir: str, seed: int = 0, port: int = 8500, tiny: bool = False) -> int:
+    """The demo in ``workdir`` (gRPC on ``port``, or a free port when it is taken); returns the exit code."""
     from musicrec.pipeline.config import make_config
     from musicrec.serving.client import PredictionClient
 
