@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("apache_beam", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from musicrec import commands, demo_data
+    from musicrec import demo_data, pipeline_runs
     from musicrec.demo import DEMO_OVERRIDES, TINY_OVERRIDES
     from musicrec.pipeline.config import make_config
 
@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                 "epochs": args.epochs}}
     config = make_config(overrides)
     with timed() as pipeline_time:
-        result = commands.run_pipeline(config, workdir, audio_dir=data.audio_dir,
-                                       playlog_paths=data.playlog_paths)
-    metrics = commands.evaluations(result)["next_track"]["metrics"]
+        result = pipeline_runs.run_pipeline(config, workdir, audio_dir=data.audio_dir,
+                                            playlog_paths=data.playlog_paths)
+    metrics = pipeline_runs.evaluations(result)["next_track"]["metrics"]
     cold = metrics["cold_start"]
     written = write_result(args.out, NAME, {
         "data": {"tiny": args.tiny, "seed": args.seed, "tracks": data.n_tracks,

@@ -1,4 +1,6 @@
-"""``musicrec batch``: catalogue tagging, precomputed recommendations and embedding export on Beam.
+"""``musicrec batch``: batch inference with Beam RunInference over pushed models.
+
+Catalogue tagging, precomputed recommendations and embedding export:
 
     musicrec batch tag --workdir W --audio DIR --out OUT          # or --metadata CSV
     musicrec batch recommend --workdir W --playlogs PATH... --out OUT
@@ -18,6 +20,8 @@ Formats: docs/batch.md.
 from __future__ import annotations
 
 import argparse
+
+from musicrec.errors import UserError
 
 JOB_HELP = {
     "tag": "genres and audio embedding of every file in a catalogue (genre model)",
@@ -117,7 +121,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _saved_model(args: argparse.Namespace, model_name: str) -> str:
-    from musicrec.commands import UserError
     from musicrec.components.bulk_inferrer import pushed_model_dir
 
     if args.saved_model:
@@ -219,7 +222,6 @@ def run(args: argparse.Namespace) -> int:
     import os
     import shutil
 
-    from musicrec.commands import UserError
     from musicrec.components import bulk_inferrer
     from musicrec.components.base import Artifact
     from musicrec.pipeline.config import load_config

@@ -1,7 +1,8 @@
-"""``musicrec classify FILE...``: top genres per audio file, from the server.
+"""``musicrec classify FILE...``: genre of audio files, from the server.
 
-Any format ``musicrec.models.features.load_audio`` decodes (WAV, FLAC,
-OGG/Vorbis, Opus, MP3, ...) at any sample rate and channel count. The file
+Prints the ``--top`` most likely genres of each file. Any format
+``musicrec.models.features.load_audio`` decodes (WAV, FLAC, OGG/Vorbis,
+Opus, MP3, ...) at any sample rate and channel count. The file
 is decoded to 22 050 Hz mono and sent to the model's ``from_waveform``
 signature, which computes the model's own features in its graph (the
 parameters it was trained with travel inside it): nothing here, and no

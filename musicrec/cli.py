@@ -19,29 +19,40 @@ import importlib
 import logging
 import os
 import sys
+from types import ModuleType
 from typing import Sequence
 
-# Commands with a module of their own: name → (module, help). Each module has
-# add_arguments(parser) and run(args) and imports nothing heavy at module level.
-CLIENT_COMMANDS = {
-    "classify": ("musicrec.classify_command", "genre of audio files, from the server"),
-    "recommend": ("musicrec.recommend_command", "next tracks for a session, from the server"),
-    "playlist": ("musicrec.playlist_command", "continue seed tracks into a playlist, from the server"),
-    "batch": ("musicrec.batch_command", "batch inference with Beam RunInference over pushed models"),
+from musicrec.errors import UserError
+
+# Every command, in the order ``musicrec --help`` lists them: name → module. Each module
+# has add_arguments(parser) and run(args) -> int, opens its docstring with
+# "``musicrec NAME ...``: <the one-line help>." and imports nothing heavy at module level.
+COMMANDS = {
+    "demo": "musicrec.demo_command",
+    "generate-data": "musicrec.generate_data_command",
+    "run": "musicrec.run_command",
+    "schedule": "musicrec.schedule_command",
+    "runs": "musicrec.runs_command",
+    "config": "musicrec.config_command",
+    "serve": "musicrec.serve_command",
+    "classify": "musicrec.classify_command",
+    "recommend": "musicrec.recommend_command",
+    "playlist": "musicrec.playlist_command",
+    "batch": "musicrec.batch_command",
 }
 
 
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--audio", help="folder-per-genre audio tree (<root>/<genre>/<file>)")
-    source.add_argument("--metadata", help="CSV with path,genre[,artist][,track_id]")
-    parser.add_argument("--playlogs", nargs="+", help="play-log files or folders")
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--config", help="YAML config; see docs/configuration.md")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="rerun every stage even when a cached execution matches")
-    parser.add_argument("--beam-arg", action="append", default=[], dest="beam_args",
-                        help="pass-through Beam flag, repeatable (e.g. --beam-arg=--runner=FlinkRunner)")
+def command_module(name: str) -> ModuleType:
+    return importlib.import_module(COMMANDS[name])
+
+
+def command_help(module: ModuleType) -> str:
+    """The one-line help of a command module: its docstring's first line after the usage, no final full stop."""
+    summary = module.__doc__.strip().splitlines()[0]
+    _, separator, help_text = summary.partition("``: ")
+    if not separator:
+        raise ValueError(f"{module.__name__}: the docstring must open with ``musicrec NAME ...``: <help>.")
+    return help_text.removesuffix(".")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,56 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    demo = commands.add_parser("demo", help="the whole job on generated data")
-    demo.add_argument("--workdir", default="demo-run", help="where data, runs and models go")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--port", type=int, default=8500, help="gRPC port; 0 picks a free one")
-    demo.add_argument("--tiny", action="store_true", help="a very small dataset (smoke test)")
-
-    generate = commands.add_parser("generate-data", help="write the synthetic demo dataset")
-    generate.add_argument("--out", required=True)
-    generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--tiny", action="store_true", help="a very small dataset")
-
-    run = commands.add_parser("run", help="run the pipeline on your own audio and play logs")
-    _add_run_flags(run)
-
-    schedule = commands.add_parser("schedule", help="run the pipeline repeatedly, in the foreground")
-    _add_run_flags(schedule)
-    when = schedule.add_mutually_exclusive_group(required=True)
-    when.add_argument("--every", help="interval such as 30m, 6h, 24h")
-    when.add_argument("--cron", help='5-field cron expression, e.g. "0 3 * * *"')
-    schedule.add_argument("--max-runs", type=int, help="stop after this many runs")
-
-    runs = commands.add_parser("runs", help="list runs, or show one run's stages and lineage")
-    runs.add_argument("--workdir", required=True)
-    runs.add_argument("action", nargs="?", choices=["show"], help="show one run")
-    runs.add_argument("run_id", nargs="?", help="the run to show")
-    runs.add_argument("--config", help="YAML config (for a non-default ML Metadata store)")
-
-    config = commands.add_parser("config", help="show the effective configuration")
-    config.add_argument("action", choices=["show"])
-    config.add_argument("--config", help="YAML file merged over the defaults")
-
-    serve = commands.add_parser(
-        "serve", help="serve pushed models over TF Serving's gRPC and REST APIs",
-        description="Any other tensorflow_model_server flag (--model_name, --model_base_path, "
-                    "--model_config_file, --enable_batching, --batching_parameters_file, "
-                    "--monitoring_config_file, --file_system_poll_wait_seconds, ...) is passed "
-                    "through unchanged.")
-    serve.add_argument("--workdir", help="serve every model pushed under <workdir>/serving")
-    serve.add_argument("--port", type=int, default=8500, help="gRPC port (default %(default)s)")
-    serve.add_argument("--rest_api_port", type=int, default=8501,
-                       help="REST port, 0 to disable (default %(default)s)")
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default %(default)s); tensorflow_model_server on PATH "
-                            "listens on all interfaces, so it runs only with --host 0.0.0.0")
-    serve.add_argument("--local", action="store_true",
-                       help="use the built-in server even when tensorflow_model_server is on PATH")
-
-    for name, (module, help_text) in CLIENT_COMMANDS.items():
-        importlib.import_module(module).add_arguments(commands.add_parser(name, help=help_text))
+    for name in COMMANDS:
+        module = command_module(name)
+        module.add_arguments(commands.add_parser(name, help=command_help(module)))
     return parser
 
 
@@ -114,20 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Beam logs every runner step at INFO; keep stage progress readable.
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from musicrec import commands  # imports TensorFlow: keep --help fast
     from musicrec.pipeline.lock import PipelineLockedError
     from musicrec.pipeline.runner import PipelineRunError
     from musicrec.serving.errors import ServingError
 
-    handlers = {"demo": commands.demo, "generate-data": commands.generate_data, "run": commands.run,
-                "serve": commands.serve, "schedule": commands.schedule,
-                "runs": commands.runs, "config": commands.show_config}
-    for name, (module, _) in CLIENT_COMMANDS.items():
-        handlers[name] = importlib.import_module(module).run
-    handler = handlers[args.command]
     try:
-        return handler(args) or 0
-    except commands.UserError as exc:
+        return command_module(args.command).run(args) or 0
+    except UserError as exc:
         print(f"musicrec {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except PipelineLockedError as exc:

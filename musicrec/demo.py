@@ -1,11 +1,12 @@
-"""``musicrec demo``: the whole job on generated data, as a user would run it.
+"""What ``musicrec demo`` is made of (the command itself is ``musicrec.demo_command``).
 
-generate data → ingest (Beam) → train → evaluate → push → serve → query over
-gRPC → stop the server. Every prediction printed comes from the server.
+Its configuration, its generated dataset, a server in a child process, and
+the held-out tracks and sessions it queries. Tests and benchmarks reuse them.
 """
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
 import json
 import logging
@@ -32,6 +33,23 @@ TINY_OVERRIDES = {
                                      "epochs": 5, "lstm_units": 32, "embedding_dim": 16},
                          "must_beat_baselines": False},
 }
+
+
+def generate_demo_data(out_dir: str, seed: int, tiny: bool):
+    """Writes the synthetic dataset (``tiny``: the smoke-test size); returns its ``demo_data`` summary."""
+    from musicrec import demo_data
+
+    config = demo_data.tiny_config(seed) if tiny else demo_data.DemoDataConfig(seed=seed)
+    progress = logging.getLogger("musicrec")  # as `musicrec run` logs its stages
+    return demo_data.generate(out_dir, config, progress=lambda message: progress.info("%s", message))
+
+
+def read_metadata(path: str) -> dict[str, dict[str, str]]:
+    """track_id → metadata row, paths made absolute."""
+    root = os.path.dirname(os.path.abspath(path))
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return {row["track_id"]: {**row, "path": os.path.join(root, row["path"])} for row in rows}
 
 
 def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
@@ -154,69 +172,3 @@ def first_cold_case(result) -> tuple[list[str], str] | None:
             if len(case["prefix"]) >= 2:
                 return case["prefix"][-3:], case["target"]
     return None
-
-
-def run_demo(workdir: str, seed: int = 0, port: int = 8500, tiny: bool = False) -> int:
-    from musicrec import commands
-    from musicrec.classify_command import classify_file
-    from musicrec.pipeline.config import make_config
-    from musicrec.recommend_command import recommend_tracks
-    from musicrec.serving.client import PredictionClient
-
-    started = time.monotonic()
-    workdir = os.path.abspath(workdir)
-    data_dir = os.path.join(workdir, "data")
-    print(f"== 1/4 generating demo data into {data_dir}", flush=True)
-    summary = commands._generate(data_dir, seed, tiny)
-    print(f"   {summary.n_tracks} tracks, {len(summary.genres)} genres, {summary.n_plays} plays, "
-          f"{summary.n_users} users", flush=True)
-
-    print("== 2/4 running the pipeline: ingest → train → evaluate → push", flush=True)
-    config = make_config({"seed": seed, **(TINY_OVERRIDES if tiny else DEMO_OVERRIDES),
-                          "cold_start": {"enabled": True, "eval_plays": summary.cold_plays_csv}})
-    result = commands.run_pipeline(config, workdir, audio_dir=summary.audio_dir,
-                                   playlog_paths=summary.playlog_paths)
-    commands.print_run_summary(result)
-    cold = commands.evaluations(result).get("next_track", {}).get("metrics", {}).get("cold_start")
-    print_cold_start(cold)
-    pushed = commands.pushes(result)
-    missing = [name for name in ("genre", "next_track") if not pushed.get(name, {}).get("pushed")]
-    if missing:
-        print(f"demo: {', '.join(missing)} not pushed; nothing to serve", file=sys.stderr)
-        return 1
-
-    port = free_port(port)
-    print(f"== 3/4 serving {workdir}/serving on 127.0.0.1:{port}", flush=True)
-    metadata = commands.read_metadata(summary.metadata_csv)
-    tracks = held_out_tracks(result.artifact("audio_example_gen", "examples").uri, 6)
-    sessions = held_out_sessions(result.artifact("playlog_example_gen", "sessions").uri, 3)
-    cold_example = first_cold_case(result)
-    with serving_process(workdir, port, ["genre", "next_track"]) as target, \
-            PredictionClient(target, timeout_seconds=30.0) as client:
-        print("== 4/4 querying the server over gRPC", flush=True)
-        print("   genre of held-out tracks (true → predicted):")
-        correct = 0
-        for track_id, genre in tracks:
-            top = classify_file(client, "genre", metadata[track_id]["path"], 3)
-            correct += top[0]["genre"] == genre
-            ranked = ", ".join(f"{g['genre']} {g['probability']:.2f}" for g in top)
-            print(f"   {track_id}  {genre:>10} → {ranked}")
-        print(f"   {correct}/{len(tracks)} correct")
-        if cold_example:
-            prefix, cold_track = cold_example
-            names = [r["track"] for r in recommend_tracks(client, "next_track", prefix, 20)]
-            rank = names.index(cold_track) + 1 if cold_track in names else None
-            print(f"   a track that was never played: {' → '.join(prefix)} ⇒ actual next {cold_track} "
-                  f"(cold): {'rank ' + str(rank) if rank else 'not in top 20'}")
-        print("   next tracks for held-out session prefixes:")
-        for keys in sessions:
-            prefix, actual = keys[:3], keys[3]
-            ranked = recommend_tracks(client, "next_track", prefix, 20)
-            names = [r["track"] for r in ranked]
-            rank = names.index(actual) + 1 if actual in names else None
-            print(f"   {' → '.join(prefix)} ⇒ {', '.join(names[:5])}"
-                  f"   (actual next {actual}: {'rank ' + str(rank) if rank else 'not in top 20'})")
-    print(f"demo finished in {time.monotonic() - started:.0f} s; run record: "
-          f"{os.path.join(result.run_dir, 'run.json')}", flush=True)
-    print(json.dumps({"workdir": workdir, "run_id": result.run_id}), flush=True)
-    return 0

@@ -1,4 +1,4 @@
-"""``musicrec playlist --seed TRACK... --length N``: continue a seed into a playlist.
+"""``musicrec playlist --seed TRACK... --length N``: continue seed tracks into a playlist, from the server.
 
 Each step asks the server's ``next_track`` ``recommend`` signature for the
 best candidates after the playlist so far (with ``exclude_seen``), then
@@ -27,6 +27,7 @@ import random
 from typing import Callable, Mapping, Sequence
 
 from musicrec.client_commands import add_server_flags, client, emit
+from musicrec.errors import UserError
 
 # (playlists so far) -> for each, the best (key, score) candidates, best first.
 Scorer = Callable[[Sequence[Sequence[str]], int], list[list[tuple[str, float]]]]
@@ -168,8 +169,6 @@ def server_scorer(grpc_client, model_name: str, history: Sequence[str] = ()) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from musicrec.commands import UserError
-
     if args.length < 1 or args.beam_width < 1 or args.candidates < 1:
         raise UserError("--length, --beam-width and --candidates must be at least 1")
     if len(set(args.seed_tracks)) != len(args.seed_tracks):

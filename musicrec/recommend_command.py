@@ -12,6 +12,7 @@ import argparse
 from typing import Any, Sequence
 
 from musicrec.client_commands import add_server_flags, client, emit
+from musicrec.errors import UserError
 
 RECOMMEND_SIGNATURE = "recommend"
 
@@ -27,8 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from musicrec.commands import UserError
-
     if args.k < 1:
         raise UserError(f"--k must be at least 1, got {args.k}")
     with client(args) as grpc_client:

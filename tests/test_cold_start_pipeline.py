@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from musicrec import commands, demo_data
+from musicrec import demo_data, pipeline_runs
 from musicrec.models.export_check import non_core_ops
 from musicrec.models.next_track.model import CATALOGUE_RANKING
 from musicrec.pipeline import metadata as md
@@ -70,10 +70,10 @@ def runs(tmp_path_factory):
     data = demo_data.generate(os.path.join(workdir, "data"), demo_data.tiny_config(seed=3))
     config = make_config({"seed": 3, **TINY_MODELS,
                           "cold_start": {"enabled": True, "eval_plays": data.cold_plays_csv}})
-    first = commands.run_pipeline(config, workdir, audio_dir=data.audio_dir,
-                                  playlog_paths=data.playlog_paths)
-    again = commands.run_pipeline(config, workdir, audio_dir=data.audio_dir,
-                                  playlog_paths=data.playlog_paths)
+    first = pipeline_runs.run_pipeline(config, workdir, audio_dir=data.audio_dir,
+                                       playlog_paths=data.playlog_paths)
+    again = pipeline_runs.run_pipeline(config, workdir, audio_dir=data.audio_dir,
+                                       playlog_paths=data.playlog_paths)
     return workdir, data, first, again
 
 
@@ -89,7 +89,7 @@ def test_the_pushed_next_track_model_can_recommend_the_tracks_without_plays(runs
     model = first.artifact("cold_start", "model")
     assert model.properties["cold_tracks"] == len(data.cold_tracks)
     assert model.properties["warm_tracks"] == len(played)
-    assert commands.pushes(first)["next_track"]["pushed"]
+    assert pipeline_runs.pushes(first)["next_track"]["pushed"]
     version_dir = os.path.join(workdir, "serving", "next_track", "1")
     assert non_core_ops(version_dir) == set()
     served = tf.saved_model.load(version_dir)
@@ -100,7 +100,7 @@ def test_the_pushed_next_track_model_can_recommend_the_tracks_without_plays(runs
 
 def test_the_evaluator_reports_cold_warm_and_random_hit_rates(runs):
     _, data, first, _ = runs
-    metrics = commands.evaluations(first)["next_track"]["metrics"]
+    metrics = pipeline_runs.evaluations(first)["next_track"]["metrics"]
     cold = metrics["cold_start"]
     assert cold["n_cases"] + cold["skipped_unknown_targets"] == _expected_cases(data.cold_plays_csv)
     assert cold["n_cases"] > 0 and cold["skipped_unknown_targets"] == 0

@@ -9,8 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from musicrec import cli, commands, demo_data
-from musicrec.demo import TINY_OVERRIDES, free_port, serving_process
+from musicrec import cli, demo_data, pipeline_runs
+from musicrec.demo import TINY_OVERRIDES, free_port, read_metadata, serving_process
+from musicrec.serve_command import served_models
 from musicrec.models.export_check import non_core_ops
 from musicrec.models.features import track_segments
 from musicrec.models.genre.signatures import read_model_features
@@ -29,8 +30,8 @@ def pipeline_run(tmp_path_factory):
                                           "min_accuracy_over_chance": 0.0},
                           "next_track_model": {**TINY_OVERRIDES["next_track_model"],
                                                "must_beat_baselines": False}})
-    result = commands.run_pipeline(config, workdir, audio_dir=data.audio_dir,
-                                   playlog_paths=data.playlog_paths)
+    result = pipeline_runs.run_pipeline(config, workdir, audio_dir=data.audio_dir,
+                                        playlog_paths=data.playlog_paths)
     return workdir, data, result
 
 
@@ -42,18 +43,18 @@ def test_every_stage_ran_and_both_models_were_pushed(pipeline_run):
         "audio_example_gen", "trainer_genre", "evaluator_genre", "pusher_genre",
         "playlog_example_gen", "trainer_next_track", "evaluator_next_track", "final_fit_next_track",
         "pusher_next_track"]
-    pushed = commands.pushes(result)
+    pushed = pipeline_runs.pushes(result)
     for name in ("genre", "next_track"):
         assert pushed[name]["pushed"] and pushed[name]["version"] == 1
         version_dir = os.path.join(workdir, "serving", name, "1")
         assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
         assert non_core_ops(version_dir) == set()
-    assert commands.served_models(workdir).keys() == {"genre", "next_track"}
+    assert served_models(workdir).keys() == {"genre", "next_track"}
 
 
 def test_evaluator_reports_model_and_baseline(pipeline_run):
     _, _, result = pipeline_run
-    reports = commands.evaluations(result)
+    reports = pipeline_runs.evaluations(result)
     genre = reports["genre"]["metrics"]
     assert 0.0 <= genre["track_accuracy"] <= 1.0 and genre["n_tracks"] > 0
     next_track = reports["next_track"]["metrics"]
@@ -63,7 +64,7 @@ def test_evaluator_reports_model_and_baseline(pipeline_run):
 
 def test_served_models_answer_predict_over_grpc(pipeline_run, capsys):
     workdir, data, result = pipeline_run
-    metadata = commands.read_metadata(data.metadata_csv)
+    metadata = read_metadata(data.metadata_csv)
     track_path = next(iter(metadata.values()))["path"]
     vocab = open(os.path.join(result.artifact("playlog_example_gen", "sessions").uri,
                               "vocab.txt")).read().split()
