@@ -61,7 +61,7 @@ AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".mp3")
 # The Keras models compared: overrides of GenreHParams' defaults (the pipeline's), so "lstm"
 # is what the pipeline trains. --epochs overrides every model's epochs; --seed their seed.
 # The defaults came from fold 0 and then the three folds of this benchmark (so the figures
-# are not a clean held-out estimate; see benchmarks/README.md): the spectral-summary skip
+# are not a clean held-out estimate; see benchmarks/HISTORY.md): the spectral-summary skip
 # path, dropout 0.5, AdamW (weight decay 0.05), learning rate 3e-3, weight averaging (EMA
 # 0.99), 12 epochs; then mixup (alpha 0.4) and label smoothing 0.1, chosen on fold 0 only.
 # "lstm_no_mixup" is the configuration before those two, "lstm_input_statistics" the one
@@ -79,7 +79,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "crnn_x3": {"architecture": "crnn", "std_pooling": True, "ensemble_members": 3},
     # Heterogeneous ensemble: one LSTM (the defaults) and one CRNN (as "crnn") in one model;
     # "_gain" adds a random +-6 dB level change per training segment. Both fixed a priori
-    # (pre-registered, not tuned; benchmarks/README.md).
+    # (pre-registered, not tuned; benchmarks/HISTORY.md).
     "lstm_crnn": {"ensemble": [{}, {"architecture": "crnn", "std_pooling": True}]},
     "lstm_crnn_gain": {"ensemble": [{}, {"architecture": "crnn", "std_pooling": True}],
                        "random_gain_db": 6.0},

@@ -43,7 +43,7 @@ inter-op threads (``--tensorflow_intra_op_parallelism`` /
 uses the same, so the overhead compares like with like. On a small
 machine shared with other work one thread each is the fastest setting for
 these small graphs: two-thread pools spend more on handing ops between
-threads than the parallelism returns (``benchmarks/README.md``).
+threads than the parallelism returns (``benchmarks/HISTORY.md``).
 
 Without ``--workdir``, untrained stand-ins are built with the real model
 code (``musicrec.models``) and the same signatures: latency does not depend

@@ -32,7 +32,7 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 
 # zlib's Z_HUFFMAN_ONLY: entropy coding without the LZ77 match search. Float
 # tensors (log-mels) have almost no repeated byte strings, so the search costs
-# 3-5x the time for < 0.5 % smaller files (benchmarks/README.md, ingestion).
+# 3-5x the time for < 0.5 % smaller files (benchmarks/HISTORY.md, ingestion).
 GZIP_HUFFMAN_ONLY = zlib.Z_HUFFMAN_ONLY
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
 _FINAL_EMPTY_BLOCK = b"\x03\x00"  # a fixed-Huffman block holding only end-of-block, BFINAL set
