@@ -21,6 +21,8 @@ import os
 import sys
 from typing import Sequence
 
+from musicrec.serving.wire import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT
+
 # Commands with a module of their own: name → (module, help). Each module has
 # add_arguments(parser) and run(args) and imports nothing heavy at module level.
 CLIENT_COMMANDS = {
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the whole job on generated data")
     demo.add_argument("--workdir", default="demo-run", help="where data, runs and models go")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--port", type=int, default=8500, help="gRPC port; 0 picks a free one")
+    demo.add_argument("--port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port; 0 picks a free one")
     demo.add_argument("--tiny", action="store_true", help="a very small dataset (smoke test)")
 
     generate = commands.add_parser("generate-data", help="write the synthetic demo dataset")
@@ -88,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "--monitoring_config_file, --file_system_poll_wait_seconds, ...) is passed "
                     "through unchanged.")
     serve.add_argument("--workdir", help="serve every model pushed under <workdir>/serving")
-    serve.add_argument("--port", type=int, default=8500, help="gRPC port (default %(default)s)")
-    serve.add_argument("--rest_api_port", type=int, default=8501,
+    serve.add_argument("--port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port (default %(default)s)")
+    serve.add_argument("--rest_api_port", type=int, default=DEFAULT_REST_PORT,
                        help="REST port, 0 to disable (default %(default)s)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default %(default)s); tensorflow_model_server on PATH "

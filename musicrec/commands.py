@@ -13,6 +13,8 @@ import logging
 import os
 from typing import Any
 
+from musicrec.serving.wire import MODELS_CONFIG, serving_base
+
 log = logging.getLogger("musicrec")
 
 
@@ -152,7 +154,7 @@ def print_run_summary(result) -> None:
 
 def served_models(workdir: str) -> dict[str, str]:
     """Model name → absolute base path, for every model with a version under ``<workdir>/serving``."""
-    base = os.path.abspath(os.path.join(workdir, "serving"))
+    base = os.path.abspath(serving_base(workdir))
     models = {}
     if os.path.isdir(base):
         for name in sorted(os.listdir(base)):
@@ -191,7 +193,7 @@ def serve(args: argparse.Namespace) -> int:
         models = served_models(args.workdir)
         if not models:
             raise UserError(f"no pushed models under {args.workdir}/serving; run `musicrec run` first")
-        config_file = os.path.join(os.path.abspath(args.workdir), "serving", "models.config")
+        config_file = os.path.join(os.path.abspath(serving_base(args.workdir)), MODELS_CONFIG)
         serving_config.write_model_config(config_file, models, comment=GENERATED_CONFIG_NOTE)
         flags.append(f"--model_config_file={config_file}")
     else:

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Iterator
 
+from musicrec.serving.wire import DEFAULT_GRPC_PORT
+
 log = logging.getLogger("musicrec.demo")
 
 # The demo shows cold start, so its next-track model ranks the whole catalogue
@@ -156,7 +158,7 @@ def first_cold_case(result) -> tuple[list[str], str] | None:
     return None
 
 
-def run_demo(workdir: str, seed: int = 0, port: int = 8500, tiny: bool = False) -> int:
+def run_demo(workdir: str, seed: int = 0, port: int = DEFAULT_GRPC_PORT, tiny: bool = False) -> int:
     from musicrec import commands
     from musicrec.classify_command import classify_file
     from musicrec.pipeline.config import make_config

@@ -38,13 +38,9 @@ from musicrec.pipeline.config import feature_params
 from musicrec.pipeline.metadata import MetadataStore
 from musicrec.pipeline.runner import Node, Pipeline, Resolver
 from musicrec.pipeline.spans import select_spans
+from musicrec.serving.wire import serving_base
 
 PIPELINE_NAME = "musicrec"
-
-
-def serving_base(workdir: str) -> str:
-    """Where pushed models go: ``<workdir>/serving/<model_name>/<version>``."""
-    return os.path.join(workdir, "serving")
 
 
 def latest_blessed_baseline(model_kind: str) -> Resolver:

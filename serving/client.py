@@ -37,10 +37,9 @@ from tensorflow_serving.apis import (
 )
 
 from musicrec.serving.errors import ServingError
-from musicrec.serving.servables import DEFAULT_SIGNATURE_NAME, dtype_name, shape_dims
 from musicrec.serving.tensor_proto import fill_tensor_proto, make_tensor_proto, to_bytes_array, to_ndarray
+from musicrec.serving.wire import DEFAULT_GRPC_TARGET, DEFAULT_REST_URL, DEFAULT_SIGNATURE_NAME, dtype_name, shape_dims
 
-DEFAULT_TARGET = "127.0.0.1:8500"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SIGNATURE_DEF_FIELD = "signature_def"
 _INTERNAL_SIGNATURE_PREFIX = "__"  # e.g. __saved_model_init_op, not callable
@@ -88,7 +87,7 @@ class PredictionClient:
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str = DEFAULT_GRPC_TARGET,
         timeout_seconds: float = 10.0,
         retries: int = 3,
         backoff_seconds: float = 0.1,
@@ -362,7 +361,7 @@ class RestClient:
         ``max_backoff_seconds``.
     """
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8501", timeout_seconds: float = 10.0,
+    def __init__(self, base_url: str = DEFAULT_REST_URL, timeout_seconds: float = 10.0,
                  retries: int = 3, backoff_seconds: float = 0.1, max_backoff_seconds: float = 2.0) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")

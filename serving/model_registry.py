@@ -28,13 +28,8 @@ import grpc
 from musicrec.serving.config import ModelEntry, check_version_labels
 from musicrec.serving.errors import ServingError
 from musicrec.serving.load_retries import LoadRetries, poll_and_retry
-from musicrec.serving.servables import (
-    Servable,
-    list_versions,
-    load_error_status,
-    load_servable,
-    saved_model_file,
-)
+from musicrec.serving.servables import Servable, load_error_status, load_servable
+from musicrec.serving.wire import list_versions, saved_model_file
 
 LOGGER = logging.getLogger(__name__)
 

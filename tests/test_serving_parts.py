@@ -29,7 +29,8 @@ from musicrec.serving.errors import ServingError
 from musicrec.serving.json_tensor import format_predict_response, json_to_array, parse_predict_body
 from musicrec.serving.metrics import ServingMetrics
 from musicrec.serving.model_registry import ModelLoadError
-from musicrec.serving.servables import load_servable, read_signature_defs
+from musicrec.serving.servables import load_servable
+from musicrec.serving.wire import read_signature_defs
 from musicrec.serving.server import LocalModelServer
 from musicrec.serving.server_options import (
     BatchingOptions,
