@@ -42,7 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench_serving_load import build_stand_ins, free_port, request_inputs  # noqa: E402  (run as a script)
 from common import short_machine, write_result  # noqa: E402
-from musicrec.serving.client import RestClient  # noqa: E402
+from musicrec.serving.rest_client import RestClient  # noqa: E402
 from musicrec.serving.errors import ServingError  # noqa: E402
 from musicrec.serving import wire  # noqa: E402
 from musicrec.serving.wire import list_versions  # noqa: E402

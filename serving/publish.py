@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 from musicrec.serving.config import write_model_config
-from musicrec.serving.servables import load_servable
+from musicrec.serving.loading import load_servable
 from musicrec.serving.warmup import build_predict_warmup, warmup_path, write_warmup_requests
 from musicrec.serving.wire import MODELS_CONFIG, list_versions, read_signature_defs
 

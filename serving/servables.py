@@ -1,11 +1,10 @@
 """One loaded SavedModel version (a "servable") and how a request against it is checked.
 
 Version folders and the SavedModel's signatures on disk are read by
-:mod:`musicrec.serving.wire`.
+:mod:`musicrec.serving.wire`; a version is loaded by :mod:`musicrec.serving.loading`.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -15,12 +14,11 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from musicrec.serving import example_inference
-from musicrec.serving.errors import SavedModelError, ServingError
+from musicrec.serving.errors import ServingError
 from musicrec.serving.signature_call import SignatureCaller
 from musicrec.serving.tensor_proto import element_count, shape_of, to_ndarray
-from musicrec.serving.warmup import read_warmup_requests
-from musicrec.serving.wire import DEFAULT_SIGNATURE_NAME, SERVE_TAG, dtype_name, read_signature_defs, shape_dims
+from musicrec.serving.wire import DEFAULT_SIGNATURE_NAME, dtype_name, shape_dims
+
 
 def _invalid(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
@@ -81,7 +79,7 @@ def _check_shape(alias: str, array: np.ndarray, expected: tuple[int | None, ...]
         )
 
 
-def _status_of(error: tf.errors.OpError) -> grpc.StatusCode:
+def op_error_status(error: tf.errors.OpError) -> grpc.StatusCode:
     """TF and gRPC share the canonical status codes; map by number."""
     for status in grpc.StatusCode:
         if status.value[0] == error.error_code:
@@ -195,7 +193,7 @@ class Servable:
         try:
             return self._plan(signature_name).call(arrays)
         except tf.errors.OpError as error:
-            raise ServingError(_status_of(error), error.message) from error
+            raise ServingError(op_error_status(error), error.message) from error
         except (TypeError, ValueError) as error:
             raise _invalid(f"signature {signature_name} rejected the inputs: {error}") from error
 
@@ -296,101 +294,3 @@ def _select_outputs(
             raise _invalid(f"duplicate output tensor alias: {alias}")
         seen.add(alias)
     return list(output_filter)
-
-
-def load_servable(name: str, version: int, path: str | os.PathLike, warmup: bool = True,
-                  check_method_name: bool = False) -> Servable:
-    """Load one SavedModel version and its callable signatures.
-
-    Only signatures present both in the proto and as restored functions are
-    callable (``__saved_model_init_op`` is listed but never callable).
-
-    Parameters
-    ----------
-    name, version, path
-        Model name, version number and export directory.
-    warmup : bool
-        Replay the export's warmup requests (``--enable_model_warmup``).
-    check_method_name : bool
-        ``--enable_signature_method_name_check``, for warmup Classify/Regress.
-
-    Raises
-    ------
-    FileNotFoundError, SavedModelError
-        From ``read_signature_defs`` when the proto is missing or malformed,
-        or from ``replay_warmup``.
-    Exception
-        Whatever ``tf.saved_model.load`` raises for a broken export.
-    """
-    path = os.fspath(path)
-    signature_defs = read_signature_defs(path)
-    saved_model = tf.saved_model.load(path, tags=[SERVE_TAG])
-    functions = {
-        key: function
-        for key, function in saved_model.signatures.items()
-        if key in signature_defs
-    }
-    servable = Servable(
-        name=name,
-        version=version,
-        path=path,
-        signature_defs=signature_defs,
-        functions=functions,
-        saved_model=saved_model,
-    )
-    if warmup:
-        replay_warmup(servable, check_method_name)
-    return servable
-
-
-def replay_warmup(servable: Servable, check_method_name: bool = False) -> int:
-    """Run the export's warmup requests (``assets.extra``) once; return how many ran.
-
-    Predict, Classify, Regress and MultiInference records run, as
-    ``servables/tensorflow/saved_model_warmup.cc`` runs them.
-
-    Raises
-    ------
-    SavedModelError
-        When the warmup file is corrupt, holds another request kind
-        (UNIMPLEMENTED) or a request fails (its own status): TF Serving then
-        fails the whole load, and so does this server.
-    """
-    def run(signature_name: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        call = servable.prepare_arrays(signature_name, arrays)
-        return servable.execute(call.signature_name, call.arrays)
-
-    handlers = {
-        "predict_log": lambda request: servable.predict(request.model_spec.signature_name, request.inputs,
-                                                        output_filter=list(request.output_filter)),
-        "classify_log": lambda request: example_inference.classify(servable, request, run, check_method_name),
-        "regress_log": lambda request: example_inference.regress(servable, request, run, check_method_name),
-        "multi_inference_log": lambda request: example_inference.multi_inference(servable, request, run,
-                                                                                 check_method_name),
-    }
-    logs = read_warmup_requests(servable.path)
-    for index, log in enumerate(logs):
-        kind = log.WhichOneof("log_type")
-        if kind not in handlers:
-            raise SavedModelError(grpc.StatusCode.UNIMPLEMENTED, f"Unsupported log_type for warmup: {kind}")
-        try:
-            handlers[kind](getattr(log, kind).request)
-        except ServingError as error:
-            raise SavedModelError(error.code, f"warmup request {index} of {servable.path} failed: "
-                                              f"{error.message}") from error
-    return len(logs)
-
-
-def load_error_status(error: BaseException) -> grpc.StatusCode:
-    """The status a failed load reports in GetModelStatus, as TF Serving's loader would.
-
-    ``SavedModelError`` and ``ServingError`` carry theirs; TensorFlow errors
-    map by number; a missing file is NOT_FOUND; anything else UNKNOWN.
-    """
-    if isinstance(error, (SavedModelError, ServingError)):
-        return error.code
-    if isinstance(error, tf.errors.OpError):
-        return _status_of(error)
-    if isinstance(error, FileNotFoundError):
-        return grpc.StatusCode.NOT_FOUND
-    return grpc.StatusCode.UNKNOWN

@@ -19,7 +19,7 @@ from musicrec.serving.grpc_services import ModelServicer, PredictionServicer
 from musicrec.serving.load_retries import LoadRetries
 from musicrec.serving.model_registry import DEFAULT_POLL_WAIT_SECONDS, ModelRegistry
 from musicrec.serving.rest import RestServer
-from musicrec.serving.servables import load_servable
+from musicrec.serving.loading import load_servable
 from musicrec.serving.server_options import (
     DEFAULT_REST_TIMEOUT_MS,
     BatchingOptions,
