@@ -68,6 +68,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The CLI's own choices and thread variables (a light module: nothing heavy at import).
 from musicrec.batch_command import NUMERIC_THREAD_VARIABLES, RUNNING_MODES  # noqa: E402
+from musicrec.serving import wire  # noqa: E402
 
 
 def _pin_tf_threads(argv: Sequence[str]) -> tuple[int, int]:
@@ -426,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     work_dir = tempfile.mkdtemp(prefix="bench-batch-")
     try:
-        serving_base = os.path.join(args.workdir, "serving") if args.workdir else os.path.join(work_dir, "serving")
+        serving_base = wire.serving_base(args.workdir or work_dir)
         if not args.workdir:
             build_stand_ins(serving_base, models=("genre",))
             export_next_track_stand_in(os.path.join(serving_base, "next_track", "1"), args.tracks)

@@ -42,9 +42,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench_serving_load import build_stand_ins, free_port, request_inputs  # noqa: E402  (run as a script)
 from common import short_machine, write_result  # noqa: E402
-from musicrec.serving.client import RestClient  # noqa: E402
+from musicrec.serving.rest_client import RestClient  # noqa: E402
 from musicrec.serving.errors import ServingError  # noqa: E402
-from musicrec.serving.servables import list_versions  # noqa: E402
+from musicrec.serving import wire  # noqa: E402
+from musicrec.serving.wire import list_versions  # noqa: E402
 
 NAME = "rest_connections"
 MODEL = "next_track"
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-rest-") as scratch:
         if args.workdir:
-            serving_base, source = os.path.join(os.path.abspath(args.workdir), "serving"), "pushed by a demo run"
+            serving_base, source = wire.serving_base(os.path.abspath(args.workdir)), "pushed by a demo run"
         else:
             serving_base, source = os.path.join(scratch, "serving"), "untrained stand-in (real signature)"
             build_stand_ins(serving_base, models=(MODEL,))

@@ -71,7 +71,8 @@ from common import short_machine, write_result  # noqa: E402  (run as a script)
 from musicrec.serving.client import PredictionClient  # noqa: E402
 from musicrec.serving.config import write_model_config  # noqa: E402
 from musicrec.serving.errors import ServingError  # noqa: E402
-from musicrec.serving.servables import list_versions  # noqa: E402
+from musicrec.serving import wire  # noqa: E402
+from musicrec.serving.wire import list_versions  # noqa: E402
 
 NAME = "serving_load"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -493,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
         if args.workdir:
-            serving_base = os.path.join(os.path.abspath(args.workdir), "serving")
+            serving_base = wire.serving_base(os.path.abspath(args.workdir))
             source = "pushed by a demo run"
         else:
             serving_base = os.path.join(scratch, "serving")

@@ -34,7 +34,7 @@ Collate = Callable[[Sequence[Any]], "Mapping[str, np.ndarray] | tuple[Mapping[st
 
 def signature_names(saved_model_dir: str) -> list[str]:
     """Callable signature names of a SavedModel (read from its proto; nothing is loaded)."""
-    from musicrec.serving.servables import read_signature_defs
+    from musicrec.serving.wire import read_signature_defs
 
     return sorted(name for name in read_signature_defs(saved_model_dir) if not name.startswith("__"))
 
@@ -45,7 +45,7 @@ def signature_io(saved_model_dir: str, signature_name: str) -> tuple[dict[str, A
     Raises:
         ValueError: the SavedModel has no such signature; the message lists those it has.
     """
-    from musicrec.serving.servables import read_signature_defs
+    from musicrec.serving.wire import read_signature_defs
 
     signatures = read_signature_defs(saved_model_dir)
     if signature_name not in signatures:

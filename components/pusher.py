@@ -21,8 +21,9 @@ A push, in order:
 5. rewrite ``<serving_base>/models.config`` (a ModelServerConfig text proto
    listing every model under ``serving_base``) atomically.
 
-The serving side is imported from ``musicrec.serving`` (config writer, warmup
-format, the loader that replays warmups), so both ends share one definition.
+Steps 2 and 5 are the serving side's (:mod:`musicrec.serving.publish`: the
+warmup format, the loader that replays it, the config writer), so both ends
+share one definition.
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ from musicrec.components.evaluator import is_blessed
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_KEEP_VERSIONS = 5
-MODELS_CONFIG = "models.config"
 
 
 def existing_versions(model_base: str) -> list[int]:
@@ -46,29 +46,6 @@ def existing_versions(model_base: str) -> list[int]:
         return []
     return sorted(int(name) for name in os.listdir(model_base)
                   if name.isdigit() and os.path.isdir(os.path.join(model_base, name)))
-
-
-def add_warmup_request(export_dir: str, model_name: str) -> str | None:
-    """Write and verify one warmup request in ``export_dir``.
-
-    Returns
-    -------
-    str or None
-        None when the warmup file was written and the model answered it;
-        otherwise the reason it was not kept (the file is then removed).
-    """
-    from musicrec.serving.servables import load_servable, read_signature_defs
-    from musicrec.serving.warmup import build_predict_warmup, warmup_path, write_warmup_requests
-
-    try:
-        log = build_predict_warmup(read_signature_defs(export_dir), model_name)
-        write_warmup_requests(export_dir, [log])
-        load_servable(model_name, 0, export_dir)  # replays the warmup, as the server will
-    except Exception as error:  # any failure only costs the warmup, never the push
-        if os.path.exists(warmup_path(export_dir)):
-            os.remove(warmup_path(export_dir))
-        return f"{type(error).__name__}: {error}"
-    return None
 
 
 def prune_versions(model_base: str, keep_versions: int) -> list[int]:
@@ -85,23 +62,12 @@ def prune_versions(model_base: str, keep_versions: int) -> list[int]:
     return doomed
 
 
-def write_serving_config(serving_base: str) -> str:
-    """Rewrite ``<serving_base>/models.config`` listing every model with a version."""
-    from musicrec.serving.config import write_model_config
-
-    models = {
-        name: os.path.join(serving_base, name)
-        for name in sorted(os.listdir(serving_base))
-        if not name.startswith(".") and existing_versions(os.path.join(serving_base, name))
-    }
-    return write_model_config(os.path.join(serving_base, MODELS_CONFIG), models)
-
-
 def push(saved_model_dir: str, model_base: str, warmup: bool = False) -> tuple[int, str]:
     """Copies a SavedModel in as the next version; returns ``(version, path)``.
 
     With ``warmup`` a verified warmup request is added (see
-    ``add_warmup_request``); one the model fails is logged and left out.
+    :func:`musicrec.serving.publish.add_warmup_request`); one the model fails
+    is logged and left out.
     """
     version, final, _ = _push(saved_model_dir, model_base, warmup)
     return version, final
@@ -118,6 +84,8 @@ def _push(saved_model_dir: str, model_base: str, warmup: bool) -> tuple[int, str
     shutil.copytree(saved_model_dir, staging)
     reason: str | None = "disabled"
     if warmup:
+        from musicrec.serving.publish import add_warmup_request
+
         reason = add_warmup_request(staging, os.path.basename(os.path.normpath(model_base)))
         if reason is not None:
             LOGGER.warning("no warmup request for %s: %s", staging, reason)
@@ -141,6 +109,8 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
     model_base = os.path.join(serving_base, params["model_name"])
     record: dict[str, Any] = {"model_name": params["model_name"], "model_base_path": model_base}
     if is_blessed(evaluation):
+        from musicrec.serving.publish import write_serving_config
+
         version, path, warmup_reason = _push(os.path.join(model.uri, "serving"), model_base,
                                              warmup=bool(params.get("warmup", True)))
         pruned = prune_versions(model_base, keep_versions)

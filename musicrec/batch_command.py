@@ -198,9 +198,8 @@ class MetadataRecord:
         data = bulk_inferrer.data_artifact(params)
         if data is not None:
             inputs["data"] = data
-        code = [bulk_inferrer.__name__, "musicrec.components.inference_jobs",
-                "musicrec.components.inference_handler"]
-        key = fingerprint(bulk_inferrer.SPEC.name, params, inputs, bulk_inferrer.job_data_paths(params), code)
+        key = fingerprint(bulk_inferrer.SPEC.name, params, inputs, bulk_inferrer.job_data_paths(params),
+                          [bulk_inferrer.__name__])
         self.execution_id = self.store.start_execution(
             bulk_inferrer.SPEC.name, f"{BATCH_NODE_PREFIX}{job}", self.run_id, self.root, key, params,
             inputs, self.contexts)

@@ -11,11 +11,12 @@ import argparse
 import json
 from typing import Any
 
-DEFAULT_SERVER = "127.0.0.1:8500"
+from musicrec.serving.wire import DEFAULT_GRPC_TARGET
+
 
 
 def add_server_flags(parser: argparse.ArgumentParser, model_name: str) -> None:
-    parser.add_argument("--server", default=DEFAULT_SERVER, help="gRPC host:port (default %(default)s)")
+    parser.add_argument("--server", default=DEFAULT_GRPC_TARGET, help="gRPC host:port (default %(default)s)")
     parser.add_argument("--model", default=model_name, help="served model name (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--json", action="store_true", help="one JSON object per input on stdout")

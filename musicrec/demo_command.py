@@ -17,12 +17,13 @@ from musicrec.demo import (DEMO_OVERRIDES, TINY_OVERRIDES, first_cold_case, free
                            held_out_sessions, held_out_tracks, print_cold_start, read_metadata, serving_process)
 from musicrec.pipeline_runs import evaluations, print_run_summary, pushes, run_pipeline
 from musicrec.recommend_command import recommend_tracks
+from musicrec.serving.wire import DEFAULT_GRPC_PORT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="demo-run", help="where data, runs and models go")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--port", type=int, default=8500, help="gRPC port; 0 picks a free one")
+    parser.add_argument("--port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port; 0 picks a free one")
     parser.add_argument("--tiny", action="store_true", help="a very small dataset (smoke test)")
 
 
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     return run_demo(args.workdir, seed=args.seed, port=args.port, tiny=args.tiny)
 
 
-def run_demo(workdir: str, seed: int = 0, port: int = 8500, tiny: bool = False) -> int:
+def run_demo(workdir: str, seed: int = 0, port: int = DEFAULT_GRPC_PORT, tiny: bool = False) -> int:
     """The demo in ``workdir`` (gRPC on ``port``, or a free port when it is taken); returns the exit code."""
     from musicrec.pipeline.config import make_config
     from musicrec.serving.client import PredictionClient

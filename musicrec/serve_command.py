@@ -17,6 +17,7 @@ import logging
 import os
 
 from musicrec.errors import UserError
+from musicrec.serving.wire import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT, MODELS_CONFIG, serving_base
 
 log = logging.getLogger("musicrec")
 
@@ -31,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "--monitoring_config_file, --file_system_poll_wait_seconds, ...) is passed "
                           "through unchanged.")
     parser.add_argument("--workdir", help="serve every model pushed under <workdir>/serving")
-    parser.add_argument("--port", type=int, default=8500, help="gRPC port (default %(default)s)")
-    parser.add_argument("--rest_api_port", type=int, default=8501,
+    parser.add_argument("--port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port (default %(default)s)")
+    parser.add_argument("--rest_api_port", type=int, default=DEFAULT_REST_PORT,
                         help="REST port, 0 to disable (default %(default)s)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default %(default)s); tensorflow_model_server on PATH "
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def served_models(workdir: str) -> dict[str, str]:
     """Model name → absolute base path, for every model with a version under ``<workdir>/serving``."""
-    base = os.path.abspath(os.path.join(workdir, "serving"))
+    base = os.path.abspath(serving_base(workdir))
     models = {}
     if os.path.isdir(base):
         for name in sorted(os.listdir(base)):
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         models = served_models(args.workdir)
         if not models:
             raise UserError(f"no pushed models under {args.workdir}/serving; run `musicrec run` first")
-        config_file = os.path.join(os.path.abspath(args.workdir), "serving", "models.config")
+        config_file = os.path.join(os.path.abspath(serving_base(args.workdir)), MODELS_CONFIG)
         serving_config.write_model_config(config_file, models, comment=GENERATED_CONFIG_NOTE)
         flags.append(f"--model_config_file={config_file}")
     else:

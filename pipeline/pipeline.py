@@ -38,13 +38,9 @@ from musicrec.pipeline.config import feature_params
 from musicrec.pipeline.metadata import MetadataStore
 from musicrec.pipeline.runner import Node, Pipeline, Resolver
 from musicrec.pipeline.spans import select_spans
+from musicrec.serving.wire import serving_base
 
 PIPELINE_NAME = "musicrec"
-
-
-def serving_base(workdir: str) -> str:
-    """Where pushed models go: ``<workdir>/serving/<model_name>/<version>``."""
-    return os.path.join(workdir, "serving")
 
 
 def latest_blessed_baseline(model_kind: str) -> Resolver:
@@ -65,10 +61,6 @@ def latest_blessed_base_model(model_kind: str) -> Resolver:
     return resolve
 
 
-# Model code the cold_start stage imports inside functions (so the fingerprint must name it).
-COLD_START_CODE = ["musicrec.models.next_track.cold_start", "musicrec.models.next_track.train",
-                   "musicrec.models.next_track.evaluate", "musicrec.models.genre.evaluate"]
-
 # Builds the stage that extends a trained model (the cold-start extension), given the
 # node whose model it extends and the new node's id.
 Extension = Callable[[Node, str], Node]
@@ -87,8 +79,7 @@ def _cold_start_extension(config: Mapping[str, Any], genre_train: Node,
                             "audio_examples": audio_gen.outputs[_examples_output(audio_gen)]},
                     params={"ridge_alphas": list(section["ridge_alphas"]), "eval_plays": eval_plays,
                             "warm_norm": section["warm_norm"]},
-                    data_paths=[eval_plays] if eval_plays else [],
-                    code_modules=COLD_START_CODE)
+                    data_paths=[eval_plays] if eval_plays else [])
     return extend
 
 
@@ -96,7 +87,8 @@ def _model_branch(model_kind: str, examples_node: Node, config: Mapping[str, Any
                   workdir: str, extension: Extension | None = None) -> list[Node]:
     """Trainer → [extension] → Evaluator → [final fit → [extension]] → Pusher for one model kind."""
     section = config[f"{model_kind}_model"]
-    # Trainer and Evaluator import the model code by name (model_kinds).
+    # Trainer and Evaluator import the model code by a name held in a string (model_kinds),
+    # which the fingerprint's import walk cannot follow: it is named here.
     model_code = [kind(model_kind).train_module, kind(model_kind).evaluate_module]
     examples = examples_node.outputs[_examples_output(examples_node)]
     train = Node(f"trainer_{model_kind}", trainer.spec(model_kind),
@@ -114,7 +106,7 @@ def _model_branch(model_kind: str, examples_node: Node, config: Mapping[str, Any
                     params={"kind": model_kind, **{k: v for k, v in section.items()
                                                    if k not in ("hparams", "warm_start", "final_fit", "frontend")}},
                     resolvers={"baseline_model": latest_blessed_baseline(model_kind)},
-                    code_modules=model_code + (COLD_START_CODE[:1] if extension else []))
+                    code_modules=model_code)
     nodes.append(evaluate)
     pushed = nodes[-2]
     if section.get("final_fit"):
@@ -133,10 +125,6 @@ def _model_branch(model_kind: str, examples_node: Node, config: Mapping[str, Any
                 params={"serving_base": serving_base(workdir), "model_name": model_kind,
                         **config["pusher"]})
     return [*nodes, push]
-
-
-# Modules the bulk_inferrer executor loads lazily (part of its cache fingerprint).
-BULK_INFERENCE_CODE = ["musicrec.components.inference_jobs", "musicrec.components.inference_handler"]
 
 
 def _job_data(params: Mapping[str, Any]) -> Resolver:
@@ -166,7 +154,7 @@ def _bulk_inference_nodes(config: Mapping[str, Any], pushers: Mapping[str, Node]
         nodes.append(Node(f"bulk_inferrer_{job}", bulk_inferrer.SPEC,
                           inputs={f"{model_name}_model": pushers[model_name].outputs["pushed_model"]},
                           params=params, data_paths=bulk_inferrer.job_data_paths(params),
-                          resolvers={"data": _job_data(params)}, code_modules=BULK_INFERENCE_CODE))
+                          resolvers={"data": _job_data(params)}))
     return nodes
 
 

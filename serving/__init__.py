@@ -13,14 +13,22 @@ Modules:
 - ``example_inference``: Classify, Regress, MultiInference on tf.Examples;
   ``example_json`` their REST JSON.
 - ``core``: what gRPC and REST share: lookup, batching, metrics.
-- ``model_registry``: served versions per model (version policies, labels,
-  statuses), the file system poller and config reloads; ``load_retries``
-  how failed loads are retried.
-- ``servables``: version folders on disk and one loaded SavedModel version.
+- ``model_registry``: which versions each model serves (version policies),
+  the file system poller and config reloads; ``served_versions`` what
+  requests read of them (lookup, statuses, labels); ``load_retries`` how
+  failed loads are retried.
+- ``servables``: one loaded SavedModel version and its request checks;
+  ``loading`` loads one from disk and replays its warmup.
+- ``wire``: what both ends agree on (default ports, signature and file
+  names, version folders, SignatureDefs on disk); the only module, with
+  ``publish``, that training code may import.
+- ``publish``: the serving side of a push (checked warmup request,
+  ``models.config``).
 - ``batching``: server-side batching of concurrent Predict calls.
 - ``metrics``: Prometheus text metrics.
 - ``warmup``: ``assets.extra/tf_serving_warmup_requests`` files.
-- ``client``: ``PredictionClient`` (gRPC) and ``RestClient``, with retries.
+- ``client``: ``PredictionClient`` (gRPC); ``rest_client``: ``RestClient``;
+  both with retries.
 - ``config``: ModelServerConfig text protos and the real binary's argv.
 - ``server_options``: batching and monitoring config files.
 - ``flags``: ``main(argv)`` with TF Serving's flag names.

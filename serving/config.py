@@ -25,6 +25,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from musicrec.atomic import write_text_atomic
 from musicrec.serving.errors import ServingError
+from musicrec.serving.wire import DEFAULT_GRPC_PORT, DEFAULT_HOST
 
 LOGGER = logging.getLogger(__name__)
 
@@ -245,9 +246,9 @@ def find_model_server() -> str | None:
 
 def model_server_command(
     models: Mapping[str, str] | str | os.PathLike,
-    port: int = 8500,
+    port: int = DEFAULT_GRPC_PORT,
     rest_port: int = 0,
-    host: str = "127.0.0.1",
+    host: str = DEFAULT_HOST,
     binary: str = MODEL_SERVER_BINARY,
     poll_wait_seconds: int = DEFAULT_POLL_WAIT_SECONDS,
 ) -> list[str]:

@@ -31,12 +31,8 @@ from musicrec.serving.server_options import (
     read_batching_parameters,
     read_monitoring_config,
 )
-from musicrec.serving.server import (
-    DEFAULT_HOST,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_PORT,
-    LocalModelServer,
-)
+from musicrec.serving.server import DEFAULT_MAX_MESSAGE_BYTES, LocalModelServer
+from musicrec.serving.wire import DEFAULT_GRPC_PORT, DEFAULT_HOST
 
 LOGGER = logging.getLogger(__name__)
 
@@ -88,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m musicrec.serving",
         description="Local TF-Serving-compatible gRPC model server for SavedModels.",
     )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+    parser.add_argument("--port", type=int, default=DEFAULT_GRPC_PORT,
                         help="gRPC port (0 picks a free one)")
     parser.add_argument("--rest_api_port", type=int, default=0,
                         help="REST port (0, the default, serves no REST API)")

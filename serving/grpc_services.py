@@ -34,8 +34,8 @@ from musicrec.serving.core import (
     model_status_response,
 )
 from musicrec.serving.errors import ServingError
-from musicrec.serving.servables import DEFAULT_SIGNATURE_NAME
 from musicrec.serving.tensor_proto import fill_typed_fields
+from musicrec.serving.wire import DEFAULT_SIGNATURE_NAME
 
 LOGGER = logging.getLogger(__name__)
 

@@ -20,28 +20,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
-
-import grpc
 
 from musicrec.serving.config import ModelEntry, check_version_labels
 from musicrec.serving.errors import ServingError
 from musicrec.serving.load_retries import LoadRetries, poll_and_retry
-from musicrec.serving.servables import (
-    Servable,
-    list_versions,
-    load_error_status,
-    load_servable,
-    saved_model_file,
-)
+from musicrec.serving.loading import load_error_status, load_servable
+from musicrec.serving.servables import Servable
+from musicrec.serving.served_versions import AVAILABLE, END, LOADING, ServedVersions, VersionStatus
+from musicrec.serving.wire import list_versions, saved_model_file
 
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_POLL_WAIT_SECONDS = 1.0
-
-# TF Serving's ModelVersionStatus.State names.
-START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 
 
 class ModelLoadError(RuntimeError):
@@ -50,20 +41,6 @@ class ModelLoadError(RuntimeError):
 
 class LoadCancelled(ModelLoadError):
     """Loading stopped because the server is stopping (e.g. SIGTERM during startup)."""
-
-
-@dataclass(frozen=True)
-class VersionStatus:
-    """State of one model version, as GetModelStatus reports it.
-
-    ``error_code`` is a ``grpc.StatusCode`` (OK unless the load failed) and
-    ``error_message`` its reason.
-    """
-
-    version: int
-    state: str
-    error_code: grpc.StatusCode = grpc.StatusCode.OK
-    error_message: str = ""
 
 
 def _as_entries(models: Mapping[str, str] | Iterable[ModelEntry]) -> dict[str, ModelEntry]:
@@ -77,8 +54,11 @@ def _as_entries(models: Mapping[str, str] | Iterable[ModelEntry]) -> dict[str, M
     }
 
 
-class ModelRegistry:
+class ModelRegistry(ServedVersions):
     """Name → served versions, kept in sync with the file system and the config.
+
+    Requests read it through :class:`ServedVersions` (``get``, ``status``,
+    ``resolve_label``); this class decides what is loaded and unloaded.
 
     Parameters
     ----------
@@ -106,17 +86,14 @@ class ModelRegistry:
         retries: LoadRetries | None = None,
         allow_unavailable_labels: bool = False,
     ) -> None:
+        super().__init__()
         self._entries = _as_entries(models)
         self._poll_wait_seconds = poll_wait_seconds
         self._loader = loader
         self._retries = retries if retries is not None else LoadRetries()
         self._allow_unavailable_labels = allow_unavailable_labels
-        self._labels: dict[str, dict[str, int]] = {}
-        self._served: dict[str, dict[int, Servable]] = {}
-        self._statuses: dict[str, dict[int, VersionStatus]] = {}
         self._wanted: dict[str, list[int]] = {}  # versions each policy picked at the last scan
         self._reported_empty: set[str] = set()
-        self._served_lock = threading.Lock()
         # Serialises syncs so a manual poll_once never races the poller thread.
         self._sync_lock = threading.RLock()
         self._stop = threading.Event()
@@ -137,68 +114,6 @@ class ModelRegistry:
         """Model name → every AVAILABLE version, ascending."""
         with self._served_lock:
             return {name: sorted(self._served.get(name, {})) for name in self._entries}
-
-    def resolve_label(self, name: str, label: str) -> int:
-        """Version a label points to.
-
-        Raises
-        ------
-        ServingError
-            INVALID_ARGUMENT ``Unrecognized servable version label: <label>``
-            (TF Serving's answer) for a label the model does not define.
-        """
-        with self._served_lock:
-            version = self._labels.get(name, {}).get(label)
-        if version is None:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
-        return version
-
-    def get(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
-        """The servable for a request's model spec (latest, a version or a label).
-
-        Raises
-        ------
-        ServingError
-            INVALID_ARGUMENT ``ModelSpec has no name specified.`` for an empty
-            name and for an unknown label; NOT_FOUND with TF Serving's
-            ``Servable not found for request: Latest(name)`` /
-            ``Specific(name, version)`` wording (``model_servers/server_core.cc``).
-        """
-        if not name:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
-        if label is not None:
-            version = self.resolve_label(name, label)
-        with self._served_lock:
-            versions = self._served.get(name, {})
-            if version is None:
-                servable = versions[max(versions)] if versions else None
-            else:
-                servable = versions.get(version)
-        if servable is None:
-            request = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
-        return servable
-
-    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
-        """Version statuses of ``name`` (newest first), or of one version.
-
-        A request's version label plays no part: TF Serving's GetModelStatus
-        reads only the name and the version (``get_model_status_impl.cc``).
-
-        Raises
-        ------
-        ServingError
-            NOT_FOUND for an unknown model or version, with TF Serving's wording.
-        """
-        with self._served_lock:
-            statuses = dict(self._statuses.get(name, {}))
-        if version is not None:
-            if version not in statuses:
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
-            return [statuses[version]]
-        if not statuses:
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
-        return [statuses[key] for key in sorted(statuses, reverse=True)]
 
     def load_initial(self) -> None:
         """Load every model's wanted versions now, as TF Serving does at startup.
@@ -323,10 +238,6 @@ class ModelRegistry:
                 raise ModelLoadError("; ".join(errors) or f"model {name!r} did not become available")
             self._stop.wait(delay)
             self._sync_model(name, rescan=False)
-
-    def _set_status(self, name: str, status: VersionStatus) -> None:
-        with self._served_lock:
-            self._statuses.setdefault(name, {})[status.version] = status
 
     def _sync_model(self, name: str, rescan: bool = True) -> None:
         """Bring ``name`` to the versions its policy wants.

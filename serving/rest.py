@@ -44,7 +44,7 @@ from musicrec.serving.example_json import (
 from musicrec.serving.http_transport import HttpRequest, HttpResponse, HttpServer, json_error
 from musicrec.serving.json_tensor import format_predict_response, parse_predict_body
 from musicrec.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from musicrec.serving.servables import DEFAULT_SIGNATURE_NAME
+from musicrec.serving.wire import DEFAULT_SIGNATURE_NAME
 
 LOGGER = logging.getLogger(__name__)
 

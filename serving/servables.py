@@ -1,125 +1,23 @@
-"""Version folders on disk and one loaded SavedModel version (a "servable").
+"""One loaded SavedModel version (a "servable") and how a request against it is checked.
 
-Layout, as TF Serving reads it::
-
-    <base_path>/<version>/saved_model.pb    # version: a non-negative integer
-
-Children whose names are not integers (e.g. ``.tmp-7`` while the pusher
-copies) are ignored, exactly as TF Serving's file system source does.
+Version folders and the SavedModel's signatures on disk are read by
+:mod:`musicrec.serving.wire`; a version is loaded by :mod:`musicrec.serving.loading`.
 """
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf import text_format
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 
-from musicrec.serving import example_inference
-from musicrec.serving.errors import SavedModelError, ServingError
+from musicrec.serving.errors import ServingError
 from musicrec.serving.signature_call import SignatureCaller
 from musicrec.serving.tensor_proto import element_count, shape_of, to_ndarray
-from musicrec.serving.warmup import read_warmup_requests
-
-SAVED_MODEL_PB = "saved_model.pb"
-SAVED_MODEL_PBTXT = "saved_model.pbtxt"
-SERVE_TAG = "serve"
-DEFAULT_SIGNATURE_NAME = "serving_default"
-
-_VERSION_NAME = re.compile(r"^[0-9]+$")
-
-
-def list_versions(base_path: str | os.PathLike) -> list[int]:
-    """Integer version folders under ``base_path``, ascending.
-
-    Parameters
-    ----------
-    base_path : str or os.PathLike
-        Folder that holds one sub-folder per model version.
-
-    Returns
-    -------
-    list of int
-        Versions found; empty when ``base_path`` does not exist. Names that are
-        not plain integers and plain files are ignored.
-    """
-    try:
-        entries = list(os.scandir(base_path))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(
-        int(entry.name)
-        for entry in entries
-        if _VERSION_NAME.match(entry.name) and entry.is_dir()
-    )
-
-
-def saved_model_file(export_dir: str | os.PathLike) -> str | None:
-    """Path of the SavedModel proto in ``export_dir``, or None when absent."""
-    for name in (SAVED_MODEL_PB, SAVED_MODEL_PBTXT):
-        candidate = os.path.join(export_dir, name)
-        if os.path.isfile(candidate):
-            return candidate
-    return None
-
-
-def read_signature_defs(
-    export_dir: str | os.PathLike, tag: str = SERVE_TAG
-) -> dict[str, meta_graph_pb2.SignatureDef]:
-    """Every SignatureDef of the ``tag`` MetaGraph, read from the proto on disk.
-
-    This is the map TF Serving returns from GetModelMetadata, including
-    ``__saved_model_init_op``.
-
-    Raises
-    ------
-    FileNotFoundError
-        When ``export_dir`` holds no ``saved_model.pb`` / ``saved_model.pbtxt``.
-    SavedModelError
-        (a ValueError) DATA_LOSS when the proto cannot be parsed, NOT_FOUND
-        when it has no MetaGraph tagged ``tag``: the codes TensorFlow's C++
-        loader, and so TF Serving, reports for them.
-    """
-    path = saved_model_file(export_dir)
-    if path is None:
-        raise FileNotFoundError(f"no {SAVED_MODEL_PB} in {export_dir}")
-    saved_model = saved_model_pb2.SavedModel()
-    with open(path, "rb") as proto_file:
-        content = proto_file.read()
-    try:
-        if path.endswith(".pbtxt"):
-            text_format.Parse(content.decode("utf-8"), saved_model)
-        else:
-            saved_model.ParseFromString(content)
-    except Exception as error:  # protobuf raises several unrelated types
-        raise SavedModelError(grpc.StatusCode.DATA_LOSS, f"Can't parse {path} as binary proto: {error}") \
-            from error
-    for meta_graph in saved_model.meta_graphs:
-        if tag in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
-    tags = [list(graph.meta_info_def.tags) for graph in saved_model.meta_graphs]
-    raise SavedModelError(grpc.StatusCode.NOT_FOUND, f"{path} has no MetaGraph tagged {tag!r} (tags: {tags})")
-
-
-def dtype_name(dtype_enum: int) -> str:
-    """Readable name of a ``types_pb2.DataType`` value, e.g. ``"float32"``."""
-    try:
-        return tf.dtypes.as_dtype(dtype_enum).name
-    except TypeError:  # DT_INVALID or a value newer than this TF
-        return f"DataType({dtype_enum})"
-
-
-def shape_dims(shape: tensor_shape_pb2.TensorShapeProto) -> tuple[int | None, ...] | None:
-    """Dimensions of a TensorShapeProto, None for unknown sizes; None if rank unknown."""
-    if shape.unknown_rank:
-        return None
-    return tuple(dim.size if dim.size >= 0 else None for dim in shape.dim)
+from musicrec.serving.wire import DEFAULT_SIGNATURE_NAME, dtype_name, shape_dims
 
 
 def _invalid(message: str) -> ServingError:
@@ -181,7 +79,7 @@ def _check_shape(alias: str, array: np.ndarray, expected: tuple[int | None, ...]
         )
 
 
-def _status_of(error: tf.errors.OpError) -> grpc.StatusCode:
+def op_error_status(error: tf.errors.OpError) -> grpc.StatusCode:
     """TF and gRPC share the canonical status codes; map by number."""
     for status in grpc.StatusCode:
         if status.value[0] == error.error_code:
@@ -295,7 +193,7 @@ class Servable:
         try:
             return self._plan(signature_name).call(arrays)
         except tf.errors.OpError as error:
-            raise ServingError(_status_of(error), error.message) from error
+            raise ServingError(op_error_status(error), error.message) from error
         except (TypeError, ValueError) as error:
             raise _invalid(f"signature {signature_name} rejected the inputs: {error}") from error
 
@@ -396,101 +294,3 @@ def _select_outputs(
             raise _invalid(f"duplicate output tensor alias: {alias}")
         seen.add(alias)
     return list(output_filter)
-
-
-def load_servable(name: str, version: int, path: str | os.PathLike, warmup: bool = True,
-                  check_method_name: bool = False) -> Servable:
-    """Load one SavedModel version and its callable signatures.
-
-    Only signatures present both in the proto and as restored functions are
-    callable (``__saved_model_init_op`` is listed but never callable).
-
-    Parameters
-    ----------
-    name, version, path
-        Model name, version number and export directory.
-    warmup : bool
-        Replay the export's warmup requests (``--enable_model_warmup``).
-    check_method_name : bool
-        ``--enable_signature_method_name_check``, for warmup Classify/Regress.
-
-    Raises
-    ------
-    FileNotFoundError, SavedModelError
-        From ``read_signature_defs`` when the proto is missing or malformed,
-        or from ``replay_warmup``.
-    Exception
-        Whatever ``tf.saved_model.load`` raises for a broken export.
-    """
-    path = os.fspath(path)
-    signature_defs = read_signature_defs(path)
-    saved_model = tf.saved_model.load(path, tags=[SERVE_TAG])
-    functions = {
-        key: function
-        for key, function in saved_model.signatures.items()
-        if key in signature_defs
-    }
-    servable = Servable(
-        name=name,
-        version=version,
-        path=path,
-        signature_defs=signature_defs,
-        functions=functions,
-        saved_model=saved_model,
-    )
-    if warmup:
-        replay_warmup(servable, check_method_name)
-    return servable
-
-
-def replay_warmup(servable: Servable, check_method_name: bool = False) -> int:
-    """Run the export's warmup requests (``assets.extra``) once; return how many ran.
-
-    Predict, Classify, Regress and MultiInference records run, as
-    ``servables/tensorflow/saved_model_warmup.cc`` runs them.
-
-    Raises
-    ------
-    SavedModelError
-        When the warmup file is corrupt, holds another request kind
-        (UNIMPLEMENTED) or a request fails (its own status): TF Serving then
-        fails the whole load, and so does this server.
-    """
-    def run(signature_name: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        call = servable.prepare_arrays(signature_name, arrays)
-        return servable.execute(call.signature_name, call.arrays)
-
-    handlers = {
-        "predict_log": lambda request: servable.predict(request.model_spec.signature_name, request.inputs,
-                                                        output_filter=list(request.output_filter)),
-        "classify_log": lambda request: example_inference.classify(servable, request, run, check_method_name),
-        "regress_log": lambda request: example_inference.regress(servable, request, run, check_method_name),
-        "multi_inference_log": lambda request: example_inference.multi_inference(servable, request, run,
-                                                                                 check_method_name),
-    }
-    logs = read_warmup_requests(servable.path)
-    for index, log in enumerate(logs):
-        kind = log.WhichOneof("log_type")
-        if kind not in handlers:
-            raise SavedModelError(grpc.StatusCode.UNIMPLEMENTED, f"Unsupported log_type for warmup: {kind}")
-        try:
-            handlers[kind](getattr(log, kind).request)
-        except ServingError as error:
-            raise SavedModelError(error.code, f"warmup request {index} of {servable.path} failed: "
-                                              f"{error.message}") from error
-    return len(logs)
-
-
-def load_error_status(error: BaseException) -> grpc.StatusCode:
-    """The status a failed load reports in GetModelStatus, as TF Serving's loader would.
-
-    ``SavedModelError`` and ``ServingError`` carry theirs; TensorFlow errors
-    map by number; a missing file is NOT_FOUND; anything else UNKNOWN.
-    """
-    if isinstance(error, (SavedModelError, ServingError)):
-        return error.code
-    if isinstance(error, tf.errors.OpError):
-        return _status_of(error)
-    if isinstance(error, FileNotFoundError):
-        return grpc.StatusCode.NOT_FOUND
-    return grpc.StatusCode.UNKNOWN

@@ -19,20 +19,18 @@ from musicrec.serving.grpc_services import ModelServicer, PredictionServicer
 from musicrec.serving.load_retries import LoadRetries
 from musicrec.serving.model_registry import DEFAULT_POLL_WAIT_SECONDS, ModelRegistry
 from musicrec.serving.rest import RestServer
-from musicrec.serving.servables import load_servable
+from musicrec.serving.loading import load_servable
 from musicrec.serving.server_options import (
     DEFAULT_REST_TIMEOUT_MS,
     BatchingOptions,
     ModelLoadOptions,
     threads_per_cpu_default,
 )
+from musicrec.serving.wire import DEFAULT_GRPC_PORT, DEFAULT_HOST
 from musicrec.serving.worker_pool import LifoWorkerPool
 
 LOGGER = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8500
-DEFAULT_REST_PORT = 8501
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_DEFAULT_WORKERS = 512  # TF Serving's default batching (1000 rows x 5) would otherwise mean 5 000
 
@@ -116,7 +114,7 @@ class LocalModelServer:
         self,
         models: Mapping[str, str] | Iterable[ModelEntry],
         host: str = DEFAULT_HOST,
-        port: int = DEFAULT_PORT,
+        port: int = DEFAULT_GRPC_PORT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         poll_wait_seconds: float = DEFAULT_POLL_WAIT_SECONDS,
         max_workers: int | None = None,

@@ -39,7 +39,7 @@ from musicrec.serving.config import (
 )
 from musicrec.serving.errors import ServingError
 from musicrec.serving.model_registry import ModelLoadError
-from musicrec.serving.servables import list_versions, read_signature_defs
+from musicrec.serving.wire import list_versions, read_signature_defs
 from musicrec.serving.server import LocalModelServer
 from musicrec.serving.server_options import ModelLoadOptions
 

@@ -43,7 +43,8 @@ from test_serving import export_lookup, export_scorer  # noqa: E402  (shared tin
 
 from musicrec.demo import stop_process
 from musicrec.serving import flags
-from musicrec.serving.client import PredictionClient, RestClient
+from musicrec.serving.client import PredictionClient
+from musicrec.serving.rest_client import RestClient
 from musicrec.serving.errors import ServingError
 
 MAX_MESSAGE_BYTES = 256 * 1024

@@ -17,7 +17,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from musicrec.serving.servables import DEFAULT_SIGNATURE_NAME, load_servable
+from musicrec.serving.loading import load_servable
+from musicrec.serving.wire import DEFAULT_SIGNATURE_NAME
 from musicrec.serving.signature_call import SignatureCaller
 from musicrec.serving.tensor_proto import element_count, make_tensor_proto, to_bytes_array, to_ndarray
 from musicrec.serving.worker_pool import LifoWorkerPool

@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_serving import export_scorer  # noqa: E402
 from test_serving_contract import free_port  # noqa: E402
 
-from musicrec.serving.client import PredictionClient, RestClient
+from musicrec.serving.client import PredictionClient
+from musicrec.serving.rest_client import RestClient
 from musicrec.demo import stop_process
 
 X = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)

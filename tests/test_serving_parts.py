@@ -29,7 +29,8 @@ from musicrec.serving.errors import ServingError
 from musicrec.serving.json_tensor import format_predict_response, json_to_array, parse_predict_body
 from musicrec.serving.metrics import ServingMetrics
 from musicrec.serving.model_registry import ModelLoadError
-from musicrec.serving.servables import load_servable, read_signature_defs
+from musicrec.serving.loading import load_servable
+from musicrec.serving.wire import read_signature_defs
 from musicrec.serving.server import LocalModelServer
 from musicrec.serving.server_options import (
     BatchingOptions,
@@ -335,7 +336,7 @@ def test_metrics_render_counts_errors_histogram_and_versions():
 def test_rest_refuses_an_oversized_body_unread_and_keeps_serving(tmp_path):
     import http.client
 
-    from musicrec.serving.client import RestClient
+    from musicrec.serving.rest_client import RestClient
 
     export_scorer(str(tmp_path / "scorer" / "1"), weight=1.0)
     with LocalModelServer({"scorer": str(tmp_path / "scorer")}, port=0, rest_port=0, poll_wait_seconds=0,

@@ -21,7 +21,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_serving import export_scorer  # noqa: E402  (shared tiny models)
 
-from musicrec.serving.client import RestClient
+from musicrec.serving.rest_client import RestClient
 from musicrec.serving.http_transport import LISTEN_BACKLOG, HttpResponse, HttpServer
 from musicrec.serving.server import LocalModelServer
 from musicrec.serving.server_options import BatchingOptions
