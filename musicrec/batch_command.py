@@ -82,7 +82,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # a light module (no Beam, no TF)
-    from musicrec.components.bulk_inferrer import DEFAULT_MAX_HISTORY_LENGTH, EXCLUDE_MODES
+    from musicrec.components.bulk_inference_settings import DEFAULT_MAX_HISTORY_LENGTH, EXCLUDE_MODES
 
     jobs = parser.add_subparsers(dest="job", required=True)
     tag = jobs.add_parser("tag", help=JOB_HELP["tag"])
@@ -195,8 +195,8 @@ class MetadataRecord:
         data = bulk_inferrer.data_artifact(params)
         if data is not None:
             inputs["data"] = data
-        code = [bulk_inferrer.__name__, "musicrec.components.inference_jobs",
-                "musicrec.components.inference_handler"]
+        code = [bulk_inferrer.__name__, "musicrec.components.tagging_job", "musicrec.components.recommendation_job",
+                "musicrec.components.embedding_job", "musicrec.components.inference_handler"]
         key = fingerprint(bulk_inferrer.SPEC.name, params, inputs, bulk_inferrer.job_data_paths(params), code)
         self.execution_id = self.store.start_execution(
             bulk_inferrer.SPEC.name, f"{BATCH_NODE_PREFIX}{job}", self.run_id, self.root, key, params,

@@ -136,7 +136,8 @@ def _model_branch(model_kind: str, examples_node: Node, config: Mapping[str, Any
 
 
 # Modules the bulk_inferrer executor loads lazily (part of its cache fingerprint).
-BULK_INFERENCE_CODE = ["musicrec.components.inference_jobs", "musicrec.components.inference_handler"]
+BULK_INFERENCE_CODE = ["musicrec.components.tagging_job", "musicrec.components.recommendation_job",
+                       "musicrec.components.embedding_job", "musicrec.components.inference_handler"]
 
 
 def _job_data(params: Mapping[str, Any]) -> Resolver:

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 import tensorflow as tf
 
-from musicrec.components import audio_example_gen, bulk_inferrer, inference_jobs, playlog_example_gen
+from musicrec.components import audio_example_gen, bulk_inferrer, playlog_example_gen, recommendation_job, tagging_job
 from musicrec.components.base import Artifact
 from musicrec.components.pusher import push
 from musicrec.models.features import AudioFeatureParams, track_segments
@@ -224,7 +224,7 @@ def test_tagging_matches_the_grpc_server_and_reconciles(workdir, tagged, server)
     assert len(tf.io.gfile.glob(tagged.path("tags", "data-*-of-00002.tfrecord.gz"))) == 2
 
     summary = pd.read_csv(tagged.path("tags.csv"))
-    assert list(summary.columns) == list(inference_jobs.TAG_COLUMNS) and len(summary) == good
+    assert list(summary.columns) == list(tagging_job.TAG_COLUMNS) and len(summary) == good
     records = {texts(e, "track_id")[0]: e for e in read_records(tagged.path("tags", "data-*"))}
     assert set(records) == set(summary["track_id"])
     with PredictionClient(server.address, timeout_seconds=30) as client:
@@ -278,7 +278,7 @@ def test_recommendations_match_the_grpc_server_with_history_excluded(workdir, re
                     signature_name="recommend")
             else:
                 online = client.predict("next_track", {"track_keys": np.array([prefix], dtype=object)})
-            keys, scores = inference_jobs.filter_recommendations(
+            keys, scores = recommendation_job.filter_recommendations(
                 [k.decode() for k in online["track_keys"][0]], online["scores"][0], set(history), 3)
             assert texts(example, "track_keys") == keys and not set(keys) & set(history)
             np.testing.assert_allclose(floats(example, "scores"), scores, atol=1e-6)
