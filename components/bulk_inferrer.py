@@ -183,7 +183,7 @@ def data_artifact(params: Mapping[str, Any]) -> Artifact | None:
 
 
 def list_catalogue(audio_dir: str | None = None, metadata_csv: str | None = None):
-    """The audio files to tag, as ``audio_example_gen.AudioSource`` s sorted by path.
+    """The audio files to tag, as ``audio_sources.AudioSource`` s sorted by path.
 
     A folder is read as ingestion reads it (``<dir>/<genre>/<file>``, the
     genre kept as the known ``label``); a folder without genre sub-folders is
@@ -192,7 +192,7 @@ def list_catalogue(audio_dir: str | None = None, metadata_csv: str | None = None
     """
     import tensorflow as tf
 
-    from musicrec.components.audio_example_gen import AudioSource, list_sources
+    from musicrec.components.audio_sources import AudioSource, list_sources
 
     if audio_dir is not None and metadata_csv is None and tf.io.gfile.isdir(audio_dir):
         names = [name.rstrip("/") for name in tf.io.gfile.listdir(audio_dir)]

@@ -40,10 +40,10 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from musicrec.components import audio_example_gen, beam_io, inference_handler, tfrecord_shards
+from musicrec.components import audio_decoding, beam_io, inference_handler, tfrecord_shards
 from musicrec.components.bulk_inference_settings import Batching
 
-DEAD = audio_example_gen.DEAD
+DEAD = audio_decoding.DEAD
 TALLY = "tally"
 MANIFEST_FILE = "manifest.json"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"

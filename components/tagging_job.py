@@ -1,7 +1,7 @@
 """The bulk inferrer's ``tag`` job: every audio file of a catalogue → its genres and embedding.
 
 Reading and decoding reuse ingestion: the audio ExampleGen's duplicate-id
-check and :class:`~musicrec.components.audio_example_gen.DecodeTrack` (with
+check and :class:`~musicrec.components.audio_decoding.DecodeTrack` (with
 its dead-letter reasons). Track-level genre probabilities are the genre
 model's answer for the track's segments together (its ``serving_default``
 answers per track), as the evaluator reads them; the features are those
@@ -14,8 +14,8 @@ from typing import Any, Mapping, Sequence
 import apache_beam as beam
 import numpy as np
 
-from musicrec.components import audio_example_gen, beam_io, inference_handler
-from musicrec.components.audio_example_gen import AudioSource
+from musicrec.components import audio_decoding, beam_io, inference_handler
+from musicrec.components.audio_sources import AudioSource
 from musicrec.components.bulk_inference_settings import (DEFAULT_NUM_SHARDS, DEFAULT_TOP_GENRES, JOB_BATCHING,
                                                          Batching)
 # Records are encoded by the ExampleGens' wire encoder: no TensorFlow in the writing steps, and
@@ -99,7 +99,7 @@ def build_tagging(pipeline: beam.Pipeline, sources: Sequence[AudioSource], outpu
 
     Args:
         pipeline: a Beam pipeline.
-        sources: the files (``audio_example_gen.list_sources`` or
+        sources: the files (``audio_sources.list_sources`` or
             ``bulk_inferrer.list_catalogue``); a repeated track id is a dead letter.
         output_uri: folder; gets ``tags/``, ``tags.csv``, ``dead_letters.jsonl``, ``manifest.json``.
         saved_model_dir: the genre SavedModel.
@@ -122,10 +122,10 @@ def build_tagging(pipeline: beam.Pipeline, sources: Sequence[AudioSource], outpu
     # Duplicate ids are found here, in the driver that holds the list anyway; only paths go to the
     # workers (Create spreads them), and one fused stage per worker decodes, runs the model and
     # writes the records: only counts and part-file paths come back (docs/batch.md).
-    kept, duplicates = audio_example_gen.drop_duplicate_track_ids(list(sources))
+    kept, duplicates = audio_decoding.drop_duplicate_track_ids(list(sources))
     decoded = (pipeline
                | "ListSources" >> beam.Create(kept)
-               | "Decode" >> beam.ParDo(audio_example_gen.DecodeTrack(params, progress_seconds))
+               | "Decode" >> beam.ParDo(audio_decoding.DecodeTrack(params, progress_seconds))
                .with_outputs(DEAD, main="tracks"))
     # One element per track, weighted by its segments: a signature call takes several tracks
     # (up to batching.max_batch_size segments), one row each.

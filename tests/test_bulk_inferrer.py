@@ -19,7 +19,8 @@ import pytest
 import soundfile as sf
 import tensorflow as tf
 
-from musicrec.components import audio_example_gen, bulk_inferrer, playlog_example_gen, recommendation_job, tagging_job
+from musicrec.components import (audio_records, audio_sources, bulk_inferrer, playlog_example_gen, recommendation_job,
+                                 tagging_job)
 from musicrec.components.base import Artifact
 from musicrec.components.pusher import push
 from musicrec.models.features import AudioFeatureParams, track_segments
@@ -105,7 +106,7 @@ def write_audio_examples(uri: str, audio_dir: str) -> None:
 
     (The ExampleGen's Beam job itself is tested elsewhere; its records are what matters here.)
     """
-    sources = [s for s in audio_example_gen.list_sources(audio_dir=audio_dir)[0]
+    sources = [s for s in audio_sources.list_sources(audio_dir=audio_dir)[0]
                if s.track_id in {f"{g}{n}" for g in GENRES for n in range(CLIPS_PER_GENRE)}
                and s.path.endswith(".wav")]
     labels = sorted(GENRES)
@@ -113,7 +114,7 @@ def write_audio_examples(uri: str, audio_dir: str) -> None:
     for source in sources:
         split = "eval" if source.track_id.endswith(str(CLIPS_PER_GENRE - 1)) else "train"
         for index, segment in enumerate(track_segments(source.path, AudioFeatureParams())):
-            splits[split].append(audio_example_gen.segment_example(
+            splits[split].append(audio_records.segment_example(
                 segment, labels.index(source.genre), source, index).SerializeToString())
     for split, records in splits.items():
         write_records(f"{uri}/Split-{split}/data-00000-of-00001.tfrecord.gz", records)
