@@ -331,7 +331,8 @@ def reference_recommendations(paths: Sequence[str], saved_model: str,
     from musicrec.components.inference_handler import (
         SignatureInference, collate_recommend, collate_track_keys, signature_names)
     from musicrec.components.playlog_example_gen import keyed_by_user
-    from musicrec.components.playlog_readers import Play, list_playlog_files, read_playlog
+    from musicrec.components.playlog_readers import list_playlog_files, read_playlog
+    from musicrec.components.playlog_rows import Play
 
     personalised = recommendation_job.RECOMMEND_SIGNATURE in signature_names(saved_model)
     inference = SignatureInference(recommendation_job.RECOMMEND_SIGNATURE if personalised else "serving_default",

@@ -34,8 +34,8 @@ import tensorflow as tf
 from musicrec.components.base import Artifact, ComponentSpec
 from musicrec.components.beam_io import (SPLITS, LogProgress, WriteDeadLetters, WriteSplits,
                                          pipeline_options, read_text, write_text_atomic)
-from musicrec.components.playlog_readers import (AUTO, FORMATS, DeadLetter, Play,
-                                                 list_playlog_files, read_playlog)
+from musicrec.components.playlog_readers import AUTO, FORMATS, list_playlog_files, read_playlog
+from musicrec.components.playlog_rows import DeadLetter, Play
 
 VOCAB_FILENAME = "vocab.txt"
 MANIFEST_FILENAME = "manifest.json"

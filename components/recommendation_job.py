@@ -23,7 +23,8 @@ from musicrec.components.inference_jobs import (DEAD, REASON_INFERENCE, TALLY, R
                                                 write_manifest, write_outputs)
 from musicrec.components.playlog_example_gen import (PlaylogParams, keyed_by_user, plays_of_user,
                                                      split_into_sessions)
-from musicrec.components.playlog_readers import Play, list_playlog_files, read_playlog
+from musicrec.components.playlog_readers import list_playlog_files, read_playlog
+from musicrec.components.playlog_rows import Play
 
 RECOMMENDATIONS = "recommendations"
 RECOMMENDATION_COLUMNS = ("user_id", "session_id", "rank", "track_key", "score")

@@ -19,6 +19,7 @@ from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
 
 from musicrec.components import playlog_example_gen as gen  # noqa: E402
 from musicrec.components import playlog_readers as readers  # noqa: E402
+from musicrec.components import playlog_rows  # noqa: E402
 from musicrec.components.base import Artifact  # noqa: E402
 from musicrec.components.beam_io import LOCAL_RUNNER, SPLITS, read_dead_letters, split_files_pattern  # noqa: E402
 
@@ -26,8 +27,8 @@ BASE = 1_600_000_000
 GAP = 1800
 
 
-def _play(user: str, timestamp: int, key: str, ms_played: int | None = 60_000, line: int = 1) -> readers.Play:
-    return readers.Play(user, timestamp, key, "", ms_played, "mem", line)
+def _play(user: str, timestamp: int, key: str, ms_played: int | None = 60_000, line: int = 1) -> playlog_rows.Play:
+    return playlog_rows.Play(user, timestamp, key, "", ms_played, "mem", line)
 
 
 def _read_sessions(uri: str, split: str) -> list[dict]:
@@ -88,11 +89,11 @@ def test_spotify_extended_reader(tmp_path):
 
     records = list(readers.read_playlog(str(path), "spotify_extended_json"))
 
-    plays = [r for r in records if isinstance(r, readers.Play)]
+    plays = [r for r in records if isinstance(r, playlog_rows.Play)]
     assert [(p.user_id, p.track_key, p.ms_played, p.line) for p in plays] == [
         ("alice", "spotify:track:AbC", 200_000, 1), ("me", "band - other song", 5_000, 2)]
     assert plays[0].timestamp == 1641031200
-    dead = [(r.line, r.reason.split(" '")[0].split(":")[0]) for r in records if isinstance(r, readers.DeadLetter)]
+    dead = [(r.line, r.reason.split(" '")[0].split(":")[0]) for r in records if isinstance(r, playlog_rows.DeadLetter)]
     assert dead == [(3, "not a music track (podcast episode or audiobook)"), (4, "bad timestamp"),
                     (5, "bad ms_played -3")]
 
@@ -106,9 +107,9 @@ def test_jsonl_reader_with_line_numbers(tmp_path):
                      b'{"user_id": "u", "track_id": "t3"}\n'
                      b'{"user_id": "u", "timestamp": 1, "track_id": "\xff"}\n')
     records = list(readers.read_playlog(str(path), "auto"))
-    assert [(r.line, r.track_key, r.timestamp) for r in records if isinstance(r, readers.Play)] == [
+    assert [(r.line, r.track_key, r.timestamp) for r in records if isinstance(r, playlog_rows.Play)] == [
         (1, "t1", BASE), (3, "T 2", BASE)]
-    assert [(r.line, r.reason.split(":")[0]) for r in records if isinstance(r, readers.DeadLetter)] == [
+    assert [(r.line, r.reason.split(":")[0]) for r in records if isinstance(r, playlog_rows.DeadLetter)] == [
         (4, "bad JSON"), (5, "empty timestamp"), (6, "undecodable bytes")]
 
 

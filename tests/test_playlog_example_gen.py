@@ -15,6 +15,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from musicrec.components import playlog_example_gen as gen
+from musicrec.components import playlog_formats, playlog_rows
 from musicrec.components import playlog_readers as readers
 from musicrec.components.base import Artifact
 from musicrec.components.beam_io import LOCAL_RUNNER, SPLITS, read_dead_letters, split_files_pattern
@@ -33,19 +34,19 @@ def lines(text: str) -> list[bytes]:
     return text.encode("utf-8").splitlines(keepends=True)
 
 
-def play(user: str, timestamp: int, key: str, line: int = 1) -> readers.Play:
-    return readers.Play(user, timestamp, key, "", None, "mem", line)
+def play(user: str, timestamp: int, key: str, line: int = 1) -> playlog_rows.Play:
+    return playlog_rows.Play(user, timestamp, key, "", None, "mem", line)
 
 
 def dead_letter_positions(records) -> list[tuple[int, str]]:
-    return [(r.line, r.reason) for r in records if isinstance(r, readers.DeadLetter)]
+    return [(r.line, r.reason) for r in records if isinstance(r, playlog_rows.DeadLetter)]
 
 
 # --- readers ---------------------------------------------------------------
 
 def test_normalize_track_key_lowercases_and_collapses_whitespace():
-    assert readers.normalize_track_key("  The\tBeatles   - Let  It\nBe ") == "the beatles - let it be"
-    assert readers.artist_track_key(" Björk ", "Jóga") == "björk - jóga"
+    assert playlog_rows.normalize_track_key("  The\tBeatles   - Let  It\nBe ") == "the beatles - let it be"
+    assert playlog_rows.artist_track_key(" Björk ", "Jóga") == "björk - jóga"
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -57,13 +58,13 @@ def test_normalize_track_key_lowercases_and_collapses_whitespace():
     ("1600000000.9", BASE),                    # floored
 ])
 def test_parse_timestamp_accepts_iso_and_unix_seconds(text, expected):
-    assert readers.parse_timestamp(text) == expected
+    assert playlog_rows.parse_timestamp(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "yesterday", "2020-13-01T00:00:00Z", "1e400", "99999999999999"])
 def test_parse_timestamp_rejects_garbage(text):
-    with pytest.raises(readers.RowError):
-        readers.parse_timestamp(text)
+    with pytest.raises(playlog_rows.RowError):
+        playlog_rows.parse_timestamp(text)
 
 
 def test_csv_reader_yields_plays_and_dead_letters_with_line_numbers():
@@ -77,8 +78,8 @@ def test_csv_reader_yields_plays_and_dead_letters_with_line_numbers():
             f"u3,{BASE + 180},t5,,\n")                            # 8 ok, Unix seconds
     raw = lines(text)
     raw.insert(8, b"u4,1600000000,caf\xe9,,\n")                   # 9 latin-1 byte, not UTF-8
-    records = list(readers.parse_csv_lines(raw, "plays.csv"))
-    plays = [r for r in records if isinstance(r, readers.Play)]
+    records = list(playlog_formats.parse_csv_lines(raw, "plays.csv"))
+    plays = [r for r in records if isinstance(r, playlog_rows.Play)]
     assert [(p.user_id, p.timestamp, p.track_key, p.artist, p.ms_played, p.line) for p in plays] == [
         # Explicit ids keep their case (Spotify's base62 ids are case-sensitive).
         ("u1", BASE, "Track A", "Artist X", 1000, 2), ("u3", BASE + 180, "t5", "", None, 8)]
@@ -95,15 +96,15 @@ def test_csv_reader_yields_plays_and_dead_letters_with_line_numbers():
 
 def test_csv_reader_accepts_any_column_order_and_a_byte_order_mark():
     raw = lines("\ufefftrack_id,user_id,timestamp\nt1,u1,1600000000\n")
-    (record,) = readers.parse_csv_lines(raw, "x.csv")
+    (record,) = playlog_formats.parse_csv_lines(raw, "x.csv")
     assert (record.user_id, record.track_key, record.timestamp) == ("u1", "t1", BASE)
 
 
 def test_csv_reader_rejects_every_row_of_a_file_with_a_bad_header():
     raw = lines("u1,1600000000,t1\nu1,1600000060,t2\n")  # no header at all
-    records = list(readers.parse_csv_lines(raw, "x.csv"))
+    records = list(playlog_formats.parse_csv_lines(raw, "x.csv"))
     assert [r.line for r in records] == [1, 2]
-    assert all(isinstance(r, readers.DeadLetter) for r in records)
+    assert all(isinstance(r, playlog_rows.DeadLetter) for r in records)
     assert "header" in records[0].reason and "line 1" in records[1].reason
 
 
@@ -115,8 +116,8 @@ def test_lastfm_reader_keys_by_mbid_else_by_names():
         "user_000001\t2009-02-30T10:00:00Z\t\tA\t\tB",                      # impossible date
         "user_000002\tonly\tthree",                                         # wrong field count
     ]
-    records = list(readers.parse_lastfm_lines(lines("\n".join(rows) + "\n"), "l.tsv"))
-    plays = [r for r in records if isinstance(r, readers.Play)]
+    records = list(playlog_formats.parse_lastfm_lines(lines("\n".join(rows) + "\n"), "l.tsv"))
+    plays = [r for r in records if isinstance(r, playlog_rows.Play)]
     assert [(p.track_key, p.timestamp, p.line) for p in plays] == [
         ("track-mbid", BASE + 600, 1), ("minus 8 - elysian fields", BASE + 300, 2)]
     assert [line for line, _ in dead_letter_positions(records)] == [3, 4, 5]
@@ -136,18 +137,18 @@ def test_spotify_reader_uses_record_index_and_the_folder_as_user(tmp_path):
     path = folder / "StreamingHistory0.json"
     path.write_text(json.dumps(records_json, indent=1), encoding="utf-8")
     records = list(readers.read_playlog(str(path), "auto"))
-    (royals,) = [r for r in records if isinstance(r, readers.Play)]
+    (royals,) = [r for r in records if isinstance(r, playlog_rows.Play)]
     assert (royals.user_id, royals.track_key, royals.timestamp, royals.ms_played, royals.line) == (
         "listener_07", "lorde - royals", BASE - 40, 7643, 1)
     assert [line for line, _ in dead_letter_positions(records)] == [2, 3, 4, 5]
 
 
 def test_spotify_reader_turns_a_broken_file_into_one_dead_letter():
-    (letter,) = readers.parse_spotify_json(b'[\n {"endTime": "2020-09-13 12:26",\n oops\n]', "s.json", "u")
+    (letter,) = playlog_formats.parse_spotify_json(b'[\n {"endTime": "2020-09-13 12:26",\n oops\n]', "s.json", "u")
     assert (letter.line, letter.reason.startswith("bad JSON")) == (3, True)
-    (letter,) = readers.parse_spotify_json(b'{"endTime": 1}', "s.json", "u")
+    (letter,) = playlog_formats.parse_spotify_json(b'{"endTime": 1}', "s.json", "u")
     assert "array" in letter.reason
-    (letter,) = readers.parse_spotify_json(b'[\n\n"\xff"]', "s.json", "u")
+    (letter,) = playlog_formats.parse_spotify_json(b'[\n\n"\xff"]', "s.json", "u")
     assert (letter.line, "undecodable" in letter.reason) == (3, True)
 
 
@@ -160,7 +161,7 @@ def test_read_playlog_decompresses_gzip(tmp_path):
 
 def test_read_playlog_turns_an_unreadable_file_into_a_dead_letter(tmp_path):
     (letter,) = readers.read_playlog(str(tmp_path / "vanished.csv"), "csv")
-    assert isinstance(letter, readers.DeadLetter) and "cannot read file" in letter.reason
+    assert isinstance(letter, playlog_rows.DeadLetter) and "cannot read file" in letter.reason
 
 
 def test_list_playlog_files_detects_formats_and_reports_skipped_files(tmp_path):
@@ -370,7 +371,7 @@ def test_readers_on_real_lastfm_and_spotify_samples():
     records = [r for path, fmt in spotify_files for r in readers.read_playlog(path, fmt)]
     plays_by_user = collections.defaultdict(list)
     for record in records:
-        if isinstance(record, readers.Play):
+        if isinstance(record, playlog_rows.Play):
             plays_by_user[record.user_id].append(record)
     params = gen.PlaylogParams()
     written = filtered = 0
