@@ -330,7 +330,7 @@ def reference_recommendations(paths: Sequence[str], saved_model: str,
     collate-call-split (``SignatureInference``); the same exclusion. Nothing is written."""
     from musicrec.components.inference_handler import (
         SignatureInference, collate_recommend, collate_track_keys, signature_names)
-    from musicrec.components.playlog_example_gen import keyed_by_user
+    from musicrec.components.playlog_sessions import keyed_by_user
     from musicrec.components.playlog_readers import list_playlog_files, read_playlog
     from musicrec.components.playlog_rows import Play
 

@@ -102,7 +102,7 @@ def cut_future(by_user: dict, gap_seconds: int, future_fraction: float):
     sessions, and every session of every length (the listeners' histories),
     the last two as ``SessionRecord`` s.
     """
-    from musicrec.components.playlog_example_gen import split_into_sessions
+    from musicrec.components.playlog_sessions import split_into_sessions
     from musicrec.models.next_track.history import SessionRecord
 
     past, future, everything = [], [], []

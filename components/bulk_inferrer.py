@@ -229,7 +229,7 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
         top_genres, top_n, exclude, max_prefix_length, max_history_length: job settings
             (defaults in :mod:`~musicrec.components.bulk_inference_settings`).
         session_gap_seconds, playlog_format: how ``recommend`` reads the play logs
-            (defaults: those of ``playlog_example_gen.PlaylogParams``).
+            (defaults: those of ``playlog_params.PlaylogParams``).
         signature (``recommend`` when the model has it, else ``serving_default``).
         num_shards: TFRecord shards (0 lets the runner choose).
         min_batch_size, max_batch_size: elements per signature call (default: the job's ``JOB_BATCHING``).
@@ -239,7 +239,7 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
     import apache_beam as beam
 
     from musicrec.components import beam_io, embedding_job, inference_jobs, recommendation_job, tagging_job
-    from musicrec.components.playlog_example_gen import PlaylogParams
+    from musicrec.components.playlog_params import PlaylogParams
     from musicrec.models.features import AudioFeatureParams
 
     unknown = sorted(set(params) - KNOWN_PARAMS)

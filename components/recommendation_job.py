@@ -1,7 +1,7 @@
 """The bulk inferrer's ``recommend`` job: every user of a play-log input → top-N next tracks.
 
 Reading reuses ingestion: the play-log readers and the ExampleGen's session
-rule (``playlog_example_gen.split_into_sessions``); each user's most recent
+rule (``playlog_sessions.split_into_sessions``); each user's most recent
 session is the prefix given to the next-track model. Outputs and manifest:
 :mod:`musicrec.components.inference_jobs`.
 """
@@ -21,10 +21,10 @@ from musicrec.components.bulk_inference_settings import (DEFAULT_EXCLUDE, DEFAUL
 from musicrec.components.example_wire import byte_strings, encode_example, floats
 from musicrec.components.inference_jobs import (DEAD, REASON_INFERENCE, TALLY, RunSignature, tally,
                                                 write_manifest, write_outputs)
-from musicrec.components.playlog_example_gen import (PlaylogParams, keyed_by_user, plays_of_user,
-                                                     split_into_sessions)
+from musicrec.components.playlog_params import PlaylogParams
 from musicrec.components.playlog_readers import list_playlog_files, read_playlog
 from musicrec.components.playlog_rows import Play
+from musicrec.components.playlog_sessions import keyed_by_user, plays_of_user, split_into_sessions
 
 RECOMMENDATIONS = "recommendations"
 RECOMMENDATION_COLUMNS = ("user_id", "session_id", "rank", "track_key", "score")
@@ -39,12 +39,12 @@ def user_request(user_plays: tuple[str, Iterable[Sequence[tuple]]], gap_seconds:
     """All of a user's plays → ``(key, model input)`` for their recommendations.
 
     ``user_plays`` is ``(user_id, chunks)``: lists of play fields
-    (``playlog_example_gen.keyed_by_user``), as :class:`ReadPlaysByUser`
+    (``playlog_sessions.keyed_by_user``), as :class:`ReadPlaysByUser`
     groups them per file, or those lists encoded by :func:`encode_user_plays`
     (as the job sends them through the grouping), in any order.
 
     The plays are split into sessions by the ExampleGen's own rule
-    (``playlog_example_gen.split_into_sessions``: a pause longer than
+    (``playlog_sessions.split_into_sessions``: a pause longer than
     ``gap_seconds`` starts a new one). The prefix is the most recent session's
     last ``max_prefix_length`` track keys.
 
@@ -86,7 +86,7 @@ def user_request(user_plays: tuple[str, Iterable[Sequence[tuple]]], gap_seconds:
 
 
 def encode_user_plays(fields: Sequence[tuple]) -> bytes:
-    """One user's play fields (``playlog_example_gen.keyed_by_user``) → compact UTF-8 JSON bytes.
+    """One user's play fields (``playlog_sessions.keyed_by_user``) → compact UTF-8 JSON bytes.
 
     What crosses from the readers to the grouping by user: with
     ``multi_processing`` the runner process buffers every element of a

@@ -19,8 +19,8 @@ import pytest
 import soundfile as sf
 import tensorflow as tf
 
-from musicrec.components import (audio_records, audio_sources, bulk_inferrer, playlog_example_gen, recommendation_job,
-                                 tagging_job)
+from musicrec.components import (audio_records, audio_sources, bulk_inferrer, playlog_example_gen, playlog_sessions,
+                                 recommendation_job, tagging_job)
 from musicrec.components.base import Artifact
 from musicrec.components.pusher import push
 from musicrec.models.features import AudioFeatureParams, track_segments
@@ -127,7 +127,7 @@ def write_sessions(uri: str, sessions: list[list[str]]) -> None:
     splits: dict[str, list[bytes]] = {"train": [], "eval": []}
     for number, keys in enumerate(sessions):
         split = "eval" if number % 4 == 3 else "train"
-        session = playlog_example_gen.Session(
+        session = playlog_sessions.Session(
             user_id="u", session_id=f"s{number}", start_time=number, track_keys=tuple(keys),
             timestamps=tuple(range(number, number + len(keys))), split=split)
         splits[split].append(playlog_example_gen.session_to_sequence_example(session).SerializeToString())

@@ -15,7 +15,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from musicrec.components import playlog_example_gen as gen
-from musicrec.components import playlog_formats, playlog_rows
+from musicrec.components import playlog_formats, playlog_params, playlog_rows, playlog_sessions
 from musicrec.components import playlog_readers as readers
 from musicrec.components.base import Artifact
 from musicrec.components.beam_io import LOCAL_RUNNER, SPLITS, read_dead_letters, split_files_pattern
@@ -188,24 +188,24 @@ def test_session_breaks_only_when_the_gap_exceeds_the_threshold():
     gap = 1800
     plays = [play("u", BASE, "a"), play("u", BASE + gap, "b"),           # exactly gap: same session
              play("u", BASE + 2 * gap + 1, "c")]                         # gap + 1: new session
-    sessions = gen.split_into_sessions(plays, gap)
+    sessions = playlog_sessions.split_into_sessions(plays, gap)
     assert [[p.track_key for p in s] for s in sessions] == [["a", "b"], ["c"]]
 
 
 def test_sessions_are_ordered_by_time_whatever_the_input_order():
     newest_first = [play("u", BASE + 300, "c", 1), play("u", BASE + 100, "b", 2), play("u", BASE, "a", 3)]
-    (session,) = gen.split_into_sessions(newest_first, 1800)
+    (session,) = playlog_sessions.split_into_sessions(newest_first, 1800)
     assert [p.track_key for p in session] == ["a", "b", "c"]
 
 
 def test_assign_split_uses_the_end_of_each_users_time_span():
     first, last = 0, 1000
-    assert gen.assign_split(0, first, last, 0.1, 0.1) == "train"
-    assert gen.assign_split(800, first, last, 0.1, 0.1) == "train"
-    assert gen.assign_split(801, first, last, 0.1, 0.1) == "eval"
-    assert gen.assign_split(901, first, last, 0.1, 0.1) == "test"
-    assert gen.assign_split(1000, first, last, 0.0, 0.0) == "train"
-    assert gen.assign_split(5, 5, 5, 0.1, 0.1) == "train"   # one instant: nothing to split
+    assert playlog_sessions.assign_split(0, first, last, 0.1, 0.1) == "train"
+    assert playlog_sessions.assign_split(800, first, last, 0.1, 0.1) == "train"
+    assert playlog_sessions.assign_split(801, first, last, 0.1, 0.1) == "eval"
+    assert playlog_sessions.assign_split(901, first, last, 0.1, 0.1) == "test"
+    assert playlog_sessions.assign_split(1000, first, last, 0.0, 0.0) == "train"
+    assert playlog_sessions.assign_split(5, 5, 5, 0.1, 0.1) == "train"   # one instant: nothing to split
 
 
 def test_rank_vocabulary_orders_by_count_then_key_and_applies_min_count():
@@ -216,34 +216,35 @@ def test_rank_vocabulary_orders_by_count_then_key_and_applies_min_count():
 
 def test_params_are_validated():
     with pytest.raises(ValueError):
-        gen.PlaylogParams(eval_fraction=0.5, test_fraction=0.5)
+        playlog_params.PlaylogParams(eval_fraction=0.5, test_fraction=0.5)
     with pytest.raises(ValueError):
-        gen.PlaylogParams(format="xml")
-    assert gen.PlaylogParams.from_mapping({"session_gap_seconds": 60, "beam_args": []}).session_gap_seconds == 60
+        playlog_params.PlaylogParams(format="xml")
+    from_mapping = playlog_params.PlaylogParams.from_mapping
+    assert from_mapping({"session_gap_seconds": 60, "beam_args": []}).session_gap_seconds == 60
 
 
 # --- Beam transforms ------------------------------------------------------------
 
 def test_sessionize_transform_splits_filters_and_counts():
-    params = gen.PlaylogParams(session_gap_seconds=100, min_session_length=2)
+    params = playlog_params.PlaylogParams(session_gap_seconds=100, min_session_length=2)
     plays = [
         # u1 newest first, as Last.fm writes: sessions [a b] (gap exactly 100) and [c] (gap 101)
         play("u1", BASE + 301, "c", 1), play("u1", BASE + 100, "b", 2), play("u1", BASE, "a", 3),
         play("u2", BASE, "x"), play("u2", BASE + 50, "y"), play("u2", BASE + 60, "z"),
     ]
     with BeamTestPipeline(runner=LOCAL_RUNNER) as pipeline:
-        result = (pipeline | beam.Create(plays) | gen.Sessionize(params))
+        result = (pipeline | beam.Create(plays) | playlog_sessions.Sessionize(params))
         assert_that(result.sessions | "Keys" >> beam.Map(lambda s: (s.session_id, s.track_keys, s.timestamps)),
                     equal_to([(f"u1-{BASE}", ("a", "b"), (BASE, BASE + 100)),
                               (f"u2-{BASE}", ("x", "y", "z"), (BASE, BASE + 50, BASE + 60))]),
                     label="sessions")
-        assert_that(result[gen._FILTERED], equal_to([1]), label="filtered")
-        assert_that(result[gen._USERS], equal_to(["u1", "u2"]), label="users")
+        assert_that(result[playlog_sessions.FILTERED], equal_to([1]), label="filtered")
+        assert_that(result[playlog_sessions.USERS], equal_to(["u1", "u2"]), label="users")
 
 
 def test_build_vocabulary_counts_every_split():
     def session(split, keys):
-        return gen.Session("u", f"u-{len(keys)}{split}", 0, tuple(keys), tuple(range(len(keys))), split)
+        return playlog_sessions.Session("u", f"u-{len(keys)}{split}", 0, tuple(keys), tuple(range(len(keys))), split)
 
     sessions = [session("train", ["b", "a", "b"]), session("train", ["c", "a"]), session("train", ["b"]),
                 session("eval", ["only-eval", "only-eval", "only-eval"]), session("test", ["only-test"])]
@@ -373,13 +374,13 @@ def test_readers_on_real_lastfm_and_spotify_samples():
     for record in records:
         if isinstance(record, playlog_rows.Play):
             plays_by_user[record.user_id].append(record)
-    params = gen.PlaylogParams()
+    params = playlog_params.PlaylogParams()
     written = filtered = 0
     for user, plays in plays_by_user.items():
-        for output in gen.sessionize_user(user, plays, params):
-            if isinstance(output, gen.Session):
+        for output in playlog_sessions.sessionize_user(user, plays, params):
+            if isinstance(output, playlog_sessions.Session):
                 written += len(output.track_keys)
-            elif output.tag == gen._FILTERED:
+            elif output.tag == playlog_sessions.FILTERED:
                 filtered += output.value
     dead = len(dead_letter_positions(records))
     assert rows == len(records) == written + filtered + dead
