@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from common import librosa_log_mel, short_machine, timed, write_result  # noqa: E402  (run as a script)
-from musicrec.components import audio_example_gen, beam_io  # noqa: E402
+from musicrec.components import audio_example_gen, audio_sources, beam_io  # noqa: E402
 from musicrec.models import features  # noqa: E402
 
 NAME = "audio_ingest"
@@ -107,8 +107,8 @@ def beam_job(sources, labels, params, beam_args: Sequence[str], out_dir: str) ->
     return json.loads(beam_io.read_text(os.path.join(out_dir, audio_example_gen.MANIFEST_FILE)))
 
 
-def repeated_sources(sources: Sequence[audio_example_gen.AudioSource],
-                     repeat: int) -> list[audio_example_gen.AudioSource]:
+def repeated_sources(sources: Sequence[audio_sources.AudioSource],
+                     repeat: int) -> list[audio_sources.AudioSource]:
     """Every source ``repeat`` times under distinct track ids (``<id>~<copy>``): a larger
     catalogue from the same files, so a job's fixed start-up weighs less. ``repeat=1``: as is."""
     if repeat == 1:
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     params = features.AudioFeatureParams()
     with tempfile.TemporaryDirectory(prefix="bench-audio-") as scratch:
         data_dir = args.data or synthesise_clips(os.path.join(scratch, "audio"))
-        sources, labels = audio_example_gen.list_sources(audio_dir=data_dir)
+        sources, labels = audio_sources.list_sources(audio_dir=data_dir)
         if args.limit:
             sources = sources[:args.limit]
             labels = sorted({s.genre for s in sources})

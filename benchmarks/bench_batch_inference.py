@@ -108,7 +108,7 @@ from bench_audio_ingest import audio_seconds, synthesise_clips  # noqa: E402  (r
 from bench_playlog_ingest import generate_log  # noqa: E402
 from bench_serving_load import build_stand_ins  # noqa: E402
 from common import short_machine, timed, write_result  # noqa: E402
-from musicrec.components import bulk_inferrer, inference_jobs  # noqa: E402
+from musicrec.components import bulk_inferrer, inference_jobs, recommendation_job  # noqa: E402
 from musicrec.components.base import Artifact  # noqa: E402
 from musicrec.models import features  # noqa: E402
 
@@ -325,17 +325,18 @@ def export_next_track_stand_in(export_dir: str, tracks: int) -> None:
 def reference_recommendations(paths: Sequence[str], saved_model: str,
                               batch_size: int = REFERENCE_RECOMMEND_BATCH) -> int:
     """In-process, the same work as the job: load the model; read the logs with the project's
-    readers; each user's request built by the job's own rule (``inference_jobs.user_request``: the
+    readers; each user's request built by the job's own rule (``recommendation_job.user_request``: the
     ExampleGen's sessions, the latest one's prefix, the earlier plays as history); batched calls of
     the signature the job picks (``recommend`` when the model has it) through the job's own
     collate-call-split (``SignatureInference``); the same exclusion. Nothing is written."""
     from musicrec.components.inference_handler import (
         SignatureInference, collate_recommend, collate_track_keys, signature_names)
-    from musicrec.components.playlog_example_gen import keyed_by_user
-    from musicrec.components.playlog_readers import Play, list_playlog_files, read_playlog
+    from musicrec.components.playlog_sessions import keyed_by_user
+    from musicrec.components.playlog_readers import list_playlog_files, read_playlog
+    from musicrec.components.playlog_rows import Play
 
-    personalised = inference_jobs.RECOMMEND_SIGNATURE in signature_names(saved_model)
-    inference = SignatureInference(inference_jobs.RECOMMEND_SIGNATURE if personalised else "serving_default",
+    personalised = recommendation_job.RECOMMEND_SIGNATURE in signature_names(saved_model)
+    inference = SignatureInference(recommendation_job.RECOMMEND_SIGNATURE if personalised else "serving_default",
                                    collate_recommend if personalised else collate_track_keys,
                                    ["track_keys", "scores"])
     model = tf.saved_model.load(saved_model)
@@ -345,7 +346,7 @@ def reference_recommendations(paths: Sequence[str], saved_model: str,
             if isinstance(record, Play):
                 user_id, fields = keyed_by_user(record)
                 fields_by_user.setdefault(user_id, []).append(fields)
-    requests = [inference_jobs.user_request((user_id, [fields]), GAP_SECONDS, MAX_PREFIX, "history", TOP_N,
+    requests = [recommendation_job.user_request((user_id, [fields]), GAP_SECONDS, MAX_PREFIX, "history", TOP_N,
                                             personalised=personalised)
                 for user_id, fields in fields_by_user.items()]
     recommended = 0
@@ -353,7 +354,7 @@ def reference_recommendations(paths: Sequence[str], saved_model: str,
         batch = requests[start:start + batch_size]
         answers = inference(model, [request for _key, request in batch], None)
         for (key, _request), answer in zip(batch, answers):
-            kept, _ = inference_jobs.filter_recommendations(
+            kept, _ = recommendation_job.filter_recommendations(
                 answer.inference["track_keys"], answer.inference["scores"], set(key[3]), TOP_N)
             recommended += bool(kept)
     return recommended

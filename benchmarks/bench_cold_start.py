@@ -43,12 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("apache_beam", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from musicrec import demo_data, pipeline_runs
+    from musicrec import demo_data, demo_data_config, pipeline_runs
     from musicrec.demo import DEMO_OVERRIDES, TINY_OVERRIDES
     from musicrec.pipeline.config import make_config
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-cold-start-")
-    data_config = demo_data.tiny_config(args.seed) if args.tiny else demo_data.DemoDataConfig(seed=args.seed)
+    data_config = demo_data.tiny_config(args.seed) if args.tiny else demo_data_config.DemoDataConfig(seed=args.seed)
     data = demo_data.generate(os.path.join(workdir, "data"), data_config)
     overrides = {"seed": args.seed, **(TINY_OVERRIDES if args.tiny else DEMO_OVERRIDES),
                  "cold_start": {"enabled": True, "eval_plays": data.cold_plays_csv}}

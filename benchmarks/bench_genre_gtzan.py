@@ -192,7 +192,8 @@ def write_split(path: str, clips: list[Clip], indices: list[int], labels: list[s
     """GZIP TFRecords of the clips' segments, in the AudioExamples record format."""
     import tensorflow as tf
 
-    from musicrec.components.audio_example_gen import AudioSource, segment_example
+    from musicrec.components.audio_records import segment_example
+    from musicrec.components.audio_sources import AudioSource
     from musicrec.models import features
 
     os.makedirs(os.path.dirname(path), exist_ok=True)

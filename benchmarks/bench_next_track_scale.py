@@ -39,7 +39,8 @@ log = logging.getLogger(NAME)
 
 def read_every_play(folder: str) -> tuple[int, int]:
     """``(plays, dead letters)`` of every play-log file under ``folder``, read by the project's readers."""
-    from musicrec.components.playlog_readers import Play, list_playlog_files, read_playlog
+    from musicrec.components.playlog_readers import list_playlog_files, read_playlog
+    from musicrec.components.playlog_rows import Play
 
     plays = dead_letters = 0
     files, _ = list_playlog_files([folder])

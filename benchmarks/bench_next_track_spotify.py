@@ -79,7 +79,8 @@ def listener_folders(data_root: str, group: str) -> list[str]:
 
 def read_plays(folders: list[str]):
     """Every play of the folders, by listener, with the dead-letter count (the project's readers)."""
-    from musicrec.components.playlog_readers import Play, list_playlog_files, read_playlog
+    from musicrec.components.playlog_readers import list_playlog_files, read_playlog
+    from musicrec.components.playlog_rows import Play
 
     by_user: dict[str, list] = {}
     dead_letters = 0
@@ -101,7 +102,7 @@ def cut_future(by_user: dict, gap_seconds: int, future_fraction: float):
     sessions, and every session of every length (the listeners' histories),
     the last two as ``SessionRecord`` s.
     """
-    from musicrec.components.playlog_example_gen import split_into_sessions
+    from musicrec.components.playlog_sessions import split_into_sessions
     from musicrec.models.next_track.history import SessionRecord
 
     past, future, everything = [], [], []

@@ -40,7 +40,7 @@ import apache_beam as beam  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import short_machine, timed, write_result  # noqa: E402  (run as a script)
-from musicrec.components import beam_io, playlog_example_gen  # noqa: E402
+from musicrec.components import beam_io, playlog_example_gen, playlog_params  # noqa: E402
 
 NAME = "playlog_ingest"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,7 +114,7 @@ def reference_sessionizer(paths: Sequence[str]) -> int:
 
 def beam_job(paths: Sequence[str], out_dir: str, beam_args: Sequence[str]) -> dict:
     """Runs playlog_example_gen into ``out_dir``; returns its manifest."""
-    params = playlog_example_gen.PlaylogParams(session_gap_seconds=GAP_SECONDS,
+    params = playlog_params.PlaylogParams(session_gap_seconds=GAP_SECONDS,
                                                min_session_length=MIN_SESSION_LENGTH)
     with beam.Pipeline(options=beam_io.pipeline_options(beam_args)) as pipeline:
         playlog_example_gen.build_pipeline(pipeline, paths, out_dir, params)

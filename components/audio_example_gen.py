@@ -1,445 +1,57 @@
 """``audio_example_gen``: audio files to log-mel segment examples (Apache Beam).
 
-Reads a folder-per-genre tree or a metadata CSV, decodes every file with
+Reads a folder-per-genre tree or a metadata CSV
+(:mod:`~musicrec.components.audio_sources`), decodes every file with
 :mod:`musicrec.models.features` (the one source of truth for log-mel
 parameters), cuts it into fixed-length segments and writes one
-``tf.train.Example`` per segment as sharded GZIP TFRecords, split into
-``train`` / ``eval`` / ``test`` by a stable hash of the artist (or the track id
-when the artist is unknown). Layout and record format follow
-``docs/architecture.md`` ("Audio examples").
+``tf.train.Example`` per segment (:mod:`~musicrec.components.audio_records`)
+as sharded GZIP TFRecords, split into ``train`` / ``eval`` / ``test`` by a
+stable hash of the artist (or the track id when the artist is unknown).
+Layout and record format follow ``docs/architecture.md`` ("Audio examples").
 
 Files that are empty, unreadable, not audio, corrupt, shorter than one
 segment, silent, or repeat a track id become dead-letter records
 ``{"path", "reason", "detail"}`` with ``reason`` one exact string of
-:data:`DEAD_LETTER_REASONS` (docs/ingestion.md); the manifest counts are
-computed inside the pipeline and always satisfy
+:data:`~musicrec.components.audio_decoding.DEAD_LETTER_REASONS`
+(docs/ingestion.md); the manifest counts are computed inside the pipeline
+(:mod:`~musicrec.components.audio_statistics`) and always satisfy
 ``inputs == tracks + dead_letters``. ``statistics.json`` holds per-split
 counts and the log-mel mean and standard deviation per mel band.
 """
 from __future__ import annotations
 
-import csv
-import dataclasses
-import hashlib
-import io
 import json
-import posixpath
 import uuid
 import zlib
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from musicrec.components import beam_io, example_wire, tfrecord_shards
+from musicrec.components import beam_io, tfrecord_shards
+from musicrec.components.audio_decoding import DecodeTrack, drop_duplicate_track_ids
+from musicrec.components.audio_records import encode_segment, track_features
+from musicrec.components.audio_sources import (DEFAULT_SPLIT_FRACTIONS, AudioSource, assign_split,
+                                               check_split_fractions, list_sources)
+from musicrec.components.audio_statistics import (SUMMARY, WRITTEN, IngestSummaryFn, build_manifest,
+                                                  split_statistics, track_band_sums)
 from musicrec.components.base import Artifact, ComponentSpec
 from musicrec.models import features
 
-DEFAULT_SPLIT_FRACTIONS: Mapping[str, float] = {"train": 0.8, "eval": 0.1, "test": 0.1}
 LABELS_FILE = "labels.txt"
 MANIFEST_FILE = "manifest.json"
 STATISTICS_FILE = "statistics.json"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
-
-
-@dataclasses.dataclass(frozen=True)
-class AudioSource:
-    """One input audio file and what is known about it.
-
-    Attributes:
-        path: local path or any URI ``tf.io.gfile`` reads (``gs://...``).
-        genre: label name.
-        track_id: stable id of the track (the file stem unless given).
-        artist: artist name, ``""`` when unknown.
-        split: a split given with the file (``train``, ``eval`` or ``test``,
-            from the metadata CSV), which wins over the hash; ``""``: none.
-    """
-
-    path: str
-    genre: str
-    track_id: str
-    artist: str = ""
-    split: str = ""
-
-
-# --------------------------------------------------------------------------- listing
-
-
-def list_sources(audio_dir: str | None = None,
-                 metadata_csv: str | None = None) -> tuple[list[AudioSource], list[str]]:
-    """Lists the input files and the label vocabulary.
-
-    Exactly one of the arguments is given.
-
-    Args:
-        audio_dir: folder-per-genre tree: every non-hidden regular file directly
-            in ``<audio_dir>/<genre>/`` is a track of that genre; its track id is
-            the file stem and its artist is unknown.
-        metadata_csv: CSV with a header and columns ``path``, ``genre`` and
-            optionally ``artist``, ``track_id`` and ``split``; relative paths
-            are relative to the CSV's folder; a missing ``track_id`` is the
-            file stem; a ``split`` (``train``, ``eval``, ``test``) pins the
-            row's split (a predefined split, or cross-validation folds), an
-            empty one leaves it to the hash.
-
-    Returns:
-        ``(sources, labels)``: sources sorted by path, and the sorted distinct
-        genres (line index in ``labels.txt`` = label id).
-
-    Raises:
-        ValueError: both or neither argument given, the folder has no genre
-            sub-folders, or a CSV row lacks its path or genre or names an
-            unknown split.
-        FileNotFoundError: ``audio_dir`` or ``metadata_csv`` does not exist.
-    """
-    if (audio_dir is None) == (metadata_csv is None):
-        raise ValueError("give exactly one of audio_dir or metadata_csv")
-    sources = _list_genre_folders(audio_dir) if audio_dir is not None else _read_metadata_csv(metadata_csv)
-    sources.sort(key=lambda source: source.path)
-    labels = sorted({source.genre for source in sources})
-    return sources, labels
-
-
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
-def _stem(path: str) -> str:
-    return posixpath.splitext(posixpath.basename(path.rstrip("/")))[0]
-
-
-def _list_genre_folders(audio_dir: str) -> list[AudioSource]:
-    import tensorflow as tf
-
-    if not tf.io.gfile.isdir(audio_dir):
-        raise FileNotFoundError(f"audio_dir {audio_dir!r} is not a directory")
-    sources = []
-    genres = [name.rstrip("/") for name in tf.io.gfile.listdir(audio_dir)]
-    genre_dirs = [g for g in genres
-                  if not _is_hidden(g) and tf.io.gfile.isdir(posixpath.join(audio_dir, g))]
-    if not genre_dirs:
-        raise ValueError(f"audio_dir {audio_dir!r} holds no genre sub-folders")
-    for genre in genre_dirs:
-        genre_dir = posixpath.join(audio_dir, genre)
-        for name in tf.io.gfile.listdir(genre_dir):
-            path = posixpath.join(genre_dir, name.rstrip("/"))
-            if _is_hidden(name) or tf.io.gfile.isdir(path):
-                continue
-            sources.append(AudioSource(path=path, genre=genre, track_id=_stem(path)))
-    return sources
-
-
-def _read_metadata_csv(metadata_csv: str) -> list[AudioSource]:
-    import tensorflow as tf
-
-    if not tf.io.gfile.exists(metadata_csv):
-        raise FileNotFoundError(f"metadata_csv {metadata_csv!r} does not exist")
-    base_dir = posixpath.dirname(metadata_csv)
-    with tf.io.gfile.GFile(metadata_csv, "r") as handle:
-        reader = csv.DictReader(io.StringIO(handle.read()))
-        missing = {"path", "genre"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{metadata_csv}: missing columns {sorted(missing)}")
-        sources = []
-        for line_number, row in enumerate(reader, start=2):
-            path, genre = (row.get("path") or "").strip(), (row.get("genre") or "").strip()
-            if not path or not genre:
-                raise ValueError(f"{metadata_csv}:{line_number}: empty path or genre")
-            if "://" not in path and not posixpath.isabs(path):
-                path = posixpath.join(base_dir, path)
-            split = (row.get("split") or "").strip()
-            if split and split not in beam_io.SPLITS:
-                raise ValueError(f"{metadata_csv}:{line_number}: split {split!r} is none of "
-                                 f"{list(beam_io.SPLITS)}")
-            sources.append(AudioSource(
-                path=path, genre=genre,
-                track_id=(row.get("track_id") or "").strip() or _stem(path),
-                artist=(row.get("artist") or "").strip(), split=split))
-    return sources
-
-
-# --------------------------------------------------------------------------- splitting
-
-
-def check_split_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
-    """Validates split fractions: exactly the splits in ``beam_io.SPLITS``, >= 0, sum 1."""
-    if set(fractions) != set(beam_io.SPLITS):
-        raise ValueError(f"split fractions need exactly {list(beam_io.SPLITS)}, got {sorted(fractions)}")
-    values = {split: float(fractions[split]) for split in beam_io.SPLITS}
-    if any(v < 0 for v in values.values()) or abs(sum(values.values()) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {values}")
-    return values
-
-
-def split_key(source: AudioSource) -> str:
-    """What decides the split: the artist when known, else the track id."""
-    return f"artist:{source.artist}" if source.artist else f"track:{source.track_id}"
-
-
-def assign_split(source: AudioSource, fractions: Mapping[str, float] = DEFAULT_SPLIT_FRACTIONS) -> str:
-    """Split of a track: the one it was listed with, else from an MD5 of :func:`split_key`.
-
-    The hash is stable across runs and machines: the first 8 bytes of the
-    digest map to a point in [0, 1), compared with the cumulative fractions
-    in ``beam_io.SPLITS`` order.
-    """
-    if source.split:
-        return source.split
-    digest = hashlib.md5(split_key(source).encode("utf-8")).digest()
-    point = int.from_bytes(digest[:8], "big") / 2.0 ** 64
-    cumulative = 0.0
-    for split in beam_io.SPLITS:
-        cumulative += fractions[split]
-        if point < cumulative:
-            return split
-    return beam_io.SPLITS[-1]  # rounding when the fractions sum to 1 - epsilon
-
-
-# --------------------------------------------------------------------------- records
-
-
-def segment_example_bytes(segment: np.ndarray, label_id: int, source: AudioSource, segment_index: int) -> bytes:
-    """The serialised ``tf.train.Example`` of one ``[frames, n_mels]`` float32 log-mel segment.
-
-    Written by :mod:`example_wire` (no TensorFlow in Beam workers); the
-    features are the contract's (docs/architecture.md, "Audio examples").
-    """
-    return _encode_segment(segment, segment_index, _track_features(label_id, source))
-
-
-def _encode_segment(segment: np.ndarray, segment_index: int,
-                    shared: Mapping[str, example_wire.EncodedFeature]) -> bytes:
-    """:func:`segment_example_bytes` with the track's features already encoded (once per track)."""
-    frames, n_mels = segment.shape
-    return example_wire.encode_example({
-        **shared,
-        "log_mel": example_wire.floats(segment),
-        "frames": example_wire.int64s([frames]),
-        "n_mels": example_wire.int64s([n_mels]),
-        "segment_index": example_wire.int64s([segment_index]),
-    })
-
-
-def _track_features(label_id: int, source: AudioSource) -> dict[str, example_wire.EncodedFeature]:
-    """The encoded features every segment of a track shares."""
-    return {
-        "label": example_wire.int64s([label_id]),
-        "genre": example_wire.byte_strings([source.genre]),
-        "track_id": example_wire.byte_strings([source.track_id]),
-        "artist": example_wire.byte_strings([source.artist]),
-    }
-
-
-def segment_example(segment: np.ndarray, label_id: int, source: AudioSource, segment_index: int):
-    """One ``tf.train.Example`` for a ``[frames, n_mels]`` float32 log-mel segment
-    (:func:`segment_example_bytes`, parsed; imports TensorFlow)."""
-    import tensorflow as tf
-
-    return tf.train.Example.FromString(segment_example_bytes(segment, label_id, source, segment_index))
-
-
-def feature_spec(frames: int, n_mels: int) -> dict[str, Any]:
-    """``tf.io.parse_example`` spec of the records; ``log_mel`` parses to ``[frames * n_mels]``."""
-    import tensorflow as tf
-
-    return {
-        "log_mel": tf.io.FixedLenFeature([frames * n_mels], tf.float32),
-        "frames": tf.io.FixedLenFeature([], tf.int64),
-        "n_mels": tf.io.FixedLenFeature([], tf.int64),
-        "label": tf.io.FixedLenFeature([], tf.int64),
-        "genre": tf.io.FixedLenFeature([], tf.string),
-        "track_id": tf.io.FixedLenFeature([], tf.string),
-        "artist": tf.io.FixedLenFeature([], tf.string),
-        "segment_index": tf.io.FixedLenFeature([], tf.int64),
-    }
-
-
-# --------------------------------------------------------------------------- Beam steps
-
-DEAD = "dead"
-
-
-REASON_DUPLICATE = "duplicate track_id"
-REASON_UNEXPECTED = "unexpected error"
-# Every reason a dead letter can carry; docs/ingestion.md explains each.
-DEAD_LETTER_REASONS = features.DECODE_REASONS + (REASON_DUPLICATE, REASON_UNEXPECTED)
-
-
-def _dead_letter(path: str, reason: str, detail: str) -> dict[str, str]:
-    """A ``dead_letters.jsonl`` record: ``reason`` is exact (one of
-    :data:`DEAD_LETTER_REASONS`), ``detail`` says what happened."""
-    return {"path": path, "reason": reason, "detail": detail}
-
-
-def keep_first_per_track_id(keyed: tuple[str, Iterable[AudioSource]]) -> Iterator[Any]:
-    """Keeps the first source (by path) of a track id; later ones are dead letters."""
-    track_id, group = keyed
-    first, *others = sorted(group, key=lambda source: source.path)
-    yield first
-    for other in others:
-        yield beam.pvalue.TaggedOutput(DEAD, _dead_letter(
-            other.path, REASON_DUPLICATE, f"track_id {track_id!r} is already used by {first.path}"))
-
-
-class DecodeTrack(beam.DoFn):
-    """Decodes one file to ``(source, segments [n_segments, frames, n_mels])``.
-
-    Failures go to the ``dead`` output as ``{"path", "reason", "detail"}``;
-    one track's samples and segments are the most this step holds in memory.
-    A log line reports the counts every ``progress_seconds`` per worker.
-    """
-
-    def __init__(self, params: features.AudioFeatureParams, progress_seconds: float = 30.0):
-        super().__init__()
-        self._params = params
-        # Built here, on the machine that builds the pipeline: a worker handed the
-        # matrix never imports librosa (seconds of imports per worker process).
-        self._filterbank = features.mel_filterbank(params)
-        self._progress_seconds = progress_seconds
-        self._decoded = beam.metrics.Metrics.counter("audio_example_gen", "tracks_decoded")
-        self._rejected = beam.metrics.Metrics.counter("audio_example_gen", "dead_letters")
-
-    def setup(self):
-        self._progress = beam_io.ProgressLog("audio_example_gen decode", self._progress_seconds)
-
-    def process(self, source: AudioSource):
-        try:
-            segments = features.track_segments(source.path, self._params, self._filterbank)
-        except features.AudioDecodeError as exc:
-            self._rejected.inc()
-            self._progress.add("dead_letters")
-            yield beam.pvalue.TaggedOutput(DEAD, _dead_letter(source.path, exc.reason, exc.detail))
-            return
-        except Exception as exc:  # any failure of one file must not stop the job
-            self._rejected.inc()
-            self._progress.add("dead_letters")
-            yield beam.pvalue.TaggedOutput(DEAD, _dead_letter(
-                source.path, REASON_UNEXPECTED, f"{type(exc).__name__}: {exc}"))
-            return
-        self._decoded.inc()
-        self._progress.add("tracks", segments=int(segments.shape[0]))
-        yield source, segments
-
-    def teardown(self):
-        self._progress.flush()
-
-
-class CountTracksFn(beam.CombineFn):
-    """Counts tracks and segments per split, and segments per label per split.
-
-    Input elements are ``(split, genre, n_segments)``; the output is
-    ``{"tracks": {split: n}, "segments": {split: n},
-    "segments_per_label": {split: {genre: n}}}``.
-    """
-
-    def create_accumulator(self) -> dict:
-        return {"tracks": {}, "segments": {}, "segments_per_label": {}}
-
-    def add_input(self, accumulator: dict, element: tuple[str, str, int]) -> dict:
-        split, genre, n_segments = element
-        accumulator["tracks"][split] = accumulator["tracks"].get(split, 0) + 1
-        accumulator["segments"][split] = accumulator["segments"].get(split, 0) + n_segments
-        per_label = accumulator["segments_per_label"].setdefault(split, {})
-        per_label[genre] = per_label.get(genre, 0) + n_segments
-        return accumulator
-
-    def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
-        merged = self.create_accumulator()
-        for accumulator in accumulators:
-            for key in ("tracks", "segments"):
-                for split, count in accumulator[key].items():
-                    merged[key][split] = merged[key].get(split, 0) + count
-            for split, per_label in accumulator["segments_per_label"].items():
-                target = merged["segments_per_label"].setdefault(split, {})
-                for genre, count in per_label.items():
-                    target[genre] = target.get(genre, 0) + count
-        return merged
-
-    def extract_output(self, accumulator: dict) -> dict:
-        return accumulator
-
-
-def _band_sums(track: tuple[str, AudioSource, np.ndarray]) -> tuple[str, tuple[int, np.ndarray, np.ndarray]]:
-    """``(split, (frames, sum [n_mels], sum of squares [n_mels]))`` of one track's segments (float64)."""
-    split, _source, segments = track
-    values = segments.reshape(-1, segments.shape[-1]).astype(np.float64)
-    return split, (values.shape[0], values.sum(axis=0), np.square(values).sum(axis=0))
-
-
-def _add_band_sums(parts: Iterable[tuple[int, np.ndarray, np.ndarray]]):
-    frames, total, squares = 0, 0.0, 0.0
-    for part_frames, part_total, part_squares in parts:
-        frames, total, squares = frames + part_frames, total + part_total, squares + part_squares
-    return frames, total, squares
-
-
-def split_statistics(manifest: Mapping[str, Any],
-                     band_sums: Mapping[str, tuple[int, np.ndarray, np.ndarray]]) -> dict[str, Any]:
-    """``statistics.json``: per split, its tracks, segments (per label) and the log-mel
-    mean and standard deviation per mel band (``[n_mels]`` lists, over every frame
-    of every segment written; empty lists for an empty split)."""
-    statistics = {}
-    for split in beam_io.SPLITS:
-        frames, total, squares = band_sums.get(split, (0, None, None))
-        mean = total / frames if frames else np.zeros(0)
-        std = np.sqrt(np.maximum(squares / frames - np.square(mean), 0.0)) if frames else np.zeros(0)
-        statistics[split] = {
-            "tracks": manifest["tracks_per_split"][split],
-            "segments": manifest["segments_per_split"][split],
-            "segments_per_label": manifest["segments_per_label"][split],
-            "frames": int(frames),
-            "log_mel_mean": [round(float(v), 6) for v in mean],
-            "log_mel_std": [round(float(v), 6) for v in std],
-        }
-    return statistics
-
-
-def build_manifest(inputs: int, dead_letters: int, track_counts: Mapping[str, Any],
-                   labels: Sequence[str], params: features.AudioFeatureParams,
-                   split_fractions: Mapping[str, float], num_shards: int,
-                   dead_letters_per_reason: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """The ``manifest.json`` payload, with every split and label present (zeros included).
-
-    ``inputs`` counts the files listed, ``tracks`` those that became examples;
-    ``dead_letters_per_reason`` maps each exact reason to its count.
-
-    Raises:
-        RuntimeError: ``inputs != tracks + dead_letters`` (a bug: a file was lost).
-    """
-    tracks_per_split = {s: track_counts["tracks"].get(s, 0) for s in beam_io.SPLITS}
-    segments_per_split = {s: track_counts["segments"].get(s, 0) for s in beam_io.SPLITS}
-    segments_per_label = {
-        s: {label: track_counts["segments_per_label"].get(s, {}).get(label, 0) for label in labels}
-        for s in beam_io.SPLITS}
-    tracks = sum(tracks_per_split.values())
-    if inputs != tracks + dead_letters:
-        raise RuntimeError(f"audio_example_gen lost files: inputs={inputs}, tracks={tracks}, "
-                           f"dead_letters={dead_letters}")
-    return {
-        "inputs": inputs,
-        "tracks": tracks,
-        "dead_letters": dead_letters,
-        "dead_letters_per_reason": dict(sorted((dead_letters_per_reason or {}).items())),
-        "segments": sum(segments_per_split.values()),
-        "tracks_per_split": tracks_per_split,
-        "segments_per_split": segments_per_split,
-        "segments_per_label": segments_per_label,
-        "labels": list(labels),
-        "segment_shape": [params.frames_per_segment, params.n_mels],
-        "feature_params": params.to_dict(),
-        "split_fractions": dict(split_fractions),
-        "split_key": "the metadata CSV's split when given, else md5 of the artist when known, "
-                     "else of the track id",
-        "num_shards": num_shards,
-    }
+# TFRecord shards per split
+DEFAULT_NUM_SHARDS = 1
 
 
 def build_pipeline(pipeline: beam.Pipeline, sources: Sequence[AudioSource], labels: Sequence[str],
                    output_uri: str, params: features.AudioFeatureParams | None = None,
                    split_fractions: Mapping[str, float] = DEFAULT_SPLIT_FRACTIONS,
-                   num_shards: int = 1) -> dict[str, Any]:
+                   num_shards: int = DEFAULT_NUM_SHARDS) -> dict[str, Any]:
     """Adds the audio-to-examples steps to ``pipeline``; nothing runs until it does.
 
     Few, fused steps on purpose (a Beam job's fixed cost grows with its
@@ -501,27 +113,6 @@ def build_pipeline(pipeline: beam.Pipeline, sources: Sequence[AudioSource], labe
     return {"dead_letters": dead_letters, "manifest": manifest}
 
 
-SUMMARY = "summary"
-WRITTEN = "written"
-
-
-def drop_duplicate_track_ids(sources: Sequence[AudioSource]) -> tuple[list[AudioSource], list[dict[str, str]]]:
-    """``(kept, dead_letters)``: the first source (by path) of each track id, and one
-    ``REASON_DUPLICATE`` dead letter for every other one."""
-    by_track_id: dict[str, list[AudioSource]] = {}
-    for source in sources:
-        by_track_id.setdefault(source.track_id, []).append(source)
-    kept, dead = [], []
-    for keyed in by_track_id.items():
-        for output in keep_first_per_track_id(keyed):
-            if isinstance(output, beam.pvalue.TaggedOutput):
-                dead.append(output.value)
-            else:
-                kept.append(output)
-    kept.sort(key=lambda source: source.path)
-    return kept, dead
-
-
 class TrackToExamples(DecodeTrack):
     """One file to its examples, appended to this bundle's shard part files, in one step.
 
@@ -539,7 +130,7 @@ class TrackToExamples(DecodeTrack):
 
     def __init__(self, params: features.AudioFeatureParams, label_ids: Mapping[str, int],
                  fractions: Mapping[str, float], num_shards: int, parts_dir: str,
-                 progress_seconds: float = 30.0):
+                 progress_seconds: float = beam_io.DEFAULT_PROGRESS_SECONDS):
         super().__init__(params, progress_seconds)
         self._label_ids = dict(label_ids)
         self._fractions = dict(fractions)
@@ -569,12 +160,12 @@ class TrackToExamples(DecodeTrack):
                 continue
             source, segments = output
             split = assign_split(source, self._fractions)
-            shared = _track_features(self._label_ids[source.genre], source)
+            shared = track_features(self._label_ids[source.genre], source)
             first_shard = zlib.crc32(source.track_id.encode("utf-8"))
             for index, segment in enumerate(segments):
                 writer = self._writer(split, (first_shard + index) % self._num_shards, source.path)
-                writer.write_record(_encode_segment(segment, index, shared))
-            _split, band_sums = _band_sums((split, source, segments))
+                writer.write_record(encode_segment(segment, index, shared))
+            _split, band_sums = track_band_sums((split, source, segments))
             yield SUMMARY, (split, source.genre, int(segments.shape[0]), band_sums)
 
     def finish_bundle(self):
@@ -586,53 +177,6 @@ class TrackToExamples(DecodeTrack):
     def teardown(self):
         self._abort_writers()
         super().teardown()
-
-
-class IngestSummaryFn(beam.CombineFn):
-    """Gathers the job's facts into one accumulator for the manifest.
-
-    Input elements: :class:`TrackToExamples`'s facts. Output: ``{"tracks":
-    CountTracksFn's counts, "band_sums": {split: (frames, sum, sum of
-    squares)}, "dead_letters": [record, ...], "parts": [(split, shard, first
-    path, Part), ...]}``. Dead letters are kept whole: they are what the job
-    could not use, a small fraction of its input, and the file lists them all.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self._tracks = CountTracksFn()
-
-    def create_accumulator(self) -> dict:
-        return {"tracks": self._tracks.create_accumulator(), "band_sums": {}, "dead_letters": [], "parts": []}
-
-    def add_input(self, accumulator: dict, element: tuple[str, Any]) -> dict:
-        kind, value = element
-        if kind == SUMMARY:
-            split, genre, n_segments, band_sums = value
-            self._tracks.add_input(accumulator["tracks"], (split, genre, n_segments))
-            previous = accumulator["band_sums"].get(split)
-            accumulator["band_sums"][split] = band_sums if previous is None else _add_band_sums(
-                [previous, band_sums])
-        elif kind == DEAD:
-            accumulator["dead_letters"].append(value)
-        else:
-            accumulator["parts"].append(value)
-        return accumulator
-
-    def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
-        accumulators = list(accumulators)
-        merged = self.create_accumulator()
-        merged["tracks"] = self._tracks.merge_accumulators(a["tracks"] for a in accumulators)
-        for accumulator in accumulators:
-            for split, sums in accumulator["band_sums"].items():
-                previous = merged["band_sums"].get(split)
-                merged["band_sums"][split] = sums if previous is None else _add_band_sums([previous, sums])
-            merged["dead_letters"].extend(accumulator["dead_letters"])
-            merged["parts"].extend(accumulator["parts"])
-        return merged
-
-    def extract_output(self, accumulator: dict) -> dict:
-        return accumulator
 
 
 def _finish(summary: Mapping[str, Any], output_uri: str, parts_dir: str, inputs: int,
@@ -697,7 +241,7 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
         audio_dir | metadata_csv: where the audio is (see :func:`list_sources`).
         feature_params: dict for ``AudioFeatureParams.from_dict`` (optional).
         split_fractions: ``{"train", "eval", "test"}`` (default 0.8 / 0.1 / 0.1).
-        num_shards: TFRecord shards per split (default 1).
+        num_shards: TFRecord shards per split (default :data:`DEFAULT_NUM_SHARDS`).
         beam_args: pass-through Beam flags (see ``beam_io.pipeline_options``).
     """
     known = {"audio_dir", "metadata_csv", "feature_params", "split_fractions", "num_shards", "beam_args"}
@@ -712,7 +256,7 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
     with beam.Pipeline(options=beam_io.pipeline_options(params.get("beam_args"))) as pipeline:
         build_pipeline(pipeline, sources, labels, examples.uri, feature_params,
                        split_fractions=params.get("split_fractions") or DEFAULT_SPLIT_FRACTIONS,
-                       num_shards=int(params.get("num_shards", 1)))
+                       num_shards=int(params.get("num_shards", DEFAULT_NUM_SHARDS)))
     manifest = json.loads(beam_io.read_text(f"{examples.uri}/{MANIFEST_FILE}"))
     examples.properties.update({key: manifest[key] for key in
                                 ("inputs", "tracks", "dead_letters", "segments", "labels", "segment_shape")})
@@ -720,11 +264,5 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
 
 SPEC = ComponentSpec(name="audio_example_gen", inputs={}, outputs={"examples": "AudioExamples"}, executor=run)
 
-__all__ = [
-    "AudioSource", "SPEC", "run", "build_pipeline", "list_sources", "assign_split", "split_key",
-    "check_split_fractions", "segment_example", "segment_example_bytes", "feature_spec", "build_manifest",
-    "DecodeTrack",
-    "CountTracksFn", "TrackToExamples", "IngestSummaryFn", "drop_duplicate_track_ids",
-    "DEFAULT_SPLIT_FRACTIONS", "DEAD_LETTER_REASONS", "REASON_DUPLICATE",
-    "REASON_UNEXPECTED", "LABELS_FILE", "MANIFEST_FILE", "STATISTICS_FILE", "DEAD_LETTERS_FILE",
-]
+__all__ = ["SPEC", "run", "build_pipeline", "TrackToExamples", "LABELS_FILE", "MANIFEST_FILE", "STATISTICS_FILE",
+           "DEAD_LETTERS_FILE", "DEFAULT_NUM_SHARDS"]

@@ -37,6 +37,10 @@ def pipeline_options(beam_args: Sequence[str] | None = None) -> PipelineOptions:
     return PipelineOptions(args)
 
 
+# Seconds between two progress lines of one worker: every Beam step that logs progress defaults to it.
+DEFAULT_PROGRESS_SECONDS = 30.0
+
+
 class ProgressLog:
     """Counts what one worker has done and logs a line with the counts now and then.
 
@@ -45,7 +49,7 @@ class ProgressLog:
     process; a distributed runner's own UI sums Beam's metrics).
     """
 
-    def __init__(self, stage: str, every_seconds: float = 30.0):
+    def __init__(self, stage: str, every_seconds: float = DEFAULT_PROGRESS_SECONDS):
         self.stage = stage
         self.every_seconds = every_seconds
         self.counts: dict[str, int] = {}
@@ -74,7 +78,7 @@ class ProgressLog:
 class LogProgress(beam.DoFn):
     """Passes elements through unchanged, counting them in a :class:`ProgressLog`."""
 
-    def __init__(self, stage: str, what: str, every_seconds: float = 30.0):
+    def __init__(self, stage: str, what: str, every_seconds: float = DEFAULT_PROGRESS_SECONDS):
         super().__init__()
         self._stage, self._what, self._every_seconds = stage, what, every_seconds
 

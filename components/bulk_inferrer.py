@@ -1,7 +1,9 @@
 """``bulk_inferrer``: batch inference over pushed models with Beam RunInference (TFX's BulkInferrer).
 
 One executor, three jobs (``params["job"]``), each a Beam pipeline built by
-:mod:`musicrec.components.inference_jobs`:
+:mod:`~musicrec.components.tagging_job`, :mod:`~musicrec.components.recommendation_job` and
+:mod:`~musicrec.components.embedding_job` (what they share: :mod:`~musicrec.components.inference_jobs`;
+their settings and defaults: :mod:`~musicrec.components.bulk_inference_settings`):
 
 - ``tag``: every audio file of a catalogue (a folder, folder-per-genre or
   flat, or a metadata CSV) → its top genres with probabilities and its audio
@@ -31,19 +33,15 @@ import posixpath
 from typing import Any, Mapping
 
 from musicrec.components.base import Artifact, ComponentSpec
+from musicrec.components.bulk_inference_settings import (DEFAULT_EXCLUDE, DEFAULT_MAX_HISTORY_LENGTH,
+                                                         DEFAULT_MAX_PREFIX_LENGTH, DEFAULT_NUM_SHARDS,
+                                                         DEFAULT_TOP_GENRES, DEFAULT_TOP_N, JOB_BATCHING, Batching)
 
 log = logging.getLogger(__name__)
 
 JOBS = ("tag", "recommend", "embeddings")
 MODEL_FOR_JOB = {"tag": "genre", "recommend": "next_track", "embeddings": "next_track"}
-# tracks never recommended to a user: all they played in the input, their latest session's, none
-EXCLUDE_MODES = ("history", "session", "none")
 EMBEDDING_SIGNATURE = "track_embeddings"
-# Earlier plays sent to ``recommend`` per user. The model reads up to its ``history_length``
-# (30 000 by default; the repeat term the last 5 000); the batch's history tensor is padded to
-# its longest row, and a call cost the same for 0 to 1 000 plays per user, 1.4x at 3 000 and
-# 3.2x at 10 000 (docs/batch.md, "Precomputed recommendations").
-DEFAULT_MAX_HISTORY_LENGTH = 1000
 KNOWN_PARAMS = {"job", "saved_model", "audio_dir", "metadata_csv", "playlog_paths", "track_keys",
                 "feature_params", "top_genres", "top_n", "exclude", "max_prefix_length",
                 "session_gap_seconds", "playlog_format", "max_history_length", "signature", "num_shards",
@@ -185,7 +183,7 @@ def data_artifact(params: Mapping[str, Any]) -> Artifact | None:
 
 
 def list_catalogue(audio_dir: str | None = None, metadata_csv: str | None = None):
-    """The audio files to tag, as ``audio_example_gen.AudioSource`` s sorted by path.
+    """The audio files to tag, as ``audio_sources.AudioSource`` s sorted by path.
 
     A folder is read as ingestion reads it (``<dir>/<genre>/<file>``, the
     genre kept as the known ``label``); a folder without genre sub-folders is
@@ -194,7 +192,7 @@ def list_catalogue(audio_dir: str | None = None, metadata_csv: str | None = None
     """
     import tensorflow as tf
 
-    from musicrec.components.audio_example_gen import AudioSource, list_sources
+    from musicrec.components.audio_sources import AudioSource, list_sources
 
     if audio_dir is not None and metadata_csv is None and tf.io.gfile.isdir(audio_dir):
         names = [name.rstrip("/") for name in tf.io.gfile.listdir(audio_dir)]
@@ -209,11 +207,11 @@ def list_catalogue(audio_dir: str | None = None, metadata_csv: str | None = None
 # --------------------------------------------------------------------------- executor
 
 
-def _batching(params: Mapping[str, Any], default: tuple[int, int]):
-    from musicrec.components.inference_jobs import Batching
-
-    return Batching(int(params.get("min_batch_size") or default[0]),
-                    int(params.get("max_batch_size") or default[1]))
+def _batching(params: Mapping[str, Any], job: str) -> Batching:
+    """The job's :data:`JOB_BATCHING`, with ``min_batch_size`` and ``max_batch_size`` from params when given."""
+    default = JOB_BATCHING[job]
+    return Batching(int(params.get("min_batch_size") or default.min_batch_size),
+                    int(params.get("max_batch_size") or default.max_batch_size))
 
 
 def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params: Mapping[str, Any]) -> None:
@@ -228,19 +226,20 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
             (``embeddings``; default: the model's vocabulary, see :func:`model_track_keys`).
         feature_params: dict for ``AudioFeatureParams.from_dict`` (``tag``): overrides
             the parameters stored with the model, which it reads by default.
-        top_genres (3), top_n (10), exclude (``"history"``), max_prefix_length (20),
-        max_history_length (:data:`DEFAULT_MAX_HISTORY_LENGTH`), session_gap_seconds (1800),
-        playlog_format (``"auto"``),
-        signature (``recommend`` when the model has it, else ``serving_default``): job settings.
-        num_shards: TFRecord shards (default 1; 0 lets the runner choose).
-        min_batch_size, max_batch_size: elements per signature call.
+        top_genres, top_n, exclude, max_prefix_length, max_history_length: job settings
+            (defaults in :mod:`~musicrec.components.bulk_inference_settings`).
+        session_gap_seconds, playlog_format: how ``recommend`` reads the play logs
+            (defaults: those of ``playlog_params.PlaylogParams``).
+        signature (``recommend`` when the model has it, else ``serving_default``).
+        num_shards: TFRecord shards (0 lets the runner choose).
+        min_batch_size, max_batch_size: elements per signature call (default: the job's ``JOB_BATCHING``).
         progress_seconds: a worker logs its counts at most this often.
         beam_args: pass-through Beam flags (``beam_io.pipeline_options``).
     """
     import apache_beam as beam
 
-    from musicrec.components import beam_io, inference_jobs
-    from musicrec.components.playlog_example_gen import PlaylogParams
+    from musicrec.components import beam_io, embedding_job, inference_jobs, recommendation_job, tagging_job
+    from musicrec.components.playlog_params import PlaylogParams
     from musicrec.models.features import AudioFeatureParams
 
     unknown = sorted(set(params) - KNOWN_PARAMS)
@@ -252,30 +251,34 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
     saved_model = resolve_saved_model(job, inputs, params)
     info = dict(params.get("model_info") or model_info(saved_model))
     result = outputs["inference_result"]
-    progress = float(params.get("progress_seconds", 30.0))
-    num_shards = int(params.get("num_shards", 1))
+    progress = float(params.get("progress_seconds", beam_io.DEFAULT_PROGRESS_SECONDS))
+    num_shards = int(params.get("num_shards", DEFAULT_NUM_SHARDS))
 
     if job == "tag":
         sources = list_catalogue(params.get("audio_dir"), params.get("metadata_csv"))
         if not sources:
             raise ValueError("bulk_inferrer: no audio files listed")
-        build = lambda pipeline: inference_jobs.build_tagging(  # noqa: E731
+        build = lambda pipeline: tagging_job.build_tagging(  # noqa: E731
             pipeline, sources, result.uri, saved_model,
             (AudioFeatureParams.from_dict(params["feature_params"])
              if params.get("feature_params") else None),
-            top_genres=int(params.get("top_genres", 3)), num_shards=num_shards,
-            batching=_batching(params, (64, 256)), model_info=info, progress_seconds=progress)
+            top_genres=int(params.get("top_genres", DEFAULT_TOP_GENRES)), num_shards=num_shards,
+            batching=_batching(params, job), model_info=info, progress_seconds=progress)
     elif job == "recommend":
         paths = params.get("playlog_paths")
         if not paths:
             raise ValueError("bulk_inferrer: job 'recommend' needs params['playlog_paths']")
-        playlog_params = PlaylogParams(format=params.get("playlog_format", "auto"),
-                                       session_gap_seconds=int(params.get("session_gap_seconds", 1800)))
-        build = lambda pipeline: inference_jobs.build_recommendations(  # noqa: E731
+        read_as: dict[str, Any] = {}
+        if "playlog_format" in params:
+            read_as["format"] = params["playlog_format"]
+        if "session_gap_seconds" in params:
+            read_as["session_gap_seconds"] = int(params["session_gap_seconds"])
+        playlog_params = PlaylogParams(**read_as)  # what params leave out keeps the ExampleGen's default
+        build = lambda pipeline: recommendation_job.build_recommendations(  # noqa: E731
             pipeline, [paths] if isinstance(paths, str) else list(paths), result.uri, saved_model,
-            top_n=int(params.get("top_n", 10)), exclude=params.get("exclude", "history"),
-            max_prefix_length=int(params.get("max_prefix_length", 20)), playlog_params=playlog_params,
-            num_shards=num_shards, batching=_batching(params, (256, 256)), model_info=info,
+            top_n=int(params.get("top_n", DEFAULT_TOP_N)), exclude=params.get("exclude", DEFAULT_EXCLUDE),
+            max_prefix_length=int(params.get("max_prefix_length", DEFAULT_MAX_PREFIX_LENGTH)),
+            playlog_params=playlog_params, num_shards=num_shards, batching=_batching(params, job), model_info=info,
             progress_seconds=progress,
             max_history_length=int(params.get("max_history_length", DEFAULT_MAX_HISTORY_LENGTH)),
             signature=params.get("signature"))
@@ -284,8 +287,8 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
                           "track_keys [n] -> embedding [n, d], docs/architecture.md")
         keys = params.get("track_keys")
         keys = read_keys_file(keys) if isinstance(keys, str) else list(keys or model_track_keys(saved_model))
-        build = lambda pipeline: inference_jobs.build_embedding_export(  # noqa: E731
-            pipeline, keys, result.uri, saved_model, batching=_batching(params, (64, 1024)),
+        build = lambda pipeline: embedding_job.build_embedding_export(  # noqa: E731
+            pipeline, keys, result.uri, saved_model, batching=_batching(params, job),
             model_info=info, progress_seconds=progress)
 
     log.info("bulk_inferrer %s with %s", job, saved_model)
@@ -305,7 +308,7 @@ SPEC = ComponentSpec(
     optional_inputs=frozenset({"genre_model", "next_track_model", "data"}),
 )
 
-__all__ = ["SPEC", "run", "JOBS", "MODEL_FOR_JOB", "EXCLUDE_MODES", "DATA_TYPE", "data_artifact",
+__all__ = ["SPEC", "run", "JOBS", "MODEL_FOR_JOB", "DATA_TYPE", "data_artifact",
            "job_data_paths", "list_catalogue", "latest_version_dir", "pushed_model_dir",
-           "resolve_saved_model", "model_info", "DEFAULT_MAX_HISTORY_LENGTH", "model_track_keys", "read_keys_file",
+           "resolve_saved_model", "model_info", "model_track_keys", "read_keys_file",
            "require_signature"]

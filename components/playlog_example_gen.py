@@ -20,216 +20,36 @@ otherwise to ``train``; ``"global"`` does the same on the whole log's span.
 The manifest's counts reconcile: ``rows_in == plays + dead_letters`` and
 ``plays == plays_written + plays_skipped + plays_rare_items +
 plays_collapsed + plays_filtered``.
+
+Reading: :mod:`~musicrec.components.playlog_readers`; sessions and splits:
+:mod:`~musicrec.components.playlog_sessions`; settings:
+:mod:`~musicrec.components.playlog_params`.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import apache_beam as beam
 import tensorflow as tf
 
 from musicrec.components.base import Artifact, ComponentSpec
-from musicrec.components.beam_io import (SPLITS, LogProgress, WriteDeadLetters, WriteSplits,
-                                         pipeline_options, read_text, write_text_atomic)
-from musicrec.components.playlog_readers import (AUTO, FORMATS, DeadLetter, Play,
-                                                 list_playlog_files, read_playlog)
+from musicrec.components.beam_io import (DEFAULT_PROGRESS_SECONDS, SPLITS, LogProgress, WriteDeadLetters,
+                                         WriteSplits, pipeline_options, read_text, write_text_atomic)
+from musicrec.components.playlog_params import PlaylogParams
+from musicrec.components.playlog_readers import list_playlog_files, read_playlog
+from musicrec.components.playlog_rows import DeadLetter, Play
+from musicrec.components.playlog_sessions import (COLLAPSED, FILTERED, USERS, Session, Sessionize, TimeSpanFn,
+                                                  reassign_global_split)
 
 VOCAB_FILENAME = "vocab.txt"
 MANIFEST_FILENAME = "manifest.json"
 DEAD_LETTERS_FILENAME = "dead_letters.jsonl"
-_FILTERED = "filtered"
-_USERS = "users"
-_COLLAPSED = "collapsed"
 _RARE = "rare"
 # Where valid plays go when they are not written, in the order they are dropped.
 DROPPED_PLAY_COUNTS = ("plays_skipped", "plays_rare_items", "plays_collapsed", "plays_filtered")
-SPLIT_MODES = ("per_user", "global")
-
-
-@dataclasses.dataclass(frozen=True)
-class PlaylogParams:
-    """What shapes the sessions; the defaults are the documented pipeline defaults.
-
-    Attributes:
-        format: ``"auto"`` (by file name) or one of ``playlog_readers.FORMATS``.
-        session_gap_seconds: a longer silence between two plays starts a new session.
-        min_session_length: sessions with fewer plays are dropped (and counted).
-        eval_fraction: share of each user's time span, before the test share, for eval.
-        test_fraction: share at the end of each user's time span for test.
-        vocab_min_count: plays (in any split) a track needs to enter ``vocab.txt``;
-            rarer tracks map to the model's one OOV bucket (id 1).
-        num_shards: TFRecord shards per split (0 lets the runner choose).
-        skip_filter: drop plays shorter than ``skip_threshold_ms`` (skips)
-            before anything else; plays without ``ms_played`` are kept.
-        skip_threshold_ms: what counts as a skip, in milliseconds (30 s, the
-            threshold at which Spotify and the charts count a stream).
-        collapse_repeats: merge immediate repeats of a track inside a session
-            into its first play.
-        min_item_support: plays a track needs (after the skip filter) to be kept
-            at all; rarer tracks' plays are dropped before sessions are built
-            and filtered, the order of the session-based literature (items,
-            then sessions). 1 keeps every track.
-        split_mode: ``"per_user"``: the last fractions of each user's time
-            span; ``"global"``: the last fractions of the whole log's time span
-            (one cut for everybody, no look-ahead across users).
-        write_skip_flags: add a ``skipped`` feature list (int64 per play: 1
-            when ``ms_played < skip_threshold_ms``, 0 when not, -1 unknown).
-        progress_seconds: a worker logs its counts at most this often.
-    """
-
-    format: str = AUTO
-    session_gap_seconds: int = 1800
-    min_session_length: int = 2
-    eval_fraction: float = 0.1
-    test_fraction: float = 0.1
-    vocab_min_count: int = 1
-    num_shards: int = 1
-    skip_filter: bool = False
-    skip_threshold_ms: int = 30_000
-    collapse_repeats: bool = False
-    min_item_support: int = 1
-    split_mode: str = "per_user"
-    write_skip_flags: bool = False
-    progress_seconds: float = 30.0
-
-    def __post_init__(self):
-        if self.split_mode not in SPLIT_MODES:
-            raise ValueError(f"split_mode must be one of {SPLIT_MODES}, got {self.split_mode!r}")
-        if self.skip_threshold_ms < 0:
-            raise ValueError(f"skip_threshold_ms must be >= 0, got {self.skip_threshold_ms}")
-        if self.min_item_support < 1:
-            raise ValueError(f"min_item_support must be >= 1, got {self.min_item_support}")
-        if self.format != AUTO and self.format not in FORMATS:
-            raise ValueError(f"format must be {AUTO!r} or one of {FORMATS}, got {self.format!r}")
-        if self.session_gap_seconds < 0:
-            raise ValueError(f"session_gap_seconds must be >= 0, got {self.session_gap_seconds}")
-        if self.min_session_length < 1:
-            raise ValueError(f"min_session_length must be >= 1, got {self.min_session_length}")
-        if min(self.eval_fraction, self.test_fraction) < 0 or self.eval_fraction + self.test_fraction >= 1:
-            raise ValueError("eval_fraction and test_fraction must be >= 0 with a sum below 1, got "
-                             f"{self.eval_fraction} and {self.test_fraction}")
-        if self.vocab_min_count < 1:
-            raise ValueError(f"vocab_min_count must be >= 1, got {self.vocab_min_count}")
-        if self.num_shards < 0:
-            raise ValueError(f"num_shards must be >= 0, got {self.num_shards}")
-
-    @classmethod
-    def from_mapping(cls, params: Mapping[str, Any]) -> "PlaylogParams":
-        """The fields of ``params`` that name one of ours; other keys are ignored."""
-        names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in params.items() if key in names})
-
-
-@dataclasses.dataclass(frozen=True)
-class Session:
-    """One listening session, plays in time order.
-
-    Attributes:
-        user_id: the listener.
-        session_id: ``"<user_id>-<start_time>"``, stable across runs.
-        start_time: Unix seconds of the first play.
-        track_keys: ``[plays]`` track keys.
-        timestamps: ``[plays]`` Unix seconds, non-decreasing.
-        split: ``"train"``, ``"eval"`` or ``"test"``.
-        skipped: ``[plays]`` 1 skip, 0 not, -1 unknown (``ms_played`` missing).
-    """
-
-    user_id: str
-    session_id: str
-    start_time: int
-    track_keys: tuple[str, ...]
-    timestamps: tuple[int, ...]
-    split: str
-    skipped: tuple[int, ...] = ()
-
-
-def play_order(play: Play) -> tuple[int, str, int]:
-    """Sort key: time, then file and line so equal timestamps keep a stable order."""
-    return play.timestamp, play.source, play.line
-
-
-def split_into_sessions(plays: Iterable[Play], gap_seconds: int) -> list[list[Play]]:
-    """One user's plays (any order) → sessions in time order.
-
-    A session ends where the next play starts more than ``gap_seconds`` after
-    the previous one (a gap of exactly ``gap_seconds`` stays in the session).
-    """
-    sessions: list[list[Play]] = []
-    for play in sorted(plays, key=play_order):
-        if sessions and play.timestamp - sessions[-1][-1].timestamp <= gap_seconds:
-            sessions[-1].append(play)
-        else:
-            sessions.append([play])
-    return sessions
-
-
-def collapse_repeats(session: list[Play]) -> list[Play]:
-    """Keeps the first of each run of consecutive plays of the same track."""
-    kept = session[:1]
-    for play in session[1:]:
-        if play.track_key != kept[-1].track_key:
-            kept.append(play)
-    return kept
-
-
-def skip_flag(play: Play, threshold_ms: int) -> int:
-    """1 when the play is a skip (``ms_played < threshold_ms``), 0 when not, -1 when unknown."""
-    if play.ms_played is None:
-        return -1
-    return int(play.ms_played < threshold_ms)
-
-
-def assign_split(start_time: int, first_time: int, last_time: int,
-                 eval_fraction: float, test_fraction: float) -> str:
-    """Split of a session starting at ``start_time`` in a user's span ``[first_time, last_time]``.
-
-    ``test`` when it starts after ``last_time - test_fraction * span``,
-    ``eval`` when after ``last_time - (test_fraction + eval_fraction) * span``,
-    else ``train``. A user whose plays all share one second is all ``train``.
-    """
-    span = last_time - first_time
-    if start_time > last_time - test_fraction * span:
-        return "test"
-    if start_time > last_time - (test_fraction + eval_fraction) * span:
-        return "eval"
-    return "train"
-
-
-def sessionize_user(user_id: str, plays: Iterable[Play], params: PlaylogParams
-                    ) -> Iterator[Session | beam.pvalue.TaggedOutput]:
-    """All of one user's plays → kept :class:`Session` s, tagged outputs for the rest.
-
-    Yields each kept session; ``TaggedOutput("collapsed", n_plays)`` per
-    session that lost repeats (``collapse_repeats``);
-    ``TaggedOutput("filtered", n_plays)`` per session shorter than
-    ``min_session_length`` after collapsing; ``TaggedOutput("users", user_id)``
-    once. The split is per user here; ``split_mode="global"`` reassigns it later.
-    """
-    sessions = split_into_sessions(plays, params.session_gap_seconds)
-    yield beam.pvalue.TaggedOutput(_USERS, user_id)
-    if not sessions:
-        return
-    first_time, last_time = sessions[0][0].timestamp, sessions[-1][-1].timestamp
-    for session in sessions:
-        if params.collapse_repeats:
-            collapsed = collapse_repeats(session)
-            if len(collapsed) < len(session):
-                yield beam.pvalue.TaggedOutput(_COLLAPSED, len(session) - len(collapsed))
-            session = collapsed
-        if len(session) < params.min_session_length:
-            yield beam.pvalue.TaggedOutput(_FILTERED, len(session))
-            continue
-        start_time = session[0].timestamp
-        yield Session(user_id=user_id, session_id=f"{user_id}-{start_time}", start_time=start_time,
-                      track_keys=tuple(play.track_key for play in session),
-                      timestamps=tuple(play.timestamp for play in session),
-                      split=assign_split(start_time, first_time, last_time,
-                                         params.eval_fraction, params.test_fraction),
-                      skipped=(tuple(skip_flag(play, params.skip_threshold_ms) for play in session)
-                               if params.write_skip_flags else ()))
 
 
 def session_to_sequence_example(session: Session) -> tf.train.SequenceExample:
@@ -269,7 +89,7 @@ class ReadPlaylogs(beam.PTransform):
     streams a text file line by line and logs its row count now and then.
     """
 
-    def __init__(self, files: Sequence[tuple[str, str]], progress_seconds: float = 30.0):
+    def __init__(self, files: Sequence[tuple[str, str]], progress_seconds: float = DEFAULT_PROGRESS_SECONDS):
         super().__init__()
         self._files = list(files)
         self._progress_seconds = progress_seconds
@@ -307,67 +127,6 @@ class DropRareItems(beam.PTransform):
                 | "GroupByTrack" >> beam.GroupByKey()
                 | "KeepSupported" >> beam.FlatMap(_keep_supported_items, self._min_support)
                 .with_outputs(_RARE, main="plays"))
-
-
-def keyed_by_user(play: Play) -> tuple[str, tuple]:
-    """``(user_id, fields)``: a tuple of primitives crosses the shuffle with Beam's fast
-    coder instead of being pickled (a third of the per-play cost at 1 M plays)."""
-    return play.user_id, (play.timestamp, play.track_key, play.ms_played, play.source, play.line)
-
-
-def plays_of_user(user_id: str, fields: Iterable[tuple]) -> Iterator[Play]:
-    """Inverse of :func:`keyed_by_user` (the artist, unused downstream, is not carried)."""
-    for timestamp, track_key, ms_played, source, line in fields:
-        yield Play(user_id, timestamp, track_key, "", ms_played, source, line)
-
-
-class Sessionize(beam.PTransform):
-    """Plays → kept sessions (main output) with ``filtered`` (plays per dropped
-    session), ``collapsed`` (repeats removed per session) and ``users`` (one id
-    per user) as extra outputs."""
-
-    def __init__(self, params: PlaylogParams):
-        super().__init__()
-        self._params = params
-
-    def expand(self, plays):
-        params = self._params
-        return (plays
-                | "KeyByUser" >> beam.Map(keyed_by_user)
-                | "GroupByUser" >> beam.GroupByKey()
-                | "SplitSessions" >> beam.FlatMap(
-                    lambda user_plays: sessionize_user(user_plays[0],
-                                                       plays_of_user(*user_plays), params))
-                .with_outputs(_FILTERED, _USERS, _COLLAPSED, main="sessions"))
-
-
-class TimeSpanFn(beam.CombineFn):
-    """Plays → ``(first, last)`` Unix seconds over all of them (``None`` when there are none)."""
-
-    def create_accumulator(self):
-        return None
-
-    def add_input(self, span, play: Play):
-        if span is None:
-            return play.timestamp, play.timestamp
-        return min(span[0], play.timestamp), max(span[1], play.timestamp)
-
-    def merge_accumulators(self, spans):
-        spans = [span for span in spans if span is not None]
-        if not spans:
-            return None
-        return min(span[0] for span in spans), max(span[1] for span in spans)
-
-    def extract_output(self, span):
-        return span
-
-
-def reassign_global_split(session: Session, span: tuple[int, int] | None,
-                          params: PlaylogParams) -> Session:
-    """The session's split from the whole log's time span (``split_mode="global"``)."""
-    first_time, last_time = span
-    return dataclasses.replace(session, split=assign_split(
-        session.start_time, first_time, last_time, params.eval_fraction, params.test_fraction))
 
 
 def reason_template(reason: str) -> str:
@@ -494,10 +253,10 @@ def build_pipeline(pipeline: beam.Pipeline, paths: Sequence[str], output_uri: st
         "plays_skipped": plays_skipped,
         "plays_rare_items": plays_rare,
         "rare_items": items_rare,
-        "plays_collapsed": sessionized[_COLLAPSED] | "SumCollapsedPlays" >> beam.CombineGlobally(sum),
-        "sessions_filtered": _count(sessionized[_FILTERED], "CountFilteredSessions"),
-        "plays_filtered": sessionized[_FILTERED] | "SumFilteredPlays" >> beam.CombineGlobally(sum),
-        "users": _count(sessionized[_USERS], "CountUsers"),
+        "plays_collapsed": sessionized[COLLAPSED] | "SumCollapsedPlays" >> beam.CombineGlobally(sum),
+        "sessions_filtered": _count(sessionized[FILTERED], "CountFilteredSessions"),
+        "plays_filtered": sessionized[FILTERED] | "SumFilteredPlays" >> beam.CombineGlobally(sum),
+        "users": _count(sessionized[USERS], "CountUsers"),
         "vocab_size": vocab_size,
     }
     per_split = {

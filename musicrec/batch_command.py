@@ -86,7 +86,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # a light module (no Beam, no TF)
-    from musicrec.components.bulk_inferrer import DEFAULT_MAX_HISTORY_LENGTH, EXCLUDE_MODES
+    from musicrec.components.bulk_inference_settings import DEFAULT_MAX_HISTORY_LENGTH, EXCLUDE_MODES
 
     jobs = parser.add_subparsers(dest="job", required=True)
     tag = jobs.add_parser("tag", help=JOB_HELP["tag"])

@@ -244,7 +244,8 @@ def make_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if config["cold_start"]["enabled"]:
         _check_cold_start_ranks_the_catalogue(next_track["hparams"])
     bulk = config["bulk_inference"]
-    from musicrec.components.bulk_inferrer import EXCLUDE_MODES, JOBS
+    from musicrec.components.bulk_inference_settings import EXCLUDE_MODES
+    from musicrec.components.bulk_inferrer import JOBS
 
     if set(bulk["jobs"]) - set(JOBS) or len(set(bulk["jobs"])) != len(bulk["jobs"]):
         raise ConfigError(f"bulk_inference.jobs: expected distinct names among {list(JOBS)}, "

@@ -18,6 +18,7 @@ import tensorflow as tf  # noqa: E402
 from apache_beam.testing.test_pipeline import TestPipeline  # noqa: E402
 from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
 
+from musicrec.components import audio_decoding, audio_records, audio_sources  # noqa: E402
 from musicrec.components import audio_example_gen as aeg  # noqa: E402
 from musicrec.components import beam_io  # noqa: E402
 from musicrec.components.base import Artifact  # noqa: E402
@@ -77,7 +78,7 @@ def audio_dir(tmp_path_factory) -> str:
 def _read_examples(uri: str, split: str, frames: int, n_mels: int) -> list[dict]:
     files = tf.io.gfile.glob(beam_io.split_files_pattern(uri, split))
     assert files, f"no shards for {split}"
-    spec = aeg.feature_spec(frames, n_mels)
+    spec = audio_records.feature_spec(frames, n_mels)
     records = []
     for serialized in tf.data.TFRecordDataset(files, compression_type="GZIP"):
         parsed = tf.io.parse_single_example(serialized, spec)
@@ -89,7 +90,7 @@ def _read_examples(uri: str, split: str, frames: int, n_mels: int) -> list[dict]
 
 
 def test_list_sources_folder_per_genre_skips_hidden_nested_and_loose_files(audio_dir):
-    sources, labels = aeg.list_sources(audio_dir=audio_dir)
+    sources, labels = audio_sources.list_sources(audio_dir=audio_dir)
 
     assert labels == ["jazz", "rock"]
     listed = {os.path.relpath(s.path, audio_dir): s for s in sources}
@@ -107,48 +108,48 @@ def test_list_sources_metadata_csv_resolves_relative_paths(tmp_path):
         "clips/a.wav,pop,Ann,t-1\n"
         "/abs/b.flac,rock,,\n")
 
-    sources, labels = aeg.list_sources(metadata_csv=str(tmp_path / "meta.csv"))
+    sources, labels = audio_sources.list_sources(metadata_csv=str(tmp_path / "meta.csv"))
 
     assert labels == ["pop", "rock"]
     assert sources == [
-        aeg.AudioSource(path="/abs/b.flac", genre="rock", track_id="b", artist=""),
-        aeg.AudioSource(path=f"{tmp_path}/clips/a.wav", genre="pop", track_id="t-1", artist="Ann"),
+        audio_sources.AudioSource(path="/abs/b.flac", genre="rock", track_id="b", artist=""),
+        audio_sources.AudioSource(path=f"{tmp_path}/clips/a.wav", genre="pop", track_id="t-1", artist="Ann"),
     ]
 
 
 def test_list_sources_rejects_bad_requests(tmp_path):
     with pytest.raises(ValueError, match="exactly one"):
-        aeg.list_sources()
+        audio_sources.list_sources()
     with pytest.raises(FileNotFoundError):
-        aeg.list_sources(audio_dir=str(tmp_path / "missing"))
+        audio_sources.list_sources(audio_dir=str(tmp_path / "missing"))
     (tmp_path / "meta.csv").write_text("path,genre\nclips/a.wav,\n")
     with pytest.raises(ValueError, match="meta.csv:2"):
-        aeg.list_sources(metadata_csv=str(tmp_path / "meta.csv"))
+        audio_sources.list_sources(metadata_csv=str(tmp_path / "meta.csv"))
 
 
 # --------------------------------------------------------------------------- splitting
 
 
 def test_assign_split_follows_fractions_and_keeps_artists_together():
-    tracks = [aeg.AudioSource(path=f"/x/{i}.wav", genre="g", track_id=f"track-{i}") for i in range(4000)]
-    counts = collections.Counter(aeg.assign_split(t) for t in tracks)
+    tracks = [audio_sources.AudioSource(path=f"/x/{i}.wav", genre="g", track_id=f"track-{i}") for i in range(4000)]
+    counts = collections.Counter(audio_sources.assign_split(t) for t in tracks)
     assert abs(counts["train"] / 4000 - 0.8) < 0.03
     assert abs(counts["eval"] / 4000 - 0.1) < 0.02
     assert abs(counts["test"] / 4000 - 0.1) < 0.02
 
     by_artist = collections.defaultdict(set)
     for i in range(600):
-        source = aeg.AudioSource(path=f"/x/{i}.wav", genre="g", track_id=f"t{i}", artist=f"artist-{i % 40}")
-        by_artist[source.artist].add(aeg.assign_split(source))
+        source = audio_sources.AudioSource(path=f"/x/{i}.wav", genre="g", track_id=f"t{i}", artist=f"artist-{i % 40}")
+        by_artist[source.artist].add(audio_sources.assign_split(source))
     assert all(len(splits) == 1 for splits in by_artist.values())
     assert len(set().union(*by_artist.values())) == 3
 
     everything_to_test = {"train": 0.0, "eval": 0.0, "test": 1.0}
-    assert {aeg.assign_split(t, everything_to_test) for t in tracks[:50]} == {"test"}
+    assert {audio_sources.assign_split(t, everything_to_test) for t in tracks[:50]} == {"test"}
 
 
 def test_assign_split_is_stable_across_interpreters():
-    code = ("from musicrec.components.audio_example_gen import AudioSource, assign_split\n"
+    code = ("from musicrec.components.audio_sources import AudioSource, assign_split\n"
             "print(','.join(assign_split(AudioSource('p', 'g', f't{i}')) for i in range(200)))")
     outputs = set()
     for seed in ("1", "2"):
@@ -156,15 +157,15 @@ def test_assign_split_is_stable_across_interpreters():
         result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                 check=True)
         outputs.add(result.stdout.strip().splitlines()[-1])
-    local = ",".join(aeg.assign_split(aeg.AudioSource("p", "g", f"t{i}")) for i in range(200))
+    local = ",".join(audio_sources.assign_split(audio_sources.AudioSource("p", "g", f"t{i}")) for i in range(200))
     assert outputs == {local}
 
 
 def test_check_split_fractions_rejects_bad_fractions():
     with pytest.raises(ValueError, match="sum to 1"):
-        aeg.check_split_fractions({"train": 0.8, "eval": 0.1, "test": 0.2})
+        audio_sources.check_split_fractions({"train": 0.8, "eval": 0.1, "test": 0.2})
     with pytest.raises(ValueError, match="exactly"):
-        aeg.check_split_fractions({"train": 0.9, "test": 0.1})
+        audio_sources.check_split_fractions({"train": 0.9, "test": 0.1})
 
 
 # --------------------------------------------------------------------------- records
@@ -173,11 +174,11 @@ def test_check_split_fractions_rejects_bad_fractions():
 @pytest.mark.parametrize("shape", [(2, 3), (40, 8), (129, 64)])  # 1-, 2- and 3-byte payload lengths
 def test_segment_example_round_trips_through_tf_parsing(shape):
     segment = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
-    source = aeg.AudioSource("/x/a.wav", "rock", "a-1", "Ann")
+    source = audio_sources.AudioSource("/x/a.wav", "rock", "a-1", "Ann")
 
-    serialized = aeg.segment_example_bytes(segment, 4, source, 7)
-    assert aeg.segment_example(segment, 4, source, 7).SerializeToString(deterministic=True) == serialized
-    parsed = tf.io.parse_single_example(serialized, aeg.feature_spec(*shape))
+    serialized = audio_records.segment_example_bytes(segment, 4, source, 7)
+    assert audio_records.segment_example(segment, 4, source, 7).SerializeToString(deterministic=True) == serialized
+    parsed = tf.io.parse_single_example(serialized, audio_records.feature_spec(*shape))
 
     np.testing.assert_array_equal(parsed["log_mel"].numpy().reshape(shape), segment)
     assert (parsed["frames"], parsed["n_mels"]) == shape
@@ -189,7 +190,7 @@ def test_segment_example_round_trips_through_tf_parsing(shape):
 
 
 def test_pipeline_emits_examples_dead_letters_and_reconciled_manifest(audio_dir, tmp_path):
-    sources, labels = aeg.list_sources(audio_dir=audio_dir)
+    sources, labels = audio_sources.list_sources(audio_dir=audio_dir)
     params = features.AudioFeatureParams()
     expected_segments = sum(features.expected_segments(s, params) for s in GOOD_FILES.values())
     output_uri = str(tmp_path / "examples")
@@ -222,8 +223,8 @@ def test_pipeline_emits_examples_dead_letters_and_reconciled_manifest(audio_dir,
 
 def test_pipeline_turns_duplicate_track_ids_into_dead_letters(audio_dir, tmp_path):
     sine = os.path.join(audio_dir, "rock/sine.wav")
-    sources = [aeg.AudioSource(sine, "rock", "same-id", "Ann"),
-               aeg.AudioSource(os.path.join(audio_dir, "rock/noise.flac"), "rock", "same-id", "Ann")]
+    sources = [audio_sources.AudioSource(sine, "rock", "same-id", "Ann"),
+               audio_sources.AudioSource(os.path.join(audio_dir, "rock/noise.flac"), "rock", "same-id", "Ann")]
 
     with TestPipeline(runner=beam_io.LOCAL_RUNNER) as pipeline:
         outputs = aeg.build_pipeline(pipeline, sources, ["rock"], str(tmp_path / "dup"))
@@ -235,14 +236,14 @@ def test_pipeline_turns_duplicate_track_ids_into_dead_letters(audio_dir, tmp_pat
 
 
 def test_duplicate_track_ids_are_found_while_listing():
-    first = aeg.AudioSource("/a/1.wav", "rock", "same")
-    second = aeg.AudioSource("/b/2.wav", "rock", "same")
-    other = aeg.AudioSource("/c/3.wav", "jazz", "other")
+    first = audio_sources.AudioSource("/a/1.wav", "rock", "same")
+    second = audio_sources.AudioSource("/b/2.wav", "rock", "same")
+    other = audio_sources.AudioSource("/c/3.wav", "jazz", "other")
 
-    kept, dead = aeg.drop_duplicate_track_ids([other, second, first])
+    kept, dead = audio_decoding.drop_duplicate_track_ids([other, second, first])
 
     assert kept == [first, other]
-    assert [(r["path"], r["reason"]) for r in dead] == [("/b/2.wav", aeg.REASON_DUPLICATE)]
+    assert [(r["path"], r["reason"]) for r in dead] == [("/b/2.wav", audio_decoding.REASON_DUPLICATE)]
     assert "/a/1.wav" in dead[0]["detail"]
 
 
@@ -266,7 +267,7 @@ def test_shard_writer_writes_readable_gzip_records_atomically(tmp_path):
 
 
 def test_build_pipeline_rejects_genre_without_label(tmp_path):
-    source = aeg.AudioSource("/x/a.wav", "pop", "a")
+    source = audio_sources.AudioSource("/x/a.wav", "pop", "a")
     with pytest.raises(ValueError, match="missing from labels"):
         aeg.build_pipeline(TestPipeline(runner=beam_io.LOCAL_RUNNER), [source], ["rock"], str(tmp_path / "out"))
 

@@ -24,7 +24,7 @@ import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from musicrec import batch_command
-from musicrec.components import beam_io, bulk_inferrer, inference_jobs
+from musicrec.components import beam_io, bulk_inferrer, inference_jobs, recommendation_job, tagging_job
 from musicrec.components.base import Artifact
 from test_batch_command import VOCAB, NextTrackStandIn, save, save_genre_stand_in  # noqa: E402
 
@@ -93,11 +93,11 @@ def test_two_workers_give_the_outputs_of_one(inputs, tmp_path, job):
     if job == "tag":
         params = {"job": "tag", "saved_model": inputs["genre"], "audio_dir": inputs["catalogue"],
                   "min_batch_size": 2, "max_batch_size": 8}
-        key, name = "track_id", inference_jobs.TAGS
+        key, name = "track_id", tagging_job.TAGS
     else:
         params = {"job": "recommend", "saved_model": inputs["next_track"], "playlog_paths": [inputs["logs"]],
                   "top_n": 3, "min_batch_size": 4, "max_batch_size": 4}
-        key, name = "user_id", inference_jobs.RECOMMENDATIONS
+        key, name = "user_id", recommendation_job.RECOMMENDATIONS
     one = run_job(tmp_path / "one", dict(params, num_shards=1))
     two = run_job(tmp_path / "two", dict(params, num_shards=2, beam_args=TWO_WORKERS))
 
@@ -162,12 +162,12 @@ def test_a_users_plays_cross_as_bytes_and_come_back_as_they_were():
     fields = [(1_700_000_000, "naïve track", 1234, "/logs/a.csv", 7),
               (1_700_000_060, "b,\"c\"", None, "/logs/b.csv", 2),
               (1_700_000_120, "d", 5, "/logs/a.csv", 9)]
-    blob = inference_jobs.encode_user_plays(fields)
+    blob = recommendation_job.encode_user_plays(fields)
     assert isinstance(blob, bytes)
     # ms_played is not carried (no step after the grouping reads it)
-    assert inference_jobs.decode_user_plays(blob) == [(ts, key, None, source, line)
+    assert recommendation_job.decode_user_plays(blob) == [(ts, key, None, source, line)
                                                       for ts, key, _ms, source, line in fields]
-    key, request = inference_jobs.user_request(("u", [blob]), gap_seconds=1800, max_prefix_length=5,
+    key, request = recommendation_job.user_request(("u", [blob]), gap_seconds=1800, max_prefix_length=5,
                                                exclude="history")
     assert request == ["naïve track", "b,\"c\"", "d"] and key[3] == ("b,\"c\"", "d", "naïve track")
 

@@ -19,7 +19,8 @@ import pytest
 import soundfile as sf
 import tensorflow as tf
 
-from musicrec.components import audio_example_gen, bulk_inferrer, inference_jobs, playlog_example_gen
+from musicrec.components import (audio_records, audio_sources, bulk_inferrer, playlog_example_gen, playlog_sessions,
+                                 recommendation_job, tagging_job)
 from musicrec.components.base import Artifact
 from musicrec.components.pusher import push
 from musicrec.models.features import AudioFeatureParams, track_segments
@@ -105,7 +106,7 @@ def write_audio_examples(uri: str, audio_dir: str) -> None:
 
     (The ExampleGen's Beam job itself is tested elsewhere; its records are what matters here.)
     """
-    sources = [s for s in audio_example_gen.list_sources(audio_dir=audio_dir)[0]
+    sources = [s for s in audio_sources.list_sources(audio_dir=audio_dir)[0]
                if s.track_id in {f"{g}{n}" for g in GENRES for n in range(CLIPS_PER_GENRE)}
                and s.path.endswith(".wav")]
     labels = sorted(GENRES)
@@ -113,7 +114,7 @@ def write_audio_examples(uri: str, audio_dir: str) -> None:
     for source in sources:
         split = "eval" if source.track_id.endswith(str(CLIPS_PER_GENRE - 1)) else "train"
         for index, segment in enumerate(track_segments(source.path, AudioFeatureParams())):
-            splits[split].append(audio_example_gen.segment_example(
+            splits[split].append(audio_records.segment_example(
                 segment, labels.index(source.genre), source, index).SerializeToString())
     for split, records in splits.items():
         write_records(f"{uri}/Split-{split}/data-00000-of-00001.tfrecord.gz", records)
@@ -126,7 +127,7 @@ def write_sessions(uri: str, sessions: list[list[str]]) -> None:
     splits: dict[str, list[bytes]] = {"train": [], "eval": []}
     for number, keys in enumerate(sessions):
         split = "eval" if number % 4 == 3 else "train"
-        session = playlog_example_gen.Session(
+        session = playlog_sessions.Session(
             user_id="u", session_id=f"s{number}", start_time=number, track_keys=tuple(keys),
             timestamps=tuple(range(number, number + len(keys))), split=split)
         splits[split].append(playlog_example_gen.session_to_sequence_example(session).SerializeToString())
@@ -224,7 +225,7 @@ def test_tagging_matches_the_grpc_server_and_reconciles(workdir, tagged, server)
     assert len(tf.io.gfile.glob(tagged.path("tags", "data-*-of-00002.tfrecord.gz"))) == 2
 
     summary = pd.read_csv(tagged.path("tags.csv"))
-    assert list(summary.columns) == list(inference_jobs.TAG_COLUMNS) and len(summary) == good
+    assert list(summary.columns) == list(tagging_job.TAG_COLUMNS) and len(summary) == good
     records = {texts(e, "track_id")[0]: e for e in read_records(tagged.path("tags", "data-*"))}
     assert set(records) == set(summary["track_id"])
     with PredictionClient(server.address, timeout_seconds=30) as client:
@@ -278,7 +279,7 @@ def test_recommendations_match_the_grpc_server_with_history_excluded(workdir, re
                     signature_name="recommend")
             else:
                 online = client.predict("next_track", {"track_keys": np.array([prefix], dtype=object)})
-            keys, scores = inference_jobs.filter_recommendations(
+            keys, scores = recommendation_job.filter_recommendations(
                 [k.decode() for k in online["track_keys"][0]], online["scores"][0], set(history), 3)
             assert texts(example, "track_keys") == keys and not set(keys) & set(history)
             np.testing.assert_allclose(floats(example, "scores"), scores, atol=1e-6)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from musicrec import demo_data
+from musicrec import demo_data, demo_data_audio, demo_data_config, demo_data_listening
 from musicrec.models import features
 
 SESSION_BREAK_S = 30 * 60
@@ -92,7 +92,7 @@ def test_layout_headers_and_summary(tiny):
     assert header == ["user_id", "timestamp", "track_id", "artist", "ms_played"]
     assert summary.playlog_paths == [os.path.join(summary.out_dir, "playlogs", "plays.csv")]
 
-    assert summary.genres == demo_data.genre_names(config.n_genres)
+    assert summary.genres == demo_data_audio.genre_names(config.n_genres)
     assert sorted(os.listdir(summary.audio_dir)) == sorted(summary.genres)
     assert summary.n_tracks == len(metadata) == config.n_genres * config.tracks_per_genre
     assert summary.n_plays == len(plays)
@@ -219,8 +219,8 @@ def test_session_order_is_learnable_by_a_first_order_model(tiny):
 def test_genres_differ_in_log_mel_features(tmp_path):
     # All recipes, three tracks each: a nearest-centroid classifier on per-band
     # log-mel mean and spread must recognise held-out tracks far above chance.
-    n_genres = len(demo_data.GENRE_RECIPES)
-    config = demo_data.DemoDataConfig(n_genres=n_genres, tracks_per_genre=3, artists_per_genre=1,
+    n_genres = len(demo_data_audio.GENRE_RECIPES)
+    config = demo_data_config.DemoDataConfig(n_genres=n_genres, tracks_per_genre=3, artists_per_genre=1,
                                       playlists_per_genre=1, n_users=2, seed=7)
     summary = demo_data.generate(str(tmp_path), config)
     _, metadata = _read_csv(summary.metadata_csv)
@@ -248,7 +248,7 @@ def test_generation_json_round_trips_config_and_counts(tiny):
     config, summary, _, _, _ = tiny
     with open(os.path.join(summary.out_dir, "generation.json"), encoding="utf-8") as handle:
         generation = json.load(handle)
-    assert demo_data.DemoDataConfig(**generation["config"]) == config
+    assert demo_data_config.DemoDataConfig(**generation["config"]) == config
     assert generation["counts"]["plays"] == summary.n_plays
     assert generation["counts"]["sessions"] == summary.n_sessions
     assert generation["counts"]["tracks"] == summary.n_tracks
@@ -270,7 +270,7 @@ def test_cold_tracks_have_audio_and_metadata_but_no_plays(tiny):
     assert len(held_out) == summary.n_held_out_plays > 0
     assert {row["track_id"] for row in held_out} <= set(summary.cold_tracks)
     # Counts reconcile: every generated play is in the play log or held out, never both.
-    all_plays, n_sessions = demo_data.generate_plays(config, demo_data.build_catalogue(config))
+    all_plays, n_sessions = demo_data_listening.generate_plays(config, demo_data_listening.build_catalogue(config))
     assert len(all_plays) == summary.n_plays + summary.n_held_out_plays
     assert n_sessions == summary.n_sessions
     # Context plays are the ones that stayed in the play log, and each held-out session has a cold play.
@@ -291,36 +291,36 @@ def test_cold_tracks_are_a_uniform_draw_independent_of_listening(tiny):
     # The draw has its own random stream: other listening behaviour, same cold tracks.
     other = dataclasses.replace(config, follow_probability=0.2, n_users=3)
     n_tracks = config.n_genres * config.tracks_per_genre
-    assert list(demo_data.choose_cold_tracks(other, n_tracks)) == \
-        list(demo_data.choose_cold_tracks(config, n_tracks))
+    assert list(demo_data_listening.choose_cold_tracks(other, n_tracks)) == \
+        list(demo_data_listening.choose_cold_tracks(config, n_tracks))
     # Over many seeds every track is drawn about equally often (no genre or position is favoured).
-    big = demo_data.DemoDataConfig()
+    big = demo_data_config.DemoDataConfig()
     counts = np.zeros(240)
     for seed in range(400):
-        counts[demo_data.choose_cold_tracks(dataclasses.replace(big, seed=seed), 240)] += 1
+        counts[demo_data_listening.choose_cold_tracks(dataclasses.replace(big, seed=seed), 240)] += 1
     expected = 400 * 24 / 240
     assert abs(counts.mean() - expected) < 1e-9
     per_genre = counts.reshape(6, 40).sum(axis=1)
     assert np.all(np.abs(per_genre - per_genre.mean()) < 0.15 * per_genre.mean())
-    assert demo_data.choose_cold_tracks(dataclasses.replace(big, cold_track_fraction=0.0), 240).size == 0
+    assert demo_data_listening.choose_cold_tracks(dataclasses.replace(big, cold_track_fraction=0.0), 240).size == 0
 
 
 def test_default_config_gives_tens_of_thousands_of_plays():
-    config = demo_data.DemoDataConfig()
-    plays, n_sessions = demo_data.generate_plays(config, demo_data.build_catalogue(config))
+    config = demo_data_config.DemoDataConfig()
+    plays, n_sessions = demo_data_listening.generate_plays(config, demo_data_listening.build_catalogue(config))
     assert 20_000 <= len(plays) <= 40_000
     assert len({p.user_id for p in plays}) == config.n_users
     assert n_sessions > config.n_users
 
 
 @pytest.mark.parametrize("change", [
-    {"n_genres": 3}, {"n_genres": len(demo_data.GENRE_RECIPES) + 1}, {"tracks_per_genre": 0},
+    {"n_genres": 3}, {"n_genres": len(demo_data_audio.GENRE_RECIPES) + 1}, {"tracks_per_genre": 0},
     {"follow_probability": 1.5}, {"min_session_gap_minutes": 20}, {"start_date": "Jan 1"},
     {"artists_per_genre": 50}, {"cold_track_fraction": 1.0}, {"cold_track_fraction": -0.1},
 ])
 def test_invalid_config_is_rejected_with_a_reason(change):
     with pytest.raises(ValueError, match=next(iter(change))):
-        demo_data.DemoDataConfig(**change)
+        demo_data_config.DemoDataConfig(**change)
 
 
 def test_refuses_foreign_folder_and_prunes_stale_audio_on_regeneration(tmp_path):

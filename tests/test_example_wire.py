@@ -109,7 +109,7 @@ def test_audio_worker_path_never_imports_tensorflow(tmp_path):
         import sys, json
         import numpy as np, soundfile as sf
         import apache_beam as beam
-        from musicrec.components import audio_example_gen as aeg, beam_io
+        from musicrec.components import audio_example_gen as aeg, audio_sources, beam_io
         from musicrec.models import features
         root = {str(tmp_path)!r}
         import os
@@ -117,8 +117,8 @@ def test_audio_worker_path_never_imports_tensorflow(tmp_path):
         t = np.arange(int(1.2 * {rate})) / {rate}
         sf.write(root + "/audio/rock/a.wav", 0.4 * np.sin(2 * np.pi * 440 * t), {rate})
         open(root + "/audio/rock/bad.wav", "w").write("not audio")
-        sources = [aeg.AudioSource(root + "/audio/rock/a.wav", "rock", "a"),
-                   aeg.AudioSource(root + "/audio/rock/bad.wav", "rock", "bad")]
+        sources = [audio_sources.AudioSource(root + "/audio/rock/a.wav", "rock", "a"),
+                   audio_sources.AudioSource(root + "/audio/rock/bad.wav", "rock", "bad")]
         params = features.AudioFeatureParams(segment_seconds=0.5, segment_hop_seconds=0.5, n_mels=16)
         with beam.Pipeline(options=beam_io.pipeline_options()) as pipeline:
             aeg.build_pipeline(pipeline, sources, ["rock"], root + "/out", params, num_shards=2)

@@ -72,7 +72,7 @@ def test_beam_decode_step_never_imports_librosa_in_a_worker(tmp_path):
     """The decode DoFn, pickled as Beam ships it, decodes a file in a fresh process without librosa."""
     from apache_beam.internal import pickler
 
-    from musicrec.components import audio_example_gen as aeg
+    from musicrec.components import audio_decoding
 
     rate = 22050
     import soundfile as sf
@@ -80,14 +80,14 @@ def test_beam_decode_step_never_imports_librosa_in_a_worker(tmp_path):
     path = str(tmp_path / "tone.wav")
     sf.write(path, _tones_and_noise(7.0), rate)
     shipped = tmp_path / "dofn.bin"
-    shipped.write_bytes(pickler.dumps(aeg.DecodeTrack(PARAMS)))
+    shipped.write_bytes(pickler.dumps(audio_decoding.DecodeTrack(PARAMS)))
     script = textwrap.dedent(f"""
         import json, sys
         from apache_beam.internal import pickler
-        from musicrec.components import audio_example_gen as aeg
+        from musicrec.components import audio_sources
         dofn = pickler.loads(open({str(shipped)!r}, "rb").read())
         dofn.setup()
-        outputs = list(dofn.process(aeg.AudioSource({path!r}, "rock", "tone")))
+        outputs = list(dofn.process(audio_sources.AudioSource({path!r}, "rock", "tone")))
         print(json.dumps({{"librosa": "librosa" in sys.modules, "segments": int(outputs[0][1].shape[0])}}))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,

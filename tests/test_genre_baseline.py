@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from musicrec.components.audio_example_gen import AudioSource, segment_example
+from musicrec.components.audio_records import segment_example
+from musicrec.components.audio_sources import AudioSource
 from musicrec.models.features import AudioFeatureParams, log_mel, segment
 from musicrec.models.genre.evaluate import classification_metrics, evaluate_classical_baseline
 from musicrec.models.genre_baseline import (CLIP_FEATURES, FRAME_FEATURES, ClassicalGenreBaseline,

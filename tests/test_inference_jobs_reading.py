@@ -6,7 +6,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from musicrec.components import beam_io
-from musicrec.components.inference_jobs import DEAD, TALLY, ReadPlaysByUser, user_request
+from musicrec.components.inference_jobs import DEAD, TALLY
+from musicrec.components.recommendation_job import ReadPlaysByUser, user_request
 
 ROWS = [("u0", 100, "a"), ("u0", 160, "b"), ("u1", 100, "c"), ("u0", 220, "c"),
         ("u1", 9000, "d"), ("u0", 280, "d"), ("u1", 9060, "e")]

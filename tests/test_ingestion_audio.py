@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
+from musicrec.components import audio_decoding, audio_records  # noqa: E402
 from musicrec.components import audio_example_gen as aeg  # noqa: E402
 from musicrec.components import beam_io  # noqa: E402
 from musicrec.components.base import Artifact  # noqa: E402
@@ -91,7 +92,7 @@ def test_digital_silence_and_near_silence_are_silent(tmp_path):
 def test_every_decode_reason_is_documented():
     doc = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "ingestion.md")
     text = open(doc, encoding="utf-8").read()
-    for reason in aeg.DEAD_LETTER_REASONS:
+    for reason in audio_decoding.DEAD_LETTER_REASONS:
         assert f"`{reason}`" in text, reason
 
 
@@ -170,7 +171,7 @@ def test_catalogue_csv_job_keeps_artists_and_tracks_on_one_side_and_reconciles(c
     assert dead == bad
 
     params = features.AudioFeatureParams.from_dict(SMALL)
-    spec = aeg.feature_spec(params.frames_per_segment, params.n_mels)
+    spec = audio_records.feature_spec(params.frames_per_segment, params.n_mels)
     splits_of = collections.defaultdict(set)
     statistics = json.loads(open(examples.path(aeg.STATISTICS_FILE), encoding="utf-8").read())
     for split in beam_io.SPLITS:

@@ -19,6 +19,7 @@ from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
 
 from musicrec.components import playlog_example_gen as gen  # noqa: E402
 from musicrec.components import playlog_readers as readers  # noqa: E402
+from musicrec.components import playlog_params, playlog_rows, playlog_sessions  # noqa: E402
 from musicrec.components.base import Artifact  # noqa: E402
 from musicrec.components.beam_io import LOCAL_RUNNER, SPLITS, read_dead_letters, split_files_pattern  # noqa: E402
 
@@ -26,8 +27,8 @@ BASE = 1_600_000_000
 GAP = 1800
 
 
-def _play(user: str, timestamp: int, key: str, ms_played: int | None = 60_000, line: int = 1) -> readers.Play:
-    return readers.Play(user, timestamp, key, "", ms_played, "mem", line)
+def _play(user: str, timestamp: int, key: str, ms_played: int | None = 60_000, line: int = 1) -> playlog_rows.Play:
+    return playlog_rows.Play(user, timestamp, key, "", ms_played, "mem", line)
 
 
 def _read_sessions(uri: str, split: str) -> list[dict]:
@@ -88,11 +89,11 @@ def test_spotify_extended_reader(tmp_path):
 
     records = list(readers.read_playlog(str(path), "spotify_extended_json"))
 
-    plays = [r for r in records if isinstance(r, readers.Play)]
+    plays = [r for r in records if isinstance(r, playlog_rows.Play)]
     assert [(p.user_id, p.track_key, p.ms_played, p.line) for p in plays] == [
         ("alice", "spotify:track:AbC", 200_000, 1), ("me", "band - other song", 5_000, 2)]
     assert plays[0].timestamp == 1641031200
-    dead = [(r.line, r.reason.split(" '")[0].split(":")[0]) for r in records if isinstance(r, readers.DeadLetter)]
+    dead = [(r.line, r.reason.split(" '")[0].split(":")[0]) for r in records if isinstance(r, playlog_rows.DeadLetter)]
     assert dead == [(3, "not a music track (podcast episode or audiobook)"), (4, "bad timestamp"),
                     (5, "bad ms_played -3")]
 
@@ -106,9 +107,9 @@ def test_jsonl_reader_with_line_numbers(tmp_path):
                      b'{"user_id": "u", "track_id": "t3"}\n'
                      b'{"user_id": "u", "timestamp": 1, "track_id": "\xff"}\n')
     records = list(readers.read_playlog(str(path), "auto"))
-    assert [(r.line, r.track_key, r.timestamp) for r in records if isinstance(r, readers.Play)] == [
+    assert [(r.line, r.track_key, r.timestamp) for r in records if isinstance(r, playlog_rows.Play)] == [
         (1, "t1", BASE), (3, "T 2", BASE)]
-    assert [(r.line, r.reason.split(":")[0]) for r in records if isinstance(r, readers.DeadLetter)] == [
+    assert [(r.line, r.reason.split(":")[0]) for r in records if isinstance(r, playlog_rows.DeadLetter)] == [
         (4, "bad JSON"), (5, "empty timestamp"), (6, "undecodable bytes")]
 
 
@@ -118,18 +119,18 @@ def test_jsonl_reader_with_line_numbers(tmp_path):
 def test_collapse_and_skip_flags():
     plays = [_play("u", BASE + i, key, ms) for i, (key, ms) in
              enumerate([("a", 1000), ("a", 40_000), ("b", None), ("a", 40_000), ("a", 40_000)])]
-    assert [p.track_key for p in gen.collapse_repeats(plays)] == ["a", "b", "a"]
-    assert [gen.skip_flag(p, 30_000) for p in plays] == [1, 0, -1, 0, 0]
+    assert [p.track_key for p in playlog_sessions.collapse_repeats(plays)] == ["a", "b", "a"]
+    assert [playlog_sessions.skip_flag(p, 30_000) for p in plays] == [1, 0, -1, 0, 0]
 
 
 def test_items_are_filtered_before_sessions():
     # "rare" has one play; without it the user's first session is a single play and is dropped.
     plays = [_play("u", BASE, "hit"), _play("u", BASE + 60, "rare"),
              _play("u", BASE + 7200, "hit"), _play("u", BASE + 7260, "hit")]
-    params = gen.PlaylogParams(min_item_support=2, min_session_length=2)
+    params = playlog_params.PlaylogParams(min_item_support=2, min_session_length=2)
     with TestPipeline(runner=LOCAL_RUNNER) as pipeline:
         supported = pipeline | beam.Create(plays) | gen.DropRareItems(params.min_item_support)
-        sessions = supported.plays | gen.Sessionize(params)
+        sessions = supported.plays | playlog_sessions.Sessionize(params)
         assert_that(supported["rare"], equal_to([1]), label="Rare")
         assert_that(sessions.sessions | beam.Map(lambda s: s.track_keys), equal_to([("hit", "hit")]),
                     label="Kept")
@@ -183,9 +184,9 @@ def test_long_runs_log_progress_with_counts(tmp_path, caplog):
 
 def test_params_reject_bad_new_settings():
     with pytest.raises(ValueError, match="split_mode"):
-        gen.PlaylogParams(split_mode="random")
+        playlog_params.PlaylogParams(split_mode="random")
     with pytest.raises(ValueError, match="min_item_support"):
-        gen.PlaylogParams(min_item_support=0)
+        playlog_params.PlaylogParams(min_item_support=0)
 
 
 # --------------------------------------------------------------------------- session counts, independently

@@ -15,6 +15,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from musicrec.components import playlog_example_gen as gen
+from musicrec.components import playlog_formats, playlog_params, playlog_rows, playlog_sessions
 from musicrec.components import playlog_readers as readers
 from musicrec.components.base import Artifact
 from musicrec.components.beam_io import LOCAL_RUNNER, SPLITS, read_dead_letters, split_files_pattern
@@ -33,19 +34,19 @@ def lines(text: str) -> list[bytes]:
     return text.encode("utf-8").splitlines(keepends=True)
 
 
-def play(user: str, timestamp: int, key: str, line: int = 1) -> readers.Play:
-    return readers.Play(user, timestamp, key, "", None, "mem", line)
+def play(user: str, timestamp: int, key: str, line: int = 1) -> playlog_rows.Play:
+    return playlog_rows.Play(user, timestamp, key, "", None, "mem", line)
 
 
 def dead_letter_positions(records) -> list[tuple[int, str]]:
-    return [(r.line, r.reason) for r in records if isinstance(r, readers.DeadLetter)]
+    return [(r.line, r.reason) for r in records if isinstance(r, playlog_rows.DeadLetter)]
 
 
 # --- readers ---------------------------------------------------------------
 
 def test_normalize_track_key_lowercases_and_collapses_whitespace():
-    assert readers.normalize_track_key("  The\tBeatles   - Let  It\nBe ") == "the beatles - let it be"
-    assert readers.artist_track_key(" Björk ", "Jóga") == "björk - jóga"
+    assert playlog_rows.normalize_track_key("  The\tBeatles   - Let  It\nBe ") == "the beatles - let it be"
+    assert playlog_rows.artist_track_key(" Björk ", "Jóga") == "björk - jóga"
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -57,13 +58,13 @@ def test_normalize_track_key_lowercases_and_collapses_whitespace():
     ("1600000000.9", BASE),                    # floored
 ])
 def test_parse_timestamp_accepts_iso_and_unix_seconds(text, expected):
-    assert readers.parse_timestamp(text) == expected
+    assert playlog_rows.parse_timestamp(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "yesterday", "2020-13-01T00:00:00Z", "1e400", "99999999999999"])
 def test_parse_timestamp_rejects_garbage(text):
-    with pytest.raises(readers.RowError):
-        readers.parse_timestamp(text)
+    with pytest.raises(playlog_rows.RowError):
+        playlog_rows.parse_timestamp(text)
 
 
 def test_csv_reader_yields_plays_and_dead_letters_with_line_numbers():
@@ -77,8 +78,8 @@ def test_csv_reader_yields_plays_and_dead_letters_with_line_numbers():
             f"u3,{BASE + 180},t5,,\n")                            # 8 ok, Unix seconds
     raw = lines(text)
     raw.insert(8, b"u4,1600000000,caf\xe9,,\n")                   # 9 latin-1 byte, not UTF-8
-    records = list(readers.parse_csv_lines(raw, "plays.csv"))
-    plays = [r for r in records if isinstance(r, readers.Play)]
+    records = list(playlog_formats.parse_csv_lines(raw, "plays.csv"))
+    plays = [r for r in records if isinstance(r, playlog_rows.Play)]
     assert [(p.user_id, p.timestamp, p.track_key, p.artist, p.ms_played, p.line) for p in plays] == [
         # Explicit ids keep their case (Spotify's base62 ids are case-sensitive).
         ("u1", BASE, "Track A", "Artist X", 1000, 2), ("u3", BASE + 180, "t5", "", None, 8)]
@@ -95,15 +96,15 @@ def test_csv_reader_yields_plays_and_dead_letters_with_line_numbers():
 
 def test_csv_reader_accepts_any_column_order_and_a_byte_order_mark():
     raw = lines("\ufefftrack_id,user_id,timestamp\nt1,u1,1600000000\n")
-    (record,) = readers.parse_csv_lines(raw, "x.csv")
+    (record,) = playlog_formats.parse_csv_lines(raw, "x.csv")
     assert (record.user_id, record.track_key, record.timestamp) == ("u1", "t1", BASE)
 
 
 def test_csv_reader_rejects_every_row_of_a_file_with_a_bad_header():
     raw = lines("u1,1600000000,t1\nu1,1600000060,t2\n")  # no header at all
-    records = list(readers.parse_csv_lines(raw, "x.csv"))
+    records = list(playlog_formats.parse_csv_lines(raw, "x.csv"))
     assert [r.line for r in records] == [1, 2]
-    assert all(isinstance(r, readers.DeadLetter) for r in records)
+    assert all(isinstance(r, playlog_rows.DeadLetter) for r in records)
     assert "header" in records[0].reason and "line 1" in records[1].reason
 
 
@@ -115,8 +116,8 @@ def test_lastfm_reader_keys_by_mbid_else_by_names():
         "user_000001\t2009-02-30T10:00:00Z\t\tA\t\tB",                      # impossible date
         "user_000002\tonly\tthree",                                         # wrong field count
     ]
-    records = list(readers.parse_lastfm_lines(lines("\n".join(rows) + "\n"), "l.tsv"))
-    plays = [r for r in records if isinstance(r, readers.Play)]
+    records = list(playlog_formats.parse_lastfm_lines(lines("\n".join(rows) + "\n"), "l.tsv"))
+    plays = [r for r in records if isinstance(r, playlog_rows.Play)]
     assert [(p.track_key, p.timestamp, p.line) for p in plays] == [
         ("track-mbid", BASE + 600, 1), ("minus 8 - elysian fields", BASE + 300, 2)]
     assert [line for line, _ in dead_letter_positions(records)] == [3, 4, 5]
@@ -136,18 +137,18 @@ def test_spotify_reader_uses_record_index_and_the_folder_as_user(tmp_path):
     path = folder / "StreamingHistory0.json"
     path.write_text(json.dumps(records_json, indent=1), encoding="utf-8")
     records = list(readers.read_playlog(str(path), "auto"))
-    (royals,) = [r for r in records if isinstance(r, readers.Play)]
+    (royals,) = [r for r in records if isinstance(r, playlog_rows.Play)]
     assert (royals.user_id, royals.track_key, royals.timestamp, royals.ms_played, royals.line) == (
         "listener_07", "lorde - royals", BASE - 40, 7643, 1)
     assert [line for line, _ in dead_letter_positions(records)] == [2, 3, 4, 5]
 
 
 def test_spotify_reader_turns_a_broken_file_into_one_dead_letter():
-    (letter,) = readers.parse_spotify_json(b'[\n {"endTime": "2020-09-13 12:26",\n oops\n]', "s.json", "u")
+    (letter,) = playlog_formats.parse_spotify_json(b'[\n {"endTime": "2020-09-13 12:26",\n oops\n]', "s.json", "u")
     assert (letter.line, letter.reason.startswith("bad JSON")) == (3, True)
-    (letter,) = readers.parse_spotify_json(b'{"endTime": 1}', "s.json", "u")
+    (letter,) = playlog_formats.parse_spotify_json(b'{"endTime": 1}', "s.json", "u")
     assert "array" in letter.reason
-    (letter,) = readers.parse_spotify_json(b'[\n\n"\xff"]', "s.json", "u")
+    (letter,) = playlog_formats.parse_spotify_json(b'[\n\n"\xff"]', "s.json", "u")
     assert (letter.line, "undecodable" in letter.reason) == (3, True)
 
 
@@ -160,7 +161,7 @@ def test_read_playlog_decompresses_gzip(tmp_path):
 
 def test_read_playlog_turns_an_unreadable_file_into_a_dead_letter(tmp_path):
     (letter,) = readers.read_playlog(str(tmp_path / "vanished.csv"), "csv")
-    assert isinstance(letter, readers.DeadLetter) and "cannot read file" in letter.reason
+    assert isinstance(letter, playlog_rows.DeadLetter) and "cannot read file" in letter.reason
 
 
 def test_list_playlog_files_detects_formats_and_reports_skipped_files(tmp_path):
@@ -187,24 +188,24 @@ def test_session_breaks_only_when_the_gap_exceeds_the_threshold():
     gap = 1800
     plays = [play("u", BASE, "a"), play("u", BASE + gap, "b"),           # exactly gap: same session
              play("u", BASE + 2 * gap + 1, "c")]                         # gap + 1: new session
-    sessions = gen.split_into_sessions(plays, gap)
+    sessions = playlog_sessions.split_into_sessions(plays, gap)
     assert [[p.track_key for p in s] for s in sessions] == [["a", "b"], ["c"]]
 
 
 def test_sessions_are_ordered_by_time_whatever_the_input_order():
     newest_first = [play("u", BASE + 300, "c", 1), play("u", BASE + 100, "b", 2), play("u", BASE, "a", 3)]
-    (session,) = gen.split_into_sessions(newest_first, 1800)
+    (session,) = playlog_sessions.split_into_sessions(newest_first, 1800)
     assert [p.track_key for p in session] == ["a", "b", "c"]
 
 
 def test_assign_split_uses_the_end_of_each_users_time_span():
     first, last = 0, 1000
-    assert gen.assign_split(0, first, last, 0.1, 0.1) == "train"
-    assert gen.assign_split(800, first, last, 0.1, 0.1) == "train"
-    assert gen.assign_split(801, first, last, 0.1, 0.1) == "eval"
-    assert gen.assign_split(901, first, last, 0.1, 0.1) == "test"
-    assert gen.assign_split(1000, first, last, 0.0, 0.0) == "train"
-    assert gen.assign_split(5, 5, 5, 0.1, 0.1) == "train"   # one instant: nothing to split
+    assert playlog_sessions.assign_split(0, first, last, 0.1, 0.1) == "train"
+    assert playlog_sessions.assign_split(800, first, last, 0.1, 0.1) == "train"
+    assert playlog_sessions.assign_split(801, first, last, 0.1, 0.1) == "eval"
+    assert playlog_sessions.assign_split(901, first, last, 0.1, 0.1) == "test"
+    assert playlog_sessions.assign_split(1000, first, last, 0.0, 0.0) == "train"
+    assert playlog_sessions.assign_split(5, 5, 5, 0.1, 0.1) == "train"   # one instant: nothing to split
 
 
 def test_rank_vocabulary_orders_by_count_then_key_and_applies_min_count():
@@ -215,34 +216,35 @@ def test_rank_vocabulary_orders_by_count_then_key_and_applies_min_count():
 
 def test_params_are_validated():
     with pytest.raises(ValueError):
-        gen.PlaylogParams(eval_fraction=0.5, test_fraction=0.5)
+        playlog_params.PlaylogParams(eval_fraction=0.5, test_fraction=0.5)
     with pytest.raises(ValueError):
-        gen.PlaylogParams(format="xml")
-    assert gen.PlaylogParams.from_mapping({"session_gap_seconds": 60, "beam_args": []}).session_gap_seconds == 60
+        playlog_params.PlaylogParams(format="xml")
+    from_mapping = playlog_params.PlaylogParams.from_mapping
+    assert from_mapping({"session_gap_seconds": 60, "beam_args": []}).session_gap_seconds == 60
 
 
 # --- Beam transforms ------------------------------------------------------------
 
 def test_sessionize_transform_splits_filters_and_counts():
-    params = gen.PlaylogParams(session_gap_seconds=100, min_session_length=2)
+    params = playlog_params.PlaylogParams(session_gap_seconds=100, min_session_length=2)
     plays = [
         # u1 newest first, as Last.fm writes: sessions [a b] (gap exactly 100) and [c] (gap 101)
         play("u1", BASE + 301, "c", 1), play("u1", BASE + 100, "b", 2), play("u1", BASE, "a", 3),
         play("u2", BASE, "x"), play("u2", BASE + 50, "y"), play("u2", BASE + 60, "z"),
     ]
     with BeamTestPipeline(runner=LOCAL_RUNNER) as pipeline:
-        result = (pipeline | beam.Create(plays) | gen.Sessionize(params))
+        result = (pipeline | beam.Create(plays) | playlog_sessions.Sessionize(params))
         assert_that(result.sessions | "Keys" >> beam.Map(lambda s: (s.session_id, s.track_keys, s.timestamps)),
                     equal_to([(f"u1-{BASE}", ("a", "b"), (BASE, BASE + 100)),
                               (f"u2-{BASE}", ("x", "y", "z"), (BASE, BASE + 50, BASE + 60))]),
                     label="sessions")
-        assert_that(result[gen._FILTERED], equal_to([1]), label="filtered")
-        assert_that(result[gen._USERS], equal_to(["u1", "u2"]), label="users")
+        assert_that(result[playlog_sessions.FILTERED], equal_to([1]), label="filtered")
+        assert_that(result[playlog_sessions.USERS], equal_to(["u1", "u2"]), label="users")
 
 
 def test_build_vocabulary_counts_every_split():
     def session(split, keys):
-        return gen.Session("u", f"u-{len(keys)}{split}", 0, tuple(keys), tuple(range(len(keys))), split)
+        return playlog_sessions.Session("u", f"u-{len(keys)}{split}", 0, tuple(keys), tuple(range(len(keys))), split)
 
     sessions = [session("train", ["b", "a", "b"]), session("train", ["c", "a"]), session("train", ["b"]),
                 session("eval", ["only-eval", "only-eval", "only-eval"]), session("test", ["only-test"])]
@@ -370,15 +372,15 @@ def test_readers_on_real_lastfm_and_spotify_samples():
     records = [r for path, fmt in spotify_files for r in readers.read_playlog(path, fmt)]
     plays_by_user = collections.defaultdict(list)
     for record in records:
-        if isinstance(record, readers.Play):
+        if isinstance(record, playlog_rows.Play):
             plays_by_user[record.user_id].append(record)
-    params = gen.PlaylogParams()
+    params = playlog_params.PlaylogParams()
     written = filtered = 0
     for user, plays in plays_by_user.items():
-        for output in gen.sessionize_user(user, plays, params):
-            if isinstance(output, gen.Session):
+        for output in playlog_sessions.sessionize_user(user, plays, params):
+            if isinstance(output, playlog_sessions.Session):
                 written += len(output.track_keys)
-            elif output.tag == gen._FILTERED:
+            elif output.tag == playlog_sessions.FILTERED:
                 filtered += output.value
     dead = len(dead_letter_positions(records))
     assert rows == len(records) == written + filtered + dead

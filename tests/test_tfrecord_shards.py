@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from musicrec.components import audio_example_gen as aeg  # noqa: E402
+from musicrec.components import audio_records  # noqa: E402
 from musicrec.components import beam_io  # noqa: E402
 from musicrec.components import tfrecord_shards as shards  # noqa: E402
 from musicrec.components.base import Artifact  # noqa: E402
@@ -117,7 +118,7 @@ def test_two_bundles_join_into_num_shards_files_with_every_example(tmp_path):
             files = tf.io.gfile.glob(beam_io.split_files_pattern(examples.uri, split))
             assert len(files) == 2
             for serialized in tf.data.TFRecordDataset(files, compression_type="GZIP"):
-                parsed = tf.io.parse_single_example(serialized, aeg.feature_spec(params.frames_per_segment,
+                parsed = tf.io.parse_single_example(serialized, audio_records.feature_spec(params.frames_per_segment,
                                                                                 params.n_mels))
                 seen[split, parsed["track_id"].numpy().decode(), int(parsed["segment_index"])] += 1
         assert not [name for name in os.listdir(examples.uri) if name.startswith(".tmp")]
