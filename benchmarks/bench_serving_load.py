@@ -92,6 +92,7 @@ def build_stand_ins(serving_base: str, genres: int = 8, vocabulary_size: int = 2
     from musicrec.models.export import export_serving_model
     from musicrec.models.features import AudioFeatureParams
     from musicrec.models.genre import model as genre_model
+    from musicrec.models.genre.hparams import GenreHParams
     from musicrec.models.genre.signatures import GenreSignatures
     from musicrec.models.next_track import model as next_track_model
 
@@ -101,7 +102,7 @@ def build_stand_ins(serving_base: str, genres: int = 8, vocabulary_size: int = 2
         params = AudioFeatureParams()
         normalization = genre_model.new_normalization()
         normalization.adapt(np.random.default_rng(0).normal(size=(256, params.n_mels)).astype(np.float32))
-        classifier = genre_model.build_classifier(params.n_mels, genres, genre_model.GenreHParams(),
+        classifier = genre_model.build_classifier(params.n_mels, genres, GenreHParams(),
                                                   normalization)
         labels = [f"genre{i}" for i in range(genres)]
         export_serving_model(GenreSignatures(genre_model.build_serving_model(classifier, labels),

@@ -65,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
         # recurrent_path_dropout, learning_rate, weight_decay, clipnorm, epochs,
         # batch_size, early_stopping_patience, class_weights, label_smoothing,
         # crop_min_patches, finetune_penultimate.
-        # log_mel: keys of models.genre.model.GenreHParams (validated by it when the
+        # log_mel: keys of models.genre.hparams.GenreHParams (validated by it when the
         # trainer starts; docs/genre.md lists them); empty means its defaults:
         # architecture lstm|crnn, lstm_units, lstm_layers, bidirectional,
         # crnn_recurrent gru|lstm, conv_filters, embedding_dim, dropout,

@@ -28,8 +28,9 @@ from musicrec.models.features import AudioFeatureParams
 from musicrec.models.genre.augment import (chain, mixup, random_band_shift, random_gain,
                                            random_tempo, spec_augment)
 from musicrec.models.genre.data import label_counts, make_dataset, parsed_dataset, read_labels
-from musicrec.models.genre.model import (GenreHParams, balanced_class_weights, build_classifier,
-                                         build_serving_model, new_normalization)
+from musicrec.models.genre.hparams import GenreHParams
+from musicrec.models.genre.losses import balanced_class_weights
+from musicrec.models.genre.model import build_classifier, build_serving_model, new_normalization
 from musicrec.models.genre.plots import save_training_curves
 from musicrec.models.genre.signatures import (OUTPUTS, GenreSignatures,
                                               check_waveform_signature)

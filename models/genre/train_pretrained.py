@@ -32,7 +32,7 @@ from musicrec.models import warm_start
 from musicrec.models.export import export_serving_model
 from musicrec.models.genre import musicnn
 from musicrec.models.genre.data import parsed_dataset, read_labels
-from musicrec.models.genre.model import balanced_class_weights
+from musicrec.models.genre.losses import balanced_class_weights
 from musicrec.models.genre.plots import save_training_curves
 from musicrec.models.genre.pretrained import (PretrainedHParams, build_clip_head, clip_statistics,
                                               compile_for_training, fixed_normalization, pad_clips)
