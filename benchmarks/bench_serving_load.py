@@ -95,6 +95,8 @@ def build_stand_ins(serving_base: str, genres: int = 8, vocabulary_size: int = 2
     from musicrec.models.genre.hparams import GenreHParams
     from musicrec.models.genre.signatures import GenreSignatures
     from musicrec.models.next_track import model as next_track_model
+    from musicrec.models.next_track.hparams import NextTrackHParams
+    from musicrec.models.next_track import serving as next_track_serving
 
     if "genre" in models:
         # The log-mel LSTM (a light stand-in), exported as run_fn exports it: per-track
@@ -111,10 +113,10 @@ def build_stand_ins(serving_base: str, genres: int = 8, vocabulary_size: int = 2
                              ["probabilities", "classes", "genre", "embedding"])
     if "next_track" not in models:
         return
-    hparams = next_track_model.NextTrackHParams()
+    hparams = NextTrackHParams()
     vocabulary = [f"track{i}" for i in range(vocabulary_size)]
     core = next_track_model.build_model(len(vocabulary), hparams)
-    export_serving_model(next_track_model.build_serving_model(core, vocabulary, hparams.top_k),
+    export_serving_model(next_track_serving.build_serving_model(core, vocabulary, hparams.top_k),
                          os.path.join(serving_base, "next_track", "1"), ["track_keys"], ["track_keys", "scores"])
 
 

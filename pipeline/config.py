@@ -91,7 +91,7 @@ DEFAULTS: dict[str, Any] = {
         "warm_start": True,
     },
     "next_track_model": {
-        # Keys of models.next_track.model.NextTrackHParams (defaults and meaning:
+        # Keys of models.next_track.hparams.NextTrackHParams (defaults and meaning:
         # docs/recommender.md), e.g. history_length, rnn, tied_embeddings, softmax.
         "hparams": {},
         # Blessing: on each of baseline_metrics the candidate must reach the best simple
@@ -197,7 +197,7 @@ def _merge(defaults: Any, override: Any, path: tuple[str, ...]) -> Any:
 
 def _check_cold_start_ranks_the_catalogue(hparams: Mapping[str, Any]) -> None:
     """Cold-start tracks are in no listener's history: only the neural scores can rank them."""
-    from musicrec.models.next_track.model import CATALOGUE_RANKING, NextTrackHParams
+    from musicrec.models.next_track.hparams import CATALOGUE_RANKING, NextTrackHParams
 
     try:
         neural_scores = NextTrackHParams.from_dict(hparams).neural_scores

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from musicrec.models.next_track.history import ListeningHistory, SessionRecord
-from musicrec.models.next_track.model import (
-    BOUNDARY_ID, NUM_RESERVED_IDS, OOV_ID, PADDING_ID, NextTrackHParams)
+from musicrec.models.next_track.hparams import NextTrackHParams
+from musicrec.models.next_track.layout import BOUNDARY_ID, NUM_RESERVED_IDS, OOV_ID, PADDING_ID
 
 VOCAB_FILENAME = "vocab.txt"
 SHUFFLE_BUFFER = 100_000
@@ -94,7 +94,7 @@ def training_pairs(plays: tf.Tensor, max_prefix_length: int,
 
 
 def track_ids(vocabulary: Sequence[str]) -> dict[str, int]:
-    """The contract's id of every vocabulary key (``2 + i`` for line ``i``); see ``model.make_track_lookup``."""
+    """The contract's id of every vocabulary key (``2 + i`` for line ``i``); see ``layout.make_track_lookup``."""
     return {key: NUM_RESERVED_IDS + index for index, key in enumerate(vocabulary)}
 
 
