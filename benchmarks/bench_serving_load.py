@@ -95,8 +95,8 @@ def build_stand_ins(serving_base: str, genres: int = 8, vocabulary_size: int = 2
     from musicrec.models.genre.hparams import GenreHParams
     from musicrec.models.genre.signatures import GenreSignatures
     from musicrec.models.next_track import model as next_track_model
-    from musicrec.models.next_track.hparams import NextTrackHParams
     from musicrec.models.next_track import serving as next_track_serving
+    from musicrec.models.next_track.hparams import NextTrackHParams
 
     if "genre" in models:
         # The log-mel LSTM (a light stand-in), exported as run_fn exports it: per-track
