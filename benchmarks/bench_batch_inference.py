@@ -314,7 +314,8 @@ def bench_tagging(data_dir: str, genre_model: str, serving_base: str, workers: S
 def export_next_track_stand_in(export_dir: str, tracks: int) -> None:
     """An untrained next-track model over ``tracks`` tracks, exported to ``export_dir`` by the
     trainer's own code (``serving_default``, ``recommend``, ``track_embeddings``)."""
-    from musicrec.models.next_track.model import NextTrackHParams, build_model
+    from musicrec.models.next_track.hparams import NextTrackHParams
+    from musicrec.models.next_track.model import build_model
     from musicrec.models.next_track.serving import export_saved_model
 
     hparams = NextTrackHParams()

@@ -209,7 +209,7 @@ def write_split(path: str, clips: list[Clip], indices: list[int], labels: list[s
 def run_fold(fold: int, test_indices: list[int], clips: list[Clip], labels: list[str],
              args: argparse.Namespace, params, work: str) -> dict[str, Any]:
     from musicrec.models.genre.evaluate import evaluate
-    from musicrec.models.genre.model import GenreHParams
+    from musicrec.models.genre.hparams import GenreHParams
     from musicrec.models.genre.train import run_fn
     from musicrec.models.genre_baseline import ClassicalGenreBaseline
     from musicrec.models.train_args import TrainArgs

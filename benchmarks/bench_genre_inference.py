@@ -77,8 +77,8 @@ def load_waveforms(data: str | None, limit: int, seconds: float, rate: int) -> l
 def stand_in_model(overrides: dict, params, out_dir: str) -> str:
     """Exports an untrained log-mel model of ``GenreHParams(**overrides)``; returns its folder."""
     from musicrec.models.export import export_serving_model
-    from musicrec.models.genre.model import (GenreHParams, build_classifier, build_serving_model,
-                                             new_normalization)
+    from musicrec.models.genre.hparams import GenreHParams
+    from musicrec.models.genre.model import build_classifier, build_serving_model, new_normalization
     from musicrec.models.genre.signatures import OUTPUTS, GenreSignatures
 
     labels = [f"genre{i}" for i in range(10)]

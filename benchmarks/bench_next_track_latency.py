@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf
 
-    from musicrec.models.next_track.model import NextTrackHParams, build_model, output_embeddings
+    from musicrec.models.next_track.hparams import NextTrackHParams
+    from musicrec.models.next_track.model import build_model, output_embeddings
     from musicrec.models.next_track.serving import export_saved_model
 
     hparams = NextTrackHParams()

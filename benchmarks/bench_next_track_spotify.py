@@ -103,7 +103,7 @@ def cut_future(by_user: dict, gap_seconds: int, future_fraction: float):
     the last two as ``SessionRecord`` s.
     """
     from musicrec.components.playlog_sessions import split_into_sessions
-    from musicrec.models.next_track.history import SessionRecord
+    from musicrec.models.next_track.sessions import SessionRecord
 
     past, future, everything = [], [], []
     for user, plays in sorted(by_user.items()):
@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     from musicrec.models.next_track.data import read_vocabulary
     from musicrec.models.next_track.evaluate import (SavedModelRecommender, _trained_history_length,
                                                      evaluate_sessions)
-    from musicrec.models.next_track.history import ListeningHistory, read_session_records
     from musicrec.components.model_kinds import split_files
+    from musicrec.models.next_track.history import ListeningHistory
+    from musicrec.models.next_track.sessions import read_session_records
     from musicrec.pipeline.config import load_config, make_config
 
     config = load_config(args.config)

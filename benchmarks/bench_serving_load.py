@@ -93,8 +93,11 @@ def build_stand_ins(serving_base: str, genres: int = 8, vocabulary_size: int = 2
     from musicrec.models.export import export_serving_model
     from musicrec.models.features import AudioFeatureParams
     from musicrec.models.genre import model as genre_model
+    from musicrec.models.genre.hparams import GenreHParams
     from musicrec.models.genre.signatures import GenreSignatures
     from musicrec.models.next_track import model as next_track_model
+    from musicrec.models.next_track import serving as next_track_serving
+    from musicrec.models.next_track.hparams import NextTrackHParams
 
     if "genre" in models:
         # The log-mel LSTM (a light stand-in), exported as run_fn exports it: per-track
@@ -102,7 +105,7 @@ def build_stand_ins(serving_base: str, genres: int = 8, vocabulary_size: int = 2
         params = AudioFeatureParams()
         normalization = genre_model.new_normalization()
         normalization.adapt(np.random.default_rng(0).normal(size=(256, params.n_mels)).astype(np.float32))
-        classifier = genre_model.build_classifier(params.n_mels, genres, genre_model.GenreHParams(),
+        classifier = genre_model.build_classifier(params.n_mels, genres, GenreHParams(),
                                                   normalization)
         labels = [f"genre{i}" for i in range(genres)]
         export_serving_model(GenreSignatures(genre_model.build_serving_model(classifier, labels),
@@ -111,10 +114,10 @@ def build_stand_ins(serving_base: str, genres: int = 8, vocabulary_size: int = 2
                              ["probabilities", "classes", "genre", "embedding"])
     if "next_track" not in models:
         return
-    hparams = next_track_model.NextTrackHParams()
+    hparams = NextTrackHParams()
     vocabulary = [f"track{i}" for i in range(vocabulary_size)]
     core = next_track_model.build_model(len(vocabulary), hparams)
-    export_serving_model(next_track_model.build_serving_model(core, vocabulary, hparams.top_k),
+    export_serving_model(next_track_serving.build_serving_model(core, vocabulary, hparams.top_k),
                          os.path.join(serving_base, "next_track", "1"), ["track_keys"], ["track_keys", "scores"])
 
 

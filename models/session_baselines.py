@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import sparse
 
-from musicrec.models.next_track.history import SessionRecord
+from musicrec.models.next_track.sessions import SessionRecord
 from musicrec.models.ranking_metrics import DensePrior
 
 NO_EVIDENCE = (np.zeros(0, np.int64), np.zeros(0, np.float64))

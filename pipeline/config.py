@@ -65,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
         # recurrent_path_dropout, learning_rate, weight_decay, clipnorm, epochs,
         # batch_size, early_stopping_patience, class_weights, label_smoothing,
         # crop_min_patches, finetune_penultimate.
-        # log_mel: keys of models.genre.model.GenreHParams (validated by it when the
+        # log_mel: keys of models.genre.hparams.GenreHParams (validated by it when the
         # trainer starts; docs/genre.md lists them); empty means its defaults:
         # architecture lstm|crnn, lstm_units, lstm_layers, bidirectional,
         # crnn_recurrent gru|lstm, conv_filters, embedding_dim, dropout,
@@ -91,7 +91,7 @@ DEFAULTS: dict[str, Any] = {
         "warm_start": True,
     },
     "next_track_model": {
-        # Keys of models.next_track.model.NextTrackHParams (defaults and meaning:
+        # Keys of models.next_track.hparams.NextTrackHParams (defaults and meaning:
         # docs/recommender.md), e.g. history_length, rnn, tied_embeddings, softmax.
         "hparams": {},
         # Blessing: on each of baseline_metrics the candidate must reach the best simple
@@ -197,7 +197,7 @@ def _merge(defaults: Any, override: Any, path: tuple[str, ...]) -> Any:
 
 def _check_cold_start_ranks_the_catalogue(hparams: Mapping[str, Any]) -> None:
     """Cold-start tracks are in no listener's history: only the neural scores can rank them."""
-    from musicrec.models.next_track.model import CATALOGUE_RANKING, NextTrackHParams
+    from musicrec.models.next_track.hparams import CATALOGUE_RANKING, NextTrackHParams
 
     try:
         neural_scores = NextTrackHParams.from_dict(hparams).neural_scores

@@ -17,8 +17,8 @@ from musicrec.classify_command import ProgressBar
 from musicrec.models.export import export_serving_model
 from musicrec.models.features import AudioFeatureParams, track_segments
 from musicrec.models.genre.evaluate import predict_track
-from musicrec.models.genre.model import (GenreHParams, build_classifier, build_serving_model,
-                                         new_normalization)
+from musicrec.models.genre.hparams import GenreHParams
+from musicrec.models.genre.model import build_classifier, build_serving_model, new_normalization
 from musicrec.models.genre.signatures import OUTPUTS, GenreSignatures
 from musicrec.serving.server import LocalModelServer
 

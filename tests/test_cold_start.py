@@ -9,7 +9,9 @@ import pytest
 
 from musicrec.models import warm_start
 from musicrec.models.next_track import cold_start
-from musicrec.models.next_track.model import CATALOGUE_RANKING, NUM_RESERVED_IDS, NextTrackHParams, build_model
+from musicrec.models.next_track.hparams import CATALOGUE_RANKING, NextTrackHParams
+from musicrec.models.next_track.layout import NUM_RESERVED_IDS
+from musicrec.models.next_track.model import build_model
 
 HPARAMS = NextTrackHParams(**CATALOGUE_RANKING, embedding_dim=4, lstm_units=6, top_k=5, max_prefix_length=3)
 

@@ -11,7 +11,7 @@ import pytest
 
 from musicrec import demo_data, pipeline_runs
 from musicrec.models.export_check import non_core_ops
-from musicrec.models.next_track.model import CATALOGUE_RANKING
+from musicrec.models.next_track.hparams import CATALOGUE_RANKING
 from musicrec.pipeline import metadata as md
 from musicrec.pipeline.config import make_config
 from musicrec.pipeline.pipeline import create_pipeline

@@ -2,7 +2,7 @@
 import pytest
 
 from musicrec.demo import DEMO_OVERRIDES, TINY_OVERRIDES
-from musicrec.models.next_track.model import CATALOGUE_RANKING
+from musicrec.models.next_track.hparams import CATALOGUE_RANKING
 from musicrec.pipeline.config import ConfigError, make_config
 
 

@@ -18,8 +18,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_genre_model import LABELS, N_MELS, train_on_examples  # noqa: E402
 
 from musicrec.models import export_check
-from musicrec.models.genre.model import (PADDING_VALUE, GenreCrossentropy, GenreHParams,
-                                         build_classifier, build_serving_model, new_normalization)
+from musicrec.models.genre.hparams import GenreHParams
+from musicrec.models.genre.layers import PADDING_VALUE
+from musicrec.models.genre.losses import GenreCrossentropy
+from musicrec.models.genre.model import build_classifier, build_serving_model, new_normalization
 
 MEMBERS = 3
 SMALL = {"lstm_units": 4, "embedding_dim": 5, "ensemble_members": MEMBERS}

@@ -19,8 +19,9 @@ from test_genre_ensemble import check_exported_ensemble  # noqa: E402
 from test_genre_model import LABELS, N_MELS, train_on_examples  # noqa: E402
 
 from musicrec.models.genre.augment import chain, random_gain
-from musicrec.models.genre.model import (PADDING_VALUE, GenreHParams, build_classifier,
-                                         build_serving_model, new_normalization)
+from musicrec.models.genre.hparams import GenreHParams
+from musicrec.models.genre.layers import PADDING_VALUE
+from musicrec.models.genre.model import build_classifier, build_serving_model, new_normalization
 from musicrec.models.genre.train import SHAPE_HPARAMS, warm_start_keys
 
 # An LSTM member and a CRNN member of different embedding widths.

@@ -7,8 +7,10 @@ import pytest
 import tensorflow as tf
 
 from musicrec.models.genre.augment import mixup
-from musicrec.models.genre.model import (PADDING_VALUE, GenreCrossentropy, GenreHParams,
-                                         build_classifier, genre_accuracy, new_normalization)
+from musicrec.models.genre.hparams import GenreHParams
+from musicrec.models.genre.layers import PADDING_VALUE
+from musicrec.models.genre.losses import GenreCrossentropy, genre_accuracy
+from musicrec.models.genre.model import build_classifier, new_normalization
 
 N_MELS = 16
 SMALL = {"lstm_units": 8, "embedding_dim": 4, "conv_filters": (4, 4)}

@@ -19,8 +19,9 @@ from musicrec.models import export_check
 from musicrec.models.features import AudioFeatureParams
 from musicrec.models.genre.data import make_dataset
 from musicrec.models.genre.evaluate import evaluate, predict_track
-from musicrec.models.genre.model import (PADDING_VALUE, GenreHParams, build_classifier,
-                                         new_normalization)
+from musicrec.models.genre.hparams import GenreHParams
+from musicrec.models.genre.layers import PADDING_VALUE
+from musicrec.models.genre.model import build_classifier, new_normalization
 from musicrec.models.genre.train import run_fn, validation_setup
 from musicrec.models.train_args import TrainArgs
 

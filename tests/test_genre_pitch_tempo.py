@@ -19,7 +19,7 @@ from test_genre_model import LABELS, train_on_examples  # noqa: E402
 from musicrec.models import export_check
 from musicrec.models.genre.augment import (chain, random_band_shift, random_gain, random_tempo,
                                            shift_bands, stretch_frames)
-from musicrec.models.genre.model import GenreHParams
+from musicrec.models.genre.hparams import GenreHParams
 
 FRAMES, BANDS = 20, 8
 

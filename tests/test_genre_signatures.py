@@ -21,8 +21,8 @@ from musicrec.models.export import export_serving_model
 from musicrec.models.export_check import non_core_ops
 from musicrec.models.features import AudioFeatureParams, load_audio, log_mel, track_segments
 from musicrec.models.genre.evaluate import predict_track
-from musicrec.models.genre.model import (GenreHParams, build_classifier, build_serving_model,
-                                         new_normalization)
+from musicrec.models.genre.hparams import GenreHParams
+from musicrec.models.genre.model import build_classifier, build_serving_model, new_normalization
 from musicrec.models.genre.signatures import OUTPUTS, GenreSignatures
 from musicrec.models.genre.waveform import SKEW_MEAN_TOLERANCE, SKEW_TOLERANCE, graph_log_mel
 

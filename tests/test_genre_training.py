@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 
 from musicrec.models.genre.augment import spec_augment
-from musicrec.models.genre.model import (PADDING_VALUE, GenreHParams, SpectralSummary,
-                                         averaging_momentum, balanced_class_weights,
-                                         build_classifier, new_normalization)
+from musicrec.models.genre.hparams import GenreHParams
+from musicrec.models.genre.layers import PADDING_VALUE, SpectralSummary
+from musicrec.models.genre.losses import balanced_class_weights
+from musicrec.models.genre.model import averaging_momentum, build_classifier, new_normalization
 from musicrec.models.genre.train import training_callbacks
 
 N_MELS = 16

@@ -9,8 +9,9 @@ import tensorflow as tf
 
 from musicrec.models import warm_start
 from musicrec.models.next_track import global_rules
-from musicrec.models.next_track.history import SessionRecord
-from musicrec.models.next_track.model import NextTrackHParams, build_model, scoring_layer
+from musicrec.models.next_track.hparams import NextTrackHParams
+from musicrec.models.next_track.model import build_model, scoring_layer
+from musicrec.models.next_track.sessions import SessionRecord
 from musicrec.models.next_track.train import run_fn
 from musicrec.models.train_args import TrainArgs
 from test_next_track_model import successor_sessions, write_sessions, write_vocabulary

@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from musicrec.models.next_track import data
-from musicrec.models.next_track.history import ListeningHistory, SessionRecord, read_session_records
-from musicrec.models.next_track.model import NUM_RESERVED_IDS, NextTrackHParams
+from musicrec.models.next_track.history import ListeningHistory
+from musicrec.models.next_track.hparams import NextTrackHParams
+from musicrec.models.next_track.layout import NUM_RESERVED_IDS
+from musicrec.models.next_track.sessions import SessionRecord, read_session_records
 
 HPARAMS = NextTrackHParams(history_length=8, rnn_history_length=2, max_prefix_length=3)
 

@@ -12,10 +12,13 @@ import tensorflow as tf
 from musicrec.models.baselines import PopularityBaseline
 from musicrec.models.export_check import non_core_ops
 from musicrec.models.next_track import data
-from musicrec.models.next_track.history import ListeningHistory, SessionRecord
 from musicrec.models.next_track.evaluate import RankingMetrics, evaluate
-from musicrec.models.next_track.model import (
-    CATALOGUE_RANKING, NextTrackHParams, build_model, build_serving_model, make_track_lookup)
+from musicrec.models.next_track.history import ListeningHistory
+from musicrec.models.next_track.hparams import CATALOGUE_RANKING, NextTrackHParams
+from musicrec.models.next_track.layout import make_track_lookup
+from musicrec.models.next_track.model import build_model
+from musicrec.models.next_track.serving import build_serving_model
+from musicrec.models.next_track.sessions import SessionRecord
 from musicrec.models.next_track.train import run_fn
 from musicrec.models.train_args import TrainArgs
 

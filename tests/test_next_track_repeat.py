@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from musicrec.models.next_track.model import NextTrackHParams, RepeatScores
+from musicrec.models.next_track.hparams import NextTrackHParams
+from musicrec.models.next_track.repeat_scores import RepeatScores
 
 N_IDS = 12
 UNITS = 3

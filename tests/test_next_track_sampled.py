@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from musicrec.models.next_track.model import CATALOGUE_RANKING, NextTrackHParams, build_model
+from musicrec.models.next_track.hparams import CATALOGUE_RANKING, NextTrackHParams
+from musicrec.models.next_track.model import build_model
 from musicrec.models.next_track.sampled import build_candidate_trainer
 
 HPARAMS = NextTrackHParams(**CATALOGUE_RANKING, embedding_dim=8, lstm_units=8, history_length=12,

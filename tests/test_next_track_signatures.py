@@ -6,8 +6,9 @@ import pytest
 import tensorflow as tf
 
 from musicrec.models.export_check import non_core_ops
-from musicrec.models.next_track.model import (
-    CATALOGUE_RANKING, NextTrackHParams, build_model, input_layout, output_embeddings)
+from musicrec.models.next_track.hparams import CATALOGUE_RANKING, NextTrackHParams
+from musicrec.models.next_track.layout import input_layout
+from musicrec.models.next_track.model import build_model, output_embeddings
 from musicrec.models.next_track.serving import export_saved_model
 
 VOCABULARY = [f"artist{i % 4} - song{i}" for i in range(30)]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from musicrec import cli
-from musicrec.models.next_track.model import NextTrackHParams, build_model
+from musicrec.models.next_track.hparams import NextTrackHParams
+from musicrec.models.next_track.model import build_model
 from musicrec.models.next_track.serving import export_saved_model
 from musicrec.playlist_command import allowed, artist_of, continue_playlist, read_artists
 from musicrec.serving.server import LocalModelServer

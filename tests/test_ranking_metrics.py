@@ -8,7 +8,7 @@ import pytest
 
 from musicrec.models import ranking_metrics as rm
 from musicrec.models import session_baselines as sb
-from musicrec.models.next_track.history import SessionRecord
+from musicrec.models.next_track.sessions import SessionRecord
 
 
 def test_pessimistic_rank_counts_every_tie_against_the_target():

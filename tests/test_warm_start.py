@@ -8,7 +8,8 @@ import tensorflow as tf
 from musicrec.models import warm_start
 from musicrec.models.genre import train as genre_train
 from musicrec.models.next_track import train as next_track_train
-from musicrec.models.next_track.model import NextTrackHParams, build_model
+from musicrec.models.next_track.hparams import NextTrackHParams
+from musicrec.models.next_track.model import build_model
 from musicrec.models.train_args import TrainArgs
 
 FROZEN = {"learning_rate": 1e-9, "epochs": 1}  # a step so small that weights stay put

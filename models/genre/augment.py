@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from musicrec.models.genre.model import PADDING_VALUE
+from musicrec.models.genre.layers import PADDING_VALUE
 
 Example = tuple[tf.Tensor, tf.Tensor]
 

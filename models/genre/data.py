@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-from musicrec.models.genre.model import PADDING_VALUE
+from musicrec.models.genre.layers import PADDING_VALUE
 
 LABELS_FILE = "labels.txt"
 _SHUFFLE_BUFFER = 2048

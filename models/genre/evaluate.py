@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from musicrec.models.features import AudioFeatureParams
 from musicrec.models.genre.data import iterate_indexed_segments, iterate_segments, read_labels
-from musicrec.models.genre.model import PADDING_VALUE
+from musicrec.models.genre.layers import PADDING_VALUE
 from musicrec.models.genre.signatures import LOG_MEL_INPUT
 
 SignatureFn = Callable[..., dict[str, tf.Tensor]]

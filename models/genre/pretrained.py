@@ -32,7 +32,8 @@ from typing import Any, Mapping
 import keras
 import numpy as np
 
-from musicrec.models.genre.model import GenreCrossentropy, MaskedMean, genre_accuracy
+from musicrec.models.genre.layers import MaskedMean
+from musicrec.models.genre.losses import GenreCrossentropy, genre_accuracy
 
 RECURRENT_KINDS = ("gru", "lstm", "none")
 

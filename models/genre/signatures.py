@@ -43,7 +43,7 @@ import tensorflow as tf
 
 from musicrec.atomic import write_json_atomic
 from musicrec.models.features import AudioFeatureParams
-from musicrec.models.genre.model import PADDING_VALUE, LabelNames
+from musicrec.models.genre.layers import PADDING_VALUE, LabelNames
 from musicrec.models.genre.waveform import (WAVEFORM_SAMPLE_RATE, graph_log_mel, graph_resample,
                                             graph_segments)
 

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from typing import Any, Sequence
@@ -27,17 +26,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from musicrec.atomic import write_json_atomic
 from musicrec.models import warm_start
 from musicrec.models.export import export_serving_model
 from musicrec.models.genre import musicnn
 from musicrec.models.genre.data import parsed_dataset, read_labels
-from musicrec.models.genre.model import balanced_class_weights
-from musicrec.models.genre.plots import save_training_curves
+from musicrec.models.genre.losses import balanced_class_weights
 from musicrec.models.genre.pretrained import (PretrainedHParams, build_clip_head, clip_statistics,
                                               compile_for_training, fixed_normalization, pad_clips)
 from musicrec.models.genre.signatures import (OUTPUTS, GenreSignatures, PretrainedClipModel,
                                               check_waveform_signature)
+from musicrec.models.genre.training_log import EpochLogger, tensorboard_callback, write_training_report
 from musicrec.models.train_args import TrainArgs
 
 logger = logging.getLogger(__name__)
@@ -46,8 +44,6 @@ FRONTEND = "musicnn_msd"
 # Patches per front-end call while caching: large enough to keep both cores busy.
 CACHE_BATCH = 32
 PROGRESS_SECONDS = 30.0
-METRICS_FILE = "train_metrics.json"
-CURVES_FILE = "training_curves.png"
 # Hyperparameters that change the head's weight shapes: a checkpoint must share them.
 SHAPE_HPARAMS = ("frontend", "recurrent", "recurrent_units", "bidirectional", "embedding_dim",
                  "finetune_penultimate")
@@ -230,8 +226,6 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
         musicnn.CheckpointMissing: the musicnn wheel is not installed.
         RuntimeError: the exported SavedModel breaks the signature contract.
     """
-    from musicrec.models.genre.train import TENSORBOARD_DIR, _EpochLogger
-
     hparams = PretrainedHParams.from_dict(args.hparams)
     params = musicnn.FEATURE_PARAMS
     if args.feature_params is not None and args.feature_params != params:
@@ -262,14 +256,12 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
         logger.warning("genre warm start skipped: the labels or %s differ from the checkpoint's",
                        SHAPE_HPARAMS)
         checkpoint = None
-    epoch_logger = _EpochLogger(hparams.epochs)
-    tensorboard = keras.callbacks.TensorBoard(log_dir=os.path.join(args.model_dir, TENSORBOARD_DIR),
-                                              write_graph=False, update_freq="epoch")
+    epoch_logger = EpochLogger(hparams.epochs)
     fit_started = time.perf_counter()
     head, history, monitor = fit_head(
         train_tracks, train_labels, len(labels), hparams, seed=args.seed,
         eval_features=eval_tracks, eval_labels=eval_labels, penultimate=penultimate,
-        callbacks=[epoch_logger, tensorboard],
+        callbacks=[epoch_logger, tensorboard_callback(args.model_dir)],
         warm_start_weights=checkpoint.weights_path if checkpoint else None)
     fit_seconds = time.perf_counter() - fit_started
     if checkpoint:
@@ -307,9 +299,7 @@ def run_fn(args: TrainArgs) -> dict[str, Any]:
                          args.serving_dir, inputs={"log_mel"}, outputs=OUTPUTS)
     check_waveform_signature(args.serving_dir)
     warm_start.save_checkpoint(head, args.model_dir, labels, checkpoint_hparams)
-    save_training_curves(history, os.path.join(args.model_dir, CURVES_FILE),
-                         best_epoch=metrics["best_epoch"])
-    write_json_atomic(os.path.join(args.model_dir, METRICS_FILE), metrics)
+    write_training_report(history, metrics, args.model_dir)
     return metrics
 
 

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from musicrec.models.features import LOG10_1P_GAIN, AudioFeatureParams, mel_filterbank
 from musicrec.models.genre.frontends import WAVEFORM_SAMPLE_RATE
-from musicrec.models.genre.model import PADDING_VALUE
+from musicrec.models.genre.layers import PADDING_VALUE
 
 # Largest absolute difference allowed between librosa's and the graph's
 # log-mel, in natural-log units (1e-3 is a 0.1 % power ratio). Measured: at

@@ -34,7 +34,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from musicrec.models.next_track.model import NUM_RESERVED_IDS, PADDING_ID, RECENCY_BUCKETS, recency_buckets
+from musicrec.models.next_track.layout import NUM_RESERVED_IDS, PADDING_ID
+from musicrec.models.next_track.repeat_scores import RECENCY_BUCKETS, recency_buckets
 
 
 CONTEXTS = ("none", "lengths", "state")

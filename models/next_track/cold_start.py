@@ -299,7 +299,9 @@ def extend_with_cold_tracks(checkpoint_dir: str, played_tracks: Iterable[str],
         ValueError: no checkpoint, or fewer than 3 warm tracks to fit on.
     """
     from musicrec.models import warm_start
-    from musicrec.models.next_track.model import NUM_RESERVED_IDS, NextTrackHParams, build_model
+    from musicrec.models.next_track.hparams import NextTrackHParams
+    from musicrec.models.next_track.layout import NUM_RESERVED_IDS
+    from musicrec.models.next_track.model import build_model
     from musicrec.models.next_track.train import grow_from_checkpoint
 
     checkpoint = warm_start.load_checkpoint(checkpoint_dir)

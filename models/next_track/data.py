@@ -1,36 +1,25 @@
 """Sessions TFRecords → (listener history + session prefix, next track) training examples.
 
-Records follow the ``Sessions`` contract (docs/architecture.md): GZIP TFRecords
-of ``tf.train.SequenceExample`` with context ``user_id``, ``session_id``,
-``start_time`` and feature lists ``track_key`` and ``timestamp``.
+Sessions are read by ``sessions.py`` (the ``Sessions`` contract, docs/architecture.md);
+the listener's earlier plays come from ``history.ListeningHistory``.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import os
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from musicrec.models.next_track.history import ListeningHistory, SessionRecord
-from musicrec.models.next_track.model import (
-    BOUNDARY_ID, NUM_RESERVED_IDS, OOV_ID, PADDING_ID, NextTrackHParams)
+from musicrec.models.next_track.history import ListeningHistory
+from musicrec.models.next_track.hparams import NextTrackHParams
+from musicrec.models.next_track.layout import BOUNDARY_ID, NUM_RESERVED_IDS, OOV_ID, PADDING_ID
+from musicrec.models.next_track.sessions import SessionRecord
 
 VOCAB_FILENAME = "vocab.txt"
 SHUFFLE_BUFFER = 100_000
-
-_CONTEXT_FEATURES = {
-    "user_id": tf.io.FixedLenFeature([], tf.string),
-    "session_id": tf.io.FixedLenFeature([], tf.string),
-    "start_time": tf.io.FixedLenFeature([], tf.int64),
-}
-_SEQUENCE_FEATURES = {
-    "track_key": tf.io.FixedLenSequenceFeature([], tf.string),
-    "timestamp": tf.io.FixedLenSequenceFeature([], tf.int64),
-}
-
 
 def read_vocabulary(examples_dir: str) -> list[str]:
     """Track keys of ``<examples_dir>/vocab.txt``, most frequent first (blank lines ignored)."""
@@ -41,25 +30,6 @@ def read_vocabulary(examples_dir: str) -> list[str]:
     if not vocabulary:
         raise ValueError(f"{path} holds no track keys")
     return vocabulary
-
-
-def parse_session(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-    """One serialized SequenceExample → ``{user_id, session_id, start_time, track_key [plays], timestamp [plays]}``."""
-    context, sequence = tf.io.parse_single_sequence_example(
-        serialized, context_features=_CONTEXT_FEATURES, sequence_features=_SEQUENCE_FEATURES)
-    return {**context, **sequence}
-
-
-def session_dataset(files: Sequence[str]) -> tf.data.Dataset:
-    """Parsed sessions of GZIP TFRecord ``files``, in file order."""
-    return (tf.data.TFRecordDataset(list(files), compression_type="GZIP")
-            .map(parse_session, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
-
-
-def read_sessions(files: Sequence[str]) -> Iterator[list[str]]:
-    """Yields each session's track keys (``str``, play order) from GZIP TFRecord ``files``."""
-    for session in session_dataset(files):
-        yield [key.decode("utf-8") for key in session["track_key"].numpy()]
 
 
 def training_pairs(plays: tf.Tensor, max_prefix_length: int,
@@ -94,7 +64,7 @@ def training_pairs(plays: tf.Tensor, max_prefix_length: int,
 
 
 def track_ids(vocabulary: Sequence[str]) -> dict[str, int]:
-    """The contract's id of every vocabulary key (``2 + i`` for line ``i``); see ``model.make_track_lookup``."""
+    """The contract's id of every vocabulary key (``2 + i`` for line ``i``); see ``layout.make_track_lookup``."""
     return {key: NUM_RESERVED_IDS + index for index, key in enumerate(vocabulary)}
 
 

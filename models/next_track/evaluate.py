@@ -33,8 +33,10 @@ import tensorflow as tf
 from musicrec.atomic import write_json_atomic
 from musicrec.models import ranking_metrics
 from musicrec.models.next_track import data
-from musicrec.models.next_track.history import ListeningHistory, SessionRecord, read_session_records
-from musicrec.models.next_track.model import PADDING_TOKEN, NextTrackHParams
+from musicrec.models.next_track.history import ListeningHistory
+from musicrec.models.next_track.hparams import NextTrackHParams
+from musicrec.models.next_track.layout import PADDING_TOKEN
+from musicrec.models.next_track.sessions import SessionRecord, read_session_records
 from musicrec.models.session_baselines import Baseline, default_baselines
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from musicrec.models.next_track.history import SessionRecord
+from musicrec.models.next_track.sessions import SessionRecord
 from musicrec.models.session_baselines import successor_rules
 
 

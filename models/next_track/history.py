@@ -1,4 +1,4 @@
-"""Listening sessions with their listener, and each listener's earlier plays.
+"""Each listener's earlier plays, from the sessions of the training split.
 
 Personalisation feeds the model the listener's most recent plays *before* the
 current session. Those plays come only from the sessions given to
@@ -11,44 +11,11 @@ from __future__ import annotations
 
 import bisect
 import collections
-import dataclasses
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
-
-@dataclasses.dataclass(frozen=True)
-class SessionRecord:
-    """One ``Sessions`` record (docs/architecture.md).
-
-    Attributes:
-        user_id: the listener.
-        session_id: stable id of the session.
-        start_time: Unix seconds of the first play.
-        track_keys: ``[plays]`` track keys in play order.
-        timestamps: ``[plays]`` Unix seconds.
-    """
-
-    user_id: str
-    session_id: str
-    start_time: int
-    track_keys: tuple[str, ...]
-    timestamps: tuple[int, ...]
-
-
-def read_session_records(files: Sequence[str]) -> list[SessionRecord]:
-    """Every session of GZIP TFRecord ``files`` (``Sessions`` contract), in file order."""
-    from musicrec.models.next_track.data import session_dataset
-
-    records = []
-    for session in session_dataset(files):
-        records.append(SessionRecord(
-            user_id=session["user_id"].numpy().decode("utf-8"),
-            session_id=session["session_id"].numpy().decode("utf-8"),
-            start_time=int(session["start_time"].numpy()),
-            track_keys=tuple(key.decode("utf-8") for key in session["track_key"].numpy()),
-            timestamps=tuple(int(t) for t in session["timestamp"].numpy())))
-    return records
+from musicrec.models.next_track.sessions import SessionRecord
 
 
 class ListeningHistory:

@@ -4,7 +4,7 @@ Almost every next play of a listener is a track they played before (over 90 %
 of the targets on real Spotify histories), so the competitors that matter are
 the listener's own tracks. For each example the loss scores exactly:
 
-- its *candidates*: every track :class:`~model.RepeatScores` adds to (the
+- its *candidates*: every track :class:`~repeat_scores.RepeatScores` adds to (the
   listener's recent plays, the session, the successors of the session's last
   plays in the whole history) and the target, each with its full logit
   (session vector · track vector + bias + repeat and successor terms);
@@ -27,8 +27,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from musicrec.models.next_track.model import (NUM_RESERVED_IDS, NextTrackHParams, output_embeddings,
-                                              scoring_layer)
+from musicrec.models.next_track.hparams import NextTrackHParams
+from musicrec.models.next_track.layout import NUM_RESERVED_IDS
+from musicrec.models.next_track.model import output_embeddings, scoring_layer
 
 
 class CandidateSoftmaxLoss(keras.layers.Layer):

@@ -33,9 +33,9 @@ import keras
 import tensorflow as tf
 
 from musicrec.models.export import check_signature, export_staged
-from musicrec.models.next_track.model import (
-    NUM_RESERVED_IDS, PADDING_ID, NextTrackHParams, input_layout, make_track_lookup,
-    output_embeddings)
+from musicrec.models.next_track.hparams import NextTrackHParams
+from musicrec.models.next_track.layout import NUM_RESERVED_IDS, PADDING_ID, input_layout, make_track_lookup
+from musicrec.models.next_track.model import output_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ MASKED_LOGIT = -1e9
 
 @keras.saving.register_keras_serializable(package="musicrec")
 class InputLayout(keras.layers.Layer):
-    """Right-padded history and session ids → the core model's fixed layout (see ``model.input_layout``)."""
+    """Right-padded history and session ids → the core model's fixed layout (see ``layout.input_layout``)."""
 
     def __init__(self, hparams: NextTrackHParams, **kwargs):
         super().__init__(**kwargs)

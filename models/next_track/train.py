@@ -12,10 +12,13 @@ import tensorflow as tf
 from musicrec.atomic import write_json_atomic
 from musicrec.models import warm_start
 from musicrec.models.next_track import data, global_rules
-from musicrec.models.next_track.history import ListeningHistory, read_session_records
-from musicrec.models.next_track.model import NUM_RESERVED_IDS, NextTrackHParams, build_model, scoring_layer
+from musicrec.models.next_track.history import ListeningHistory
+from musicrec.models.next_track.hparams import NextTrackHParams
+from musicrec.models.next_track.layout import NUM_RESERVED_IDS
+from musicrec.models.next_track.model import build_model, scoring_layer
 from musicrec.models.next_track.optimizer import LazyAdam
 from musicrec.models.next_track.sampled import build_candidate_trainer
+from musicrec.models.next_track.sessions import read_session_records
 from musicrec.models.next_track.serving import (  # noqa: F401  (re-exported for callers)
     SIGNATURE_INPUTS, SIGNATURE_OUTPUTS, export_saved_model)
 from musicrec.models.train_args import TrainArgs
