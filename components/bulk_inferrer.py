@@ -58,9 +58,9 @@ def latest_version_dir(model_base: str) -> str:
     Raises:
         FileNotFoundError: no version folder (nothing pushed yet).
     """
-    from musicrec.components.pusher import existing_versions
+    from musicrec.serving.wire import list_versions
 
-    versions = existing_versions(model_base)
+    versions = list_versions(model_base)
     if not versions:
         raise FileNotFoundError(f"no pushed version under {model_base} (run the pipeline first)")
     return os.path.join(model_base, str(versions[-1]))

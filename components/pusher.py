@@ -34,25 +34,18 @@ from typing import Any, Mapping
 
 from musicrec.components.base import Artifact, ComponentSpec, write_json_atomic
 from musicrec.components.evaluator import is_blessed
+from musicrec.serving.wire import list_versions
 
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_KEEP_VERSIONS = 5
 
 
-def existing_versions(model_base: str) -> list[int]:
-    """Integer version folders under ``model_base``, ascending."""
-    if not os.path.isdir(model_base):
-        return []
-    return sorted(int(name) for name in os.listdir(model_base)
-                  if name.isdigit() and os.path.isdir(os.path.join(model_base, name)))
-
-
 def prune_versions(model_base: str, keep_versions: int) -> list[int]:
     """Delete all but the newest ``keep_versions`` versions; return those deleted."""
     if keep_versions < 1:
         raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
-    doomed = existing_versions(model_base)[:-keep_versions]
+    doomed = list_versions(model_base)[:-keep_versions]
     for version in doomed:
         # Renamed first: a server polling the folder sees the version vanish
         # at once instead of a half-deleted one.
@@ -78,7 +71,7 @@ def _push(saved_model_dir: str, model_base: str, warmup: bool) -> tuple[int, str
     if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
         raise FileNotFoundError(f"no saved_model.pb in {saved_model_dir}")
     os.makedirs(model_base, exist_ok=True)
-    version = (existing_versions(model_base) or [0])[-1] + 1
+    version = (list_versions(model_base) or [0])[-1] + 1
     staging = os.path.join(model_base, f".tmp-{version}")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(saved_model_dir, staging)

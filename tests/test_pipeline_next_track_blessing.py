@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 
 from musicrec import cli
-from musicrec.components.pusher import existing_versions
+from musicrec.serving.wire import list_versions
 from musicrec.pipeline.config import make_config
 from musicrec.pipeline.pipeline import create_pipeline
 from musicrec.pipeline.runner import LocalRunner
@@ -82,7 +82,7 @@ def test_a_candidate_below_the_best_baseline_is_not_pushed_and_the_run_says_why(
     assert metrics["model"]["mrr@20"] < metrics["baselines"][best]["mrr@20"]
     push = result.artifact("pusher_next_track", "pushed_model").properties
     assert push["pushed"] is False and "below the best baseline" in push["reason"]
-    assert existing_versions(os.path.join(workdir, "serving", "next_track")) == []
+    assert list_versions(os.path.join(workdir, "serving", "next_track")) == []
     # Nothing was refitted for a candidate that will not be pushed.
     assert result.artifact("final_fit_next_track", "model").properties["refitted"] is False
     assert "below the best baseline" in open(result.report_path, encoding="utf-8").read()

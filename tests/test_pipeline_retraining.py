@@ -22,7 +22,7 @@ import time
 import pytest
 
 from musicrec import demo_data
-from musicrec.components.pusher import existing_versions
+from musicrec.serving.wire import list_versions
 from musicrec.demo import TINY_OVERRIDES
 from musicrec.pipeline import metadata as md
 from musicrec.pipeline.config import make_config
@@ -113,12 +113,12 @@ def history(tmp_path_factory):
     killed_run_id, refused = _child_run_killed_during_training(workdir, logs_dir)
     killed_record = json.load(open(os.path.join(workdir, "runs", killed_run_id, "run.json")))
     resumed = _run(workdir, logs_dir)
-    versions_after_first = existing_versions(os.path.join(workdir, "serving", "next_track"))
+    versions_after_first = list_versions(os.path.join(workdir, "serving", "next_track"))
     unchanged = _run(workdir, logs_dir)
-    versions_after_unchanged = existing_versions(os.path.join(workdir, "serving", "next_track"))
+    versions_after_unchanged = list_versions(os.path.join(workdir, "serving", "next_track"))
     _write_span(logs_dir, SPAN_B, spans[SPAN_B])
     new_span = _run(workdir, logs_dir)
-    versions_before_degraded = existing_versions(os.path.join(workdir, "serving", "next_track"))
+    versions_before_degraded = list_versions(os.path.join(workdir, "serving", "next_track"))
     degraded = _run(workdir, logs_dir, DEGRADED)
     return {"workdir": workdir, "logs_dir": logs_dir, "killed_run_id": killed_run_id,
             "killed_record": killed_record, "refused": refused, "resumed": resumed,
@@ -197,7 +197,7 @@ def test_a_degraded_candidate_is_not_blessed_and_serving_is_unchanged(history):
     assert "previous blessed model" in evaluation["reason"]
     push = degraded.artifact("pusher_next_track", "pushed_model").properties
     assert push["pushed"] is False
-    assert existing_versions(os.path.join(history["workdir"], "serving", "next_track")) \
+    assert list_versions(os.path.join(history["workdir"], "serving", "next_track")) \
         == history["versions_before_degraded"]
 
 
@@ -224,7 +224,7 @@ def test_the_schedule_runs_three_times_survives_a_failure_and_pushes_only_blesse
     from musicrec.pipeline.schedule import run_on_schedule
 
     workdir, logs_dir = history["workdir"], history["logs_dir"]
-    versions = existing_versions(os.path.join(workdir, "serving", "next_track"))
+    versions = list_versions(os.path.join(workdir, "serving", "next_track"))
     plan = iter([lambda: _run(workdir, logs_dir, DEGRADED),
                  lambda: _run(workdir, os.path.join(workdir, "missing-logs")),
                  lambda: _run(workdir, logs_dir)])
@@ -233,7 +233,7 @@ def test_the_schedule_runs_three_times_survives_a_failure_and_pushes_only_blesse
     assert [run.ok for run in runs] == [True, False, True]
     assert "missing-logs" in runs[1].error
     assert len(open(log_path).read().splitlines()) == 3
-    assert existing_versions(os.path.join(workdir, "serving", "next_track")) == versions
+    assert list_versions(os.path.join(workdir, "serving", "next_track")) == versions
     for run in (runs[0].result, runs[2].result):
         evaluation = run.artifact("evaluator_next_track", "evaluation").properties
         push = run.artifact("pusher_next_track", "pushed_model").properties

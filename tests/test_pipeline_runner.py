@@ -5,7 +5,8 @@ import os
 import pytest
 
 from musicrec.components.base import ComponentSpec
-from musicrec.components.pusher import existing_versions, push
+from musicrec.components.pusher import push
+from musicrec.serving.wire import list_versions
 from musicrec.pipeline.config import ConfigError, load_config, make_config
 from musicrec.pipeline.runner import LocalRunner, Node, Pipeline, PipelineRunError
 
@@ -91,7 +92,7 @@ def test_pusher_adds_increasing_versions_and_ignores_staging(tmp_path):
     (base / ".tmp-7").mkdir()
     version, path = push(str(model), str(base))
     assert version == 2 and os.path.isfile(os.path.join(path, "saved_model.pb"))
-    assert existing_versions(str(base)) == [1, 2]
+    assert list_versions(str(base)) == [1, 2]
     with pytest.raises(FileNotFoundError):
         push(str(tmp_path / "missing"), str(base))
 

@@ -20,6 +20,7 @@ from musicrec.serving.client import PredictionClient
 from musicrec.serving.config import read_model_config
 from musicrec.serving.server import LocalModelServer
 from musicrec.serving.warmup import read_warmup_requests, warmup_path
+from musicrec.serving.wire import list_versions
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_keep_versions_prunes_the_oldest(trained, tmp_path):
                           keep_versions=2, warmup=False) for index in range(3)]
     assert [record["version"] for record in records] == [1, 2, 3]
     assert [record["pruned_versions"] for record in records] == [[], [], [1]]
-    assert pusher.existing_versions(os.path.join(base, "scorer")) == [2, 3]
+    assert list_versions(os.path.join(base, "scorer")) == [2, 3]
     assert sorted(os.listdir(os.path.join(base, "scorer"))) == ["2", "3"]  # no leftovers
     assert records[0]["warmup"] is False and not os.path.exists(warmup_path(records[2]["path"]))
     with pytest.raises(ValueError, match="keep_versions"):
@@ -95,7 +96,7 @@ def test_default_keeps_five_versions(trained, tmp_path):
     base = str(tmp_path / "serving")
     for index in range(6):
         run_pusher(trained["scorer"], base, "scorer", str(tmp_path / f"p{index}"), warmup=False)
-    assert pusher.existing_versions(os.path.join(base, "scorer")) == [2, 3, 4, 5, 6]
+    assert list_versions(os.path.join(base, "scorer")) == [2, 3, 4, 5, 6]
 
 
 def test_unusable_warmup_is_skipped_with_a_reason_and_the_push_still_happens(trained, tmp_path):
