@@ -35,7 +35,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from musicrec.components import beam_io, example_wire, tfrecord_shards
 from musicrec.components.base import Artifact, ComponentSpec
-from musicrec.models import features
+from musicrec.models import audio_files, features
 
 DEFAULT_SPLIT_FRACTIONS: Mapping[str, float] = {"train": 0.8, "eval": 0.1, "test": 0.1}
 LABELS_FILE = "labels.txt"
@@ -264,7 +264,7 @@ DEAD = "dead"
 REASON_DUPLICATE = "duplicate track_id"
 REASON_UNEXPECTED = "unexpected error"
 # Every reason a dead letter can carry; docs/ingestion.md explains each.
-DEAD_LETTER_REASONS = features.DECODE_REASONS + (REASON_DUPLICATE, REASON_UNEXPECTED)
+DEAD_LETTER_REASONS = audio_files.DECODE_REASONS + (REASON_DUPLICATE, REASON_UNEXPECTED)
 
 
 def _dead_letter(path: str, reason: str, detail: str) -> dict[str, str]:
@@ -306,8 +306,8 @@ class DecodeTrack(beam.DoFn):
 
     def process(self, source: AudioSource):
         try:
-            segments = features.track_segments(source.path, self._params, self._filterbank)
-        except features.AudioDecodeError as exc:
+            segments = audio_files.track_segments(source.path, self._params, self._filterbank)
+        except audio_files.AudioDecodeError as exc:
             self._rejected.inc()
             self._progress.add("dead_letters")
             yield beam.pvalue.TaggedOutput(DEAD, _dead_letter(source.path, exc.reason, exc.detail))

@@ -22,7 +22,8 @@ import tensorflow as tf
 from musicrec.components import audio_example_gen, bulk_inferrer, inference_jobs, playlog_example_gen
 from musicrec.components.base import Artifact
 from musicrec.components.pusher import push
-from musicrec.models.features import AudioFeatureParams, track_segments
+from musicrec.models.audio_files import track_segments
+from musicrec.models.features import AudioFeatureParams
 from musicrec.models.genre.train import run_fn as train_genre
 from musicrec.models.next_track.train import run_fn as train_next_track
 from musicrec.models.train_args import TrainArgs

@@ -12,7 +12,7 @@ import pytest
 from musicrec import cli, commands, demo_data
 from musicrec.demo import TINY_OVERRIDES, free_port, serving_process
 from musicrec.models.export_check import non_core_ops
-from musicrec.models.features import track_segments
+from musicrec.models.audio_files import track_segments
 from musicrec.models.genre.signatures import read_model_features
 from musicrec.pipeline.config import feature_params, make_config
 from musicrec.serving.client import PredictionClient
