@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
+import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS_DIR = os.path.join(REPO_ROOT, "models")
@@ -130,3 +132,11 @@ def test_serving_reads_saved_models_and_never_imports_training_code():
     imports = _imports_of_folder("serving")
     assert any(name.startswith("musicrec.serving.") for _, name in imports)  # the scan reads the folder
     assert [(path, name) for path, name in imports if name.startswith("musicrec.models")] == []
+
+
+def test_hyperparameters_load_without_tensorflow():
+    # Settings are read where no model is built (pipeline/config.py checks NextTrackHParams): no TensorFlow.
+    probe = ("import sys; import musicrec.models.genre.hparams, musicrec.models.next_track.hparams; "
+             "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
