@@ -17,7 +17,7 @@ one-element input) so that the ratio can also be given without it:
   folder of clips, on 1 worker (Beam's in-process FnApiRunner) and on
   ``--direct_num_workers=N --direct_running_mode=M`` (``--running-mode``:
   ``multi_processing``, the default, or ``multi_threading``), against a
-  plain loop doing the same work in-process: ``features.track_segments`` per
+  plain loop doing the same work in-process: ``audio_files.track_segments`` per
   file, the genre model's ``serving_default`` signature on its segments,
   the mean per track;
 - **recommendations**: users per second of the ``recommend`` job over a
@@ -110,7 +110,7 @@ from bench_serving_load import build_stand_ins  # noqa: E402
 from common import short_machine, timed, write_result  # noqa: E402
 from musicrec.components import bulk_inferrer, inference_jobs, recommendation_job  # noqa: E402
 from musicrec.components.base import Artifact  # noqa: E402
-from musicrec.models import features  # noqa: E402
+from musicrec.models import audio_files  # noqa: E402
 
 NAME = "batch_inference"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -175,8 +175,8 @@ def reference_tagging(paths: Sequence[str], saved_model: str) -> dict[str, str]:
     genres = {}
     for path in paths:
         try:
-            segments = features.track_segments(path, params)
-        except features.AudioDecodeError:
+            segments = audio_files.track_segments(path, params)
+        except audio_files.AudioDecodeError:
             continue
         answer = signature(log_mel=tf.constant(segments[None]))
         _embedding = answer["embedding"].numpy()[0]

@@ -122,12 +122,12 @@ def list_clips(data_dir: str) -> list[tuple[str, str, int]]:
 
 
 def load_clips(data_dir: str, params) -> list[Clip]:
-    from musicrec.models import features, genre_baseline
+    from musicrec.models import audio_files, features, genre_baseline
 
     clips = []
     listed = list_clips(data_dir)
     for index, (path, genre, number) in enumerate(listed, start=1):
-        waveform = features.load_audio(path, params)
+        waveform = audio_files.load_audio(path, params)
         log_mel = features.log_mel(waveform, params)
         clips.append(Clip(
             path, genre, number, log_mel,

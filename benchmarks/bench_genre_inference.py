@@ -54,7 +54,7 @@ TARGETS = {"musicnn_msd": 100.0, "log_mel": 200.0}
 
 
 def load_waveforms(data: str | None, limit: int, seconds: float, rate: int) -> list[np.ndarray]:
-    from musicrec.models import features
+    from musicrec.models import audio_files, features
 
     params = features.AudioFeatureParams(sample_rate=rate)
     if data:
@@ -67,7 +67,7 @@ def load_waveforms(data: str | None, limit: int, seconds: float, rate: int) -> l
         ordered = [p for group in zip(*by_genre.values()) for p in group]
         if not ordered:
             raise SystemExit(f"no audio under {data}")
-        return [features.load_audio(p, params) for p in ordered[:limit]]
+        return [audio_files.load_audio(p, params) for p in ordered[:limit]]
     rng = np.random.default_rng(0)
     t = np.arange(int(seconds * rate)) / rate
     return [(0.3 * np.sin(2 * np.pi * rng.uniform(80, 2000) * t)

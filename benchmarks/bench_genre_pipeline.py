@@ -82,12 +82,12 @@ def write_metadata(path: str, clips: list[Listed], splits: dict[int, str]) -> st
 
 def audio_baseline(clips: list[Listed]) -> tuple[np.ndarray, float]:
     """Classical baseline clip vectors from the audio (22 050 Hz librosa features), and the seconds."""
-    from musicrec.models import features, genre_baseline
+    from musicrec.models import audio_files, features, genre_baseline
 
     params = features.AudioFeatureParams()
     with timed() as watch:
         vectors = np.stack([genre_baseline.clip_vector(genre_baseline.frame_features_from_waveform(
-            features.load_audio(clip.path, params), params)) for clip in clips])
+            audio_files.load_audio(clip.path, params), params)) for clip in clips])
     return vectors, watch.seconds
 
 

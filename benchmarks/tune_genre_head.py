@@ -95,7 +95,7 @@ def tuning_features(data: str, cache: str) -> dict[str, Any]:
             return {key: stored[key] for key in stored.files}
     import tensorflow as tf
 
-    from musicrec.models import features, genre_baseline
+    from musicrec.models import audio_files, features, genre_baseline
     from musicrec.models.genre.pretrained import PretrainedHParams
     from musicrec.models.genre.train_pretrained import frontend_models
 
@@ -107,12 +107,12 @@ def tuning_features(data: str, cache: str) -> dict[str, Any]:
     embeddings, pooled, baseline, lengths = [], [], [], []
     for count, index in enumerate(tuning, start=1):
         path = listed[index][0]
-        segments = features.segment(features.log_mel(features.load_audio(path, FEATURE_PARAMS),
+        segments = features.segment(features.log_mel(audio_files.load_audio(path, FEATURE_PARAMS),
                                                      FEATURE_PARAMS), FEATURE_PARAMS)
         embeddings.append(np.asarray(embedder(tf.constant(segments))))
         pooled.append(np.asarray(pooler(tf.constant(segments))))
         baseline.append(genre_baseline.clip_vector(genre_baseline.frame_features_from_waveform(
-            features.load_audio(path, params), params)))
+            audio_files.load_audio(path, params), params)))
         lengths.append(segments.shape[0])
         print(f"\rtuning clips {count}/{len(tuning)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)

@@ -3,7 +3,7 @@
 Shared by the audio ExampleGen and the bulk inferrer's ``tag`` job, so both
 reject the same files with the same exact reasons (:data:`DEAD_LETTER_REASONS`,
 docs/ingestion.md): empty, unreadable, not audio, corrupt, shorter than one
-segment, silent (:data:`musicrec.models.features.DECODE_REASONS`), or a
+segment, silent (:data:`musicrec.models.audio_files.DECODE_REASONS`), or a
 repeated track id.
 """
 from __future__ import annotations
@@ -14,14 +14,14 @@ import apache_beam as beam
 
 from musicrec.components import beam_io
 from musicrec.components.audio_sources import AudioSource
-from musicrec.models import features
+from musicrec.models import audio_files, features
 
 # the tag of the dead-letter output of every step here
 DEAD = "dead"
 REASON_DUPLICATE = "duplicate track_id"
 REASON_UNEXPECTED = "unexpected error"
 # Every reason a dead letter can carry; docs/ingestion.md explains each.
-DEAD_LETTER_REASONS = features.DECODE_REASONS + (REASON_DUPLICATE, REASON_UNEXPECTED)
+DEAD_LETTER_REASONS = audio_files.DECODE_REASONS + (REASON_DUPLICATE, REASON_UNEXPECTED)
 
 
 def _dead_letter(path: str, reason: str, detail: str) -> dict[str, str]:
@@ -64,8 +64,8 @@ class DecodeTrack(beam.DoFn):
 
     def process(self, source: AudioSource):
         try:
-            segments = features.track_segments(source.path, self._params, self._filterbank)
-        except features.AudioDecodeError as exc:
+            segments = audio_files.track_segments(source.path, self._params, self._filterbank)
+        except audio_files.AudioDecodeError as exc:
             self._rejected.inc()
             self._progress.add("dead_letters")
             yield beam.pvalue.TaggedOutput(DEAD, _dead_letter(source.path, exc.reason, exc.detail))

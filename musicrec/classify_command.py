@@ -1,7 +1,7 @@
 """``musicrec classify FILE...``: genre of audio files, from the server.
 
 Prints the ``--top`` most likely genres of each file. Any format
-``musicrec.models.features.load_audio`` decodes (WAV, FLAC, OGG/Vorbis,
+``musicrec.models.audio_files.load_audio`` decodes (WAV, FLAC, OGG/Vorbis,
 Opus, MP3, ...) at any sample rate and channel count. The file
 is decoded to 22 050 Hz mono and sent to the model's ``from_waveform``
 signature, which computes the model's own features in its graph (the
@@ -64,7 +64,7 @@ MAX_REQUEST_SECONDS = 600.0
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from musicrec.models.features import AudioDecodeError
+    from musicrec.models.audio_files import AudioDecodeError
     from musicrec.serving.errors import ServingError
 
     if args.top < 1:
@@ -108,7 +108,7 @@ def _readable(error, path: str, seconds: float) -> Exception:
     dead-letter reason with the file's length; anything else keeps its message, on one line."""
     import re
 
-    from musicrec.models.features import REASON_TOO_SHORT, AudioDecodeError
+    from musicrec.models.audio_files import REASON_TOO_SHORT, AudioDecodeError
     from musicrec.serving.errors import ServingError
 
     message = " ".join(error.message.split())
@@ -133,8 +133,8 @@ def classify_file(grpc_client, model_name: str, path: str, top: int) -> list[dic
     """
     import numpy as np
 
-    from musicrec.models.features import (REASON_SILENT, SILENCE_PEAK_DBFS, AudioDecodeError,
-                                          AudioFeatureParams, load_audio, peak_dbfs)
+    from musicrec.models.audio_files import REASON_SILENT, SILENCE_PEAK_DBFS, AudioDecodeError, load_audio, peak_dbfs
+    from musicrec.models.features import AudioFeatureParams
     from musicrec.models.genre.frontends import WAVEFORM_SAMPLE_RATE
     from musicrec.serving.errors import ServingError
 

@@ -22,7 +22,7 @@ from musicrec.components import audio_decoding, audio_records, audio_sources  # 
 from musicrec.components import audio_example_gen as aeg  # noqa: E402
 from musicrec.components import beam_io  # noqa: E402
 from musicrec.components.base import Artifact  # noqa: E402
-from musicrec.models import features  # noqa: E402
+from musicrec.models import audio_files, features  # noqa: E402
 
 CLIP_SECONDS = 3.5
 SAMPLE_RATE = 22050
@@ -318,7 +318,7 @@ def test_run_writes_contract_layout_matching_features(audio_dir, tmp_path):
 
     for relative in GOOD_FILES:
         track_id = os.path.splitext(os.path.basename(relative))[0]
-        reference = features.track_segments(os.path.join(audio_dir, relative), params)
+        reference = audio_files.track_segments(os.path.join(audio_dir, relative), params)
         written = segments_of_track[track_id]
         assert reference.shape[0] == features.expected_segments(CLIP_SECONDS, params) > 1
         assert sorted(written) == list(range(reference.shape[0]))

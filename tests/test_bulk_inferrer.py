@@ -23,7 +23,8 @@ from musicrec.components import (audio_records, audio_sources, bulk_inferrer, pl
                                  recommendation_job, tagging_job)
 from musicrec.components.base import Artifact
 from musicrec.components.pusher import push
-from musicrec.models.features import AudioFeatureParams, track_segments
+from musicrec.models.audio_files import track_segments
+from musicrec.models.features import AudioFeatureParams
 from musicrec.models.genre.train import run_fn as train_genre
 from musicrec.models.next_track.train import run_fn as train_next_track
 from musicrec.models.train_args import TrainArgs

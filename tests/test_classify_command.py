@@ -15,7 +15,8 @@ import tensorflow as tf
 from musicrec import cli
 from musicrec.classify_command import ProgressBar
 from musicrec.models.export import export_serving_model
-from musicrec.models.features import AudioFeatureParams, track_segments
+from musicrec.models.audio_files import track_segments
+from musicrec.models.features import AudioFeatureParams
 from musicrec.models.genre.evaluate import predict_track
 from musicrec.models.genre.hparams import GenreHParams
 from musicrec.models.genre.model import build_classifier, build_serving_model, new_normalization

@@ -1,4 +1,5 @@
-"""Cold start (models/next_track/cold_start.py): regressor, weight surgery, held-out cases, scoring."""
+"""Cold start (models/next_track/cold_start.py, ridge.py, track_weights.py): regressor, weight surgery,
+held-out cases, scoring."""
 import dataclasses
 import json
 import os
@@ -12,6 +13,8 @@ from musicrec.models.next_track import cold_start
 from musicrec.models.next_track.hparams import CATALOGUE_RANKING, NextTrackHParams
 from musicrec.models.next_track.layout import NUM_RESERVED_IDS
 from musicrec.models.next_track.model import build_model
+from musicrec.models.next_track.ridge import DEFAULT_ALPHAS, RidgeRegressor
+from musicrec.models.next_track.track_weights import read_rows, track_weights, write_rows
 
 HPARAMS = NextTrackHParams(**CATALOGUE_RANKING, embedding_dim=4, lstm_units=6, top_k=5, max_prefix_length=3)
 
@@ -20,7 +23,7 @@ def test_ridge_leave_one_out_error_matches_refitting_without_each_row():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(12, 3))
     y = x @ rng.normal(size=(3, 2)) + 0.3 * rng.normal(size=(12, 2))
-    fitted = cold_start.RidgeRegressor.fit(x, y, alphas=[2.0])
+    fitted = RidgeRegressor.fit(x, y, alphas=[2.0])
     # Brute force: refit without row i (standardisation from the other rows, as the
     # closed form assumes for the intercept only), predict row i.
     squared = 0.0
@@ -42,36 +45,36 @@ def test_ridge_recovers_a_linear_map_and_picks_a_larger_penalty_for_noise():
     x = rng.normal(size=(40, 5)) * [1.0, 10.0, 0.1, 3.0, 1.0] + 7.0
     truth = rng.normal(size=(5, 3))
     y = x @ truth + 2.0
-    exact = cold_start.RidgeRegressor.fit(x, y)
-    assert exact.alpha == min(cold_start.DEFAULT_ALPHAS)
+    exact = RidgeRegressor.fit(x, y)
+    assert exact.alpha == min(DEFAULT_ALPHAS)
     assert exact.loo_r2 > 0.99
     new_x = rng.normal(size=(4, 5)) + 7.0
     np.testing.assert_allclose(exact.predict(new_x), new_x @ truth + 2.0, atol=0.05)
 
-    noise = cold_start.RidgeRegressor.fit(x, rng.normal(size=(40, 3)))
-    assert noise.alpha == max(cold_start.DEFAULT_ALPHAS)
+    noise = RidgeRegressor.fit(x, rng.normal(size=(40, 3)))
+    assert noise.alpha == max(DEFAULT_ALPHAS)
     assert noise.loo_r2 < 0.05
 
-    restored = cold_start.RidgeRegressor.from_dict(json.loads(json.dumps(exact.to_dict())))
+    restored = RidgeRegressor.from_dict(json.loads(json.dumps(exact.to_dict())))
     np.testing.assert_allclose(restored.predict(new_x), exact.predict(new_x))
 
 
 def test_ridge_rejects_too_few_rows():
     with pytest.raises(ValueError, match="n >= 3"):
-        cold_start.RidgeRegressor.fit(np.ones((2, 3)), np.ones((2, 1)))
+        RidgeRegressor.fit(np.ones((2, 3)), np.ones((2, 1)))
 
 
 def test_track_weights_follow_tied_and_untied_output_layers():
     tied = build_model(7, dataclasses.replace(HPARAMS, tied_embeddings=True))
-    assert [(w.layer, w.index, w.axis) for w in cold_start.track_weights(tied, 7 + NUM_RESERVED_IDS)] \
+    assert [(w.layer, w.index, w.axis) for w in track_weights(tied, 7 + NUM_RESERVED_IDS)] \
         == [("track_embedding", 0, 0), ("next_track_logits", 0, 0)]
     model = build_model(7, dataclasses.replace(HPARAMS, tied_embeddings=False))
-    weights = cold_start.track_weights(model, 7 + NUM_RESERVED_IDS)
+    weights = track_weights(model, 7 + NUM_RESERVED_IDS)
     assert [(w.layer, w.index, w.axis) for w in weights] == [
         ("track_embedding", 0, 0), ("next_track_logits", 0, 1), ("next_track_logits", 1, 0)]
     kernel = model.get_layer("next_track_logits").get_weights()[0]
-    np.testing.assert_array_equal(cold_start.read_rows(model, weights[1], [3, 5]), kernel[:, [3, 5]].T)
-    cold_start.write_rows(model, weights[1], [3], np.full((1, HPARAMS.lstm_units), 9.0))
+    np.testing.assert_array_equal(read_rows(model, weights[1], [3, 5]), kernel[:, [3, 5]].T)
+    write_rows(model, weights[1], [3], np.full((1, HPARAMS.lstm_units), 9.0))
     updated = model.get_layer("next_track_logits").get_weights()[0]
     assert np.all(updated[:, 3] == 9.0)
     np.testing.assert_array_equal(np.delete(updated, 3, axis=1), np.delete(kernel, 3, axis=1))
@@ -83,11 +86,11 @@ def _trained_like_checkpoint(model_dir, vocabulary, audio):
     model = build_model(len(vocabulary), HPARAMS)
     maps = {}
     rng = np.random.default_rng(2)
-    for weight in cold_start.track_weights(model, len(vocabulary) + NUM_RESERVED_IDS):
-        width = cold_start.read_rows(model, weight, [0]).shape[1]
+    for weight in track_weights(model, len(vocabulary) + NUM_RESERVED_IDS):
+        width = read_rows(model, weight, [0]).shape[1]
         maps[weight.name] = rng.normal(size=(audio.shape[1], width))
         ids = np.arange(NUM_RESERVED_IDS, NUM_RESERVED_IDS + len(vocabulary))
-        cold_start.write_rows(model, weight, ids, audio[:len(vocabulary)] @ maps[weight.name])
+        write_rows(model, weight, ids, audio[:len(vocabulary)] @ maps[weight.name])
     warm_start.save_checkpoint(model, model_dir, vocabulary, HPARAMS.to_dict())
     return maps
 
@@ -106,11 +109,11 @@ def test_cold_tracks_are_appended_with_weights_predicted_from_audio(tmp_path):
                                                 warm_norm=False)
     assert result.vocabulary == played + cold
     assert result.cold_tracks == cold and len(result.warm_tracks) == 29
-    for weight in cold_start.track_weights(result.model, len(result.vocabulary) + NUM_RESERVED_IDS):
-        predicted = cold_start.read_rows(result.model, weight, [NUM_RESERVED_IDS + 30, NUM_RESERVED_IDS + 31])
+    for weight in track_weights(result.model, len(result.vocabulary) + NUM_RESERVED_IDS):
+        predicted = read_rows(result.model, weight, [NUM_RESERVED_IDS + 30, NUM_RESERVED_IDS + 31])
         np.testing.assert_allclose(predicted, audio[30:] @ maps[weight.name], atol=0.05)
         # Warm tracks keep their trained weights.
-        np.testing.assert_allclose(cold_start.read_rows(result.model, weight, [NUM_RESERVED_IDS, NUM_RESERVED_IDS + 1]),
+        np.testing.assert_allclose(read_rows(result.model, weight, [NUM_RESERVED_IDS, NUM_RESERVED_IDS + 1]),
                                    audio[:2] @ maps[weight.name], atol=1e-5)
     assert all(fit.loo_r2 > 0.99 for fit in result.regressors.values())
 
@@ -118,13 +121,13 @@ def test_cold_tracks_are_appended_with_weights_predicted_from_audio(tmp_path):
     scaled = cold_start.extend_with_cold_tracks(str(tmp_path / "trained"), played, audio_ids, audio_rows)
     cold_ids = [NUM_RESERVED_IDS + 30, NUM_RESERVED_IDS + 31]
     warm_ids = [NUM_RESERVED_IDS + i for i in range(1, 30)]
-    for weight in cold_start.track_weights(scaled.model, len(scaled.vocabulary) + NUM_RESERVED_IDS):
-        raw = cold_start.read_rows(result.model, weight, cold_ids)
-        rows = cold_start.read_rows(scaled.model, weight, cold_ids)
+    for weight in track_weights(scaled.model, len(scaled.vocabulary) + NUM_RESERVED_IDS):
+        raw = read_rows(result.model, weight, cold_ids)
+        rows = read_rows(scaled.model, weight, cold_ids)
         if raw.shape[1] == 1:  # a bias is not a direction
             np.testing.assert_allclose(rows, raw, rtol=1e-5)
             continue
-        warm_length = np.linalg.norm(cold_start.read_rows(scaled.model, weight, warm_ids), axis=1).mean()
+        warm_length = np.linalg.norm(read_rows(scaled.model, weight, warm_ids), axis=1).mean()
         np.testing.assert_allclose(np.linalg.norm(rows, axis=1), warm_length, rtol=1e-4)
         cosine = np.sum(rows * raw, axis=1) / np.linalg.norm(rows, axis=1) / np.linalg.norm(raw, axis=1)
         np.testing.assert_allclose(cosine, 1.0, atol=1e-5)

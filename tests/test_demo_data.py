@@ -15,7 +15,7 @@ import pytest
 import soundfile
 
 from musicrec import demo_data, demo_data_audio, demo_data_config, demo_data_listening
-from musicrec.models import features
+from musicrec.models import audio_files, features
 
 SESSION_BREAK_S = 30 * 60
 
@@ -133,7 +133,7 @@ def test_audio_has_two_feature_segments_and_does_not_clip(tiny):
         path = os.path.join(summary.out_dir, row["path"])
         waveform, _ = soundfile.read(path, dtype="float32")
         assert 0.3 < np.max(np.abs(waveform)) < 0.95
-        segments = features.track_segments(path, params)
+        segments = audio_files.track_segments(path, params)
         assert segments.shape == (2, params.frames_per_segment, params.n_mels)
 
 
@@ -227,7 +227,7 @@ def test_genres_differ_in_log_mel_features(tmp_path):
     params = features.AudioFeatureParams()
     vectors, labels = [], []
     for row in metadata:
-        mel = features.log_mel(features.load_audio(os.path.join(summary.out_dir, row["path"]),
+        mel = features.log_mel(audio_files.load_audio(os.path.join(summary.out_dir, row["path"]),
                                                    params), params)
         vectors.append(np.concatenate([mel.mean(axis=0), mel.std(axis=0)]))
         labels.append(row["genre"])

@@ -13,7 +13,7 @@ from musicrec import cli, demo_data, pipeline_runs
 from musicrec.demo import TINY_OVERRIDES, free_port, read_metadata, serving_process
 from musicrec.serve_command import served_models
 from musicrec.models.export_check import non_core_ops
-from musicrec.models.features import track_segments
+from musicrec.models.audio_files import track_segments
 from musicrec.models.genre.signatures import read_model_features
 from musicrec.pipeline.config import feature_params, make_config
 from musicrec.serving.client import PredictionClient

@@ -9,7 +9,7 @@ import librosa
 import numpy as np
 import pytest
 
-from musicrec.models import features
+from musicrec.models import audio_files, features
 
 PARAMS = features.AudioFeatureParams()
 # Natural-log units: librosa's STFT runs in double precision, ours in single;
@@ -58,7 +58,7 @@ def test_log_mel_matches_librosa_on_real_clips(shared_data):
     paths = sorted(glob.glob(os.path.join(shared_data, "gtzan_dev", "*", "*")))[:3]
     assert paths, "gtzan_dev holds no clips"
     for path in paths:
-        waveform = features.load_audio(path, PARAMS)
+        waveform = audio_files.load_audio(path, PARAMS)
         assert np.max(np.abs(features.log_mel(waveform, PARAMS) - _librosa_log_mel(waveform, PARAMS))) < TOLERANCE
 
 

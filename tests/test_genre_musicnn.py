@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import tensorflow as tf
 
-from musicrec.models import features
+from musicrec.models import audio_files, features
 from musicrec.models.export import export_serving_model
 from musicrec.models.export_check import non_core_ops
 from musicrec.models.genre import musicnn
@@ -144,7 +144,7 @@ def exported(tmp_path_factory):
     for index in range(8):
         path = str(tmp_path_factory.mktemp("clips") / f"{index}.wav")
         sf.write(path, _clip(LABELS[index % 2], 6.5 + index % 3, 22050, seed=index), 22050)
-        clips.append(np.asarray(cache_model(features.track_segments(path, PARAMS))))
+        clips.append(np.asarray(cache_model(audio_files.track_segments(path, PARAMS))))
         labels.append(index % 2)
     head, _history, _monitor = fit_head(clips, labels, len(LABELS), hparams, seed=0)
     serving_dir = str(tmp_path_factory.mktemp("musicnn_export") / "serving")
@@ -173,7 +173,7 @@ def test_a_track_is_answered_whole_and_padding_segments_change_nothing(exported,
     signature = exported[1]["serving_default"]
     path = str(tmp_path / "pulse.wav")
     sf.write(path, _clip("pulse", 9.5, 22050, seed=11), 22050)
-    segments = features.track_segments(path, PARAMS)                 # ingestion's features
+    segments = audio_files.track_segments(path, PARAMS)  # ingestion's features
     assert segments.shape == (3, 187, 96)
     shorter = segments[:2]
     batch = predict_tracks(signature, [segments, shorter], outputs=("probabilities", "embedding"))
@@ -192,9 +192,9 @@ def test_from_waveform_resamples_and_agrees_with_serving_default_on_ingested_fea
     path = str(tmp_path / "drone.flac")
     waveform = _clip("drone", 7.0, 22050, seed=12)
     sf.write(path, waveform, 22050, subtype="PCM_24")
-    from_log_mel = predict_track(signatures["serving_default"], features.track_segments(path, PARAMS))
+    from_log_mel = predict_track(signatures["serving_default"], audio_files.track_segments(path, PARAMS))
     outputs = signatures["from_waveform"](
-        waveform=tf.constant(features.load_audio(path, features.AudioFeatureParams())[None]))
+        waveform=tf.constant(audio_files.load_audio(path, features.AudioFeatureParams())[None]))
     np.testing.assert_allclose(outputs["probabilities"].numpy()[0], from_log_mel, atol=0.02)
     assert outputs["genre"].numpy()[0].decode() == LABELS[int(from_log_mel.argmax())] == "drone"
 
@@ -205,8 +205,8 @@ def test_real_gtzan_clip_gets_the_same_answer_from_both_signatures(exported, sha
         pytest.skip("no gtzan_dev clips in shared data")
     signatures = exported[1]
     from_log_mel = predict_track(signatures["serving_default"],
-                                 features.track_segments(paths[0], PARAMS))
-    waveform = features.load_audio(paths[0], features.AudioFeatureParams())
+                                 audio_files.track_segments(paths[0], PARAMS))
+    waveform = audio_files.load_audio(paths[0], features.AudioFeatureParams())
     outputs = signatures["from_waveform"](waveform=tf.constant(waveform[None]))
     np.testing.assert_allclose(outputs["probabilities"].numpy()[0], from_log_mel, atol=0.02)
 

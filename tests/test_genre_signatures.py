@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from musicrec.models.export import export_serving_model
 from musicrec.models.export_check import non_core_ops
-from musicrec.models.features import AudioFeatureParams, load_audio, log_mel, track_segments
+from musicrec.models.audio_files import load_audio, track_segments
+from musicrec.models.features import AudioFeatureParams, log_mel
 from musicrec.models.genre.evaluate import predict_track
 from musicrec.models.genre.hparams import GenreHParams
 from musicrec.models.genre.model import build_classifier, build_serving_model, new_normalization

@@ -1,6 +1,6 @@
 """Audio ingestion on real-world inputs: every bad-file class, formats, labels from CSV, leak-free splits.
 
-The decode tests call ``features.track_segments`` directly (the function the
+The decode tests call ``audio_files.track_segments`` directly (the function the
 Beam job runs per file); the pipeline tests run ``audio_example_gen`` on the
 in-process runner and read back what it wrote.
 """
@@ -22,7 +22,7 @@ from musicrec.components import audio_decoding, audio_records  # noqa: E402
 from musicrec.components import audio_example_gen as aeg  # noqa: E402
 from musicrec.components import beam_io  # noqa: E402
 from musicrec.components.base import Artifact  # noqa: E402
-from musicrec.models import features  # noqa: E402
+from musicrec.models import audio_files, features  # noqa: E402
 
 RATE = 22050
 # Short segments keep the generated clips (and the test) small.
@@ -36,8 +36,8 @@ def _tone(seconds: float, rate: int = RATE, hz: float = 440.0, channels: int = 1
 
 
 def _reason(path, params=None) -> str:
-    with pytest.raises(features.AudioDecodeError) as caught:
-        features.track_segments(str(path), params or features.AudioFeatureParams())
+    with pytest.raises(audio_files.AudioDecodeError) as caught:
+        audio_files.track_segments(str(path), params or features.AudioFeatureParams())
     assert caught.value.detail, "a dead letter must say what happened"
     return caught.value.reason
 
@@ -86,7 +86,7 @@ def test_digital_silence_and_near_silence_are_silent(tmp_path):
     assert _reason(tmp_path / "zeros.wav") == "silent"
     assert _reason(tmp_path / "hiss.flac") == "silent"
     sf.write(tmp_path / "quiet.wav", _tone(4.0) * 0.01, RATE)  # about -46 dBFS: quiet music, kept
-    assert features.track_segments(str(tmp_path / "quiet.wav"), features.AudioFeatureParams()).shape[0] == 1
+    assert audio_files.track_segments(str(tmp_path / "quiet.wav"), features.AudioFeatureParams()).shape[0] == 1
 
 
 def test_every_decode_reason_is_documented():
@@ -109,7 +109,7 @@ def test_any_format_rate_and_channel_count_becomes_mono_at_the_configured_rate(t
                                                                                channels, kwargs):
     sf.write(tmp_path / name, _tone(2.0, rate, 440.0, channels), rate, **kwargs)
 
-    waveform = features.load_audio(str(tmp_path / name), features.AudioFeatureParams())
+    waveform = audio_files.load_audio(str(tmp_path / name), features.AudioFeatureParams())
 
     assert waveform.dtype == np.float32 and waveform.ndim == 1
     assert abs(waveform.shape[0] - 2.0 * RATE) < 0.06 * RATE  # MP3 adds encoder padding
@@ -122,7 +122,7 @@ def test_decoding_matches_librosa_load(tmp_path):
 
     sf.write(tmp_path / "s.wav", np.stack([_tone(1.0, 44100, 300.0), _tone(1.0, 44100, 900.0)], 1), 44100)
     expected, _ = librosa.load(str(tmp_path / "s.wav"), sr=RATE, mono=True, res_type="soxr_hq")
-    np.testing.assert_allclose(features.load_audio(str(tmp_path / "s.wav"), features.AudioFeatureParams()),
+    np.testing.assert_allclose(audio_files.load_audio(str(tmp_path / "s.wav"), features.AudioFeatureParams()),
                                expected, atol=1e-6)
 
 

@@ -1,6 +1,6 @@
 """Hyperparameters of the genre classifier (``genre_model.hparams`` in the config), checked on creation.
 
-Plain Python (no Keras): the pipeline's config validation builds them without TensorFlow.
+Plain Python (no Keras), so settings can be checked without starting TensorFlow.
 """
 from __future__ import annotations
 

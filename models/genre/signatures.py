@@ -4,7 +4,7 @@ Both signatures answer per **track** (one row per track or clip):
 
 - ``serving_default`` (also ``serve``): ``log_mel`` float32 ``[batch,
   segments, frames, n_mels]``: each row a track's log-mel segments, as
-  ingestion (:func:`musicrec.models.features.track_segments`) cuts them with
+  ingestion (:func:`musicrec.models.audio_files.track_segments`) cuts them with
   the model's feature parameters. A track with fewer segments than the
   longest of its batch is padded with segments whose every value is
   :data:`PADDING_VALUE`; they are left out (a row with no other segment keeps

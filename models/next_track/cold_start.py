@@ -37,15 +37,14 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from musicrec.atomic import write_json_atomic, write_text_atomic
+from musicrec.models.next_track.ridge import DEFAULT_ALPHAS, RidgeRegressor
+from musicrec.models.next_track.track_weights import read_rows, track_weights, write_rows
 
 logger = logging.getLogger(__name__)
 
 COLD_START_DIR = "cold_start"          # inside the extended model's folder
 SUMMARY_FILE = "summary.json"          # what was fitted and appended
 CASES_FILE = "holdout_cases.jsonl"     # {"prefix": [keys], "target": key} per cold case
-DEFAULT_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
-# Layers whose weights hold one entry per track id (see models/next_track/model.py).
-TRACK_LAYERS = ("track_embedding", "next_track_logits")
 PROTOCOL = (
     "cold start: every session of the held-out plays file is cut into next-item cases as test "
     "sessions are (prefix = its last {max_prefix_length} plays); a case counts when its target is "
@@ -87,135 +86,6 @@ def audio_embeddings(genre_saved_model_dir: str, audio_files: Sequence[str],
     embeddings = predict_tracks(signature, [segments_by_track[t] for t in track_ids], batch_size,
                                 outputs=("embedding",))["embedding"]
     return track_ids, embeddings.astype(np.float32)
-
-
-# --------------------------------------------------------------------------- regressor
-
-
-@dataclasses.dataclass
-class RidgeRegressor:
-    """Multi-output ridge regression on z-scored inputs, penalty by leave-one-out.
-
-    Attributes:
-        x_mean, x_scale: ``[d_in]`` input standardisation (fitted on the warm tracks).
-        y_mean: ``[d_out]`` target mean (the intercept; not penalised).
-        coefficients: ``[d_in, d_out]``.
-        alpha: the chosen penalty.
-        loo_r2: leave-one-out R² of the chosen penalty, over all outputs
-            (1 is perfect, 0 is no better than predicting the mean).
-    """
-
-    x_mean: np.ndarray
-    x_scale: np.ndarray
-    y_mean: np.ndarray
-    coefficients: np.ndarray
-    alpha: float
-    loo_r2: float
-
-    @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray,
-            alphas: Iterable[float] = DEFAULT_ALPHAS) -> "RidgeRegressor":
-        """Fits ``y [n, d_out]`` on ``x [n, d_in]``; needs ``n >= 3``.
-
-        For each ``alpha`` the exact leave-one-out residuals are
-        ``(y - ŷ) / (1 - h_ii)`` with the hat matrix ``H = X (XᵀX + αI)⁻¹ Xᵀ``
-        of the centred inputs (plus ``1/n`` for the intercept), from one SVD.
-        """
-        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[0] < 3:
-            raise ValueError(f"need x [n, d_in] and y [n, d_out] with n >= 3, got {x.shape}, {y.shape}")
-        x_mean, x_scale = x.mean(axis=0), x.std(axis=0)
-        # Constant inputs carry nothing; a unit scale keeps them at 0 after centring.
-        x_scale = np.where(x_scale > 1e-8, x_scale, 1.0)
-        xs = (x - x_mean) / x_scale
-        y_mean = y.mean(axis=0)
-        yc = y - y_mean
-        u, s, vt = np.linalg.svd(xs, full_matrices=False)
-        uty = u.T @ yc
-        total = float(np.sum(yc ** 2)) or 1.0
-        best = None
-        for alpha in sorted(set(float(a) for a in alphas)):
-            shrink = s / (s ** 2 + alpha)  # [r]
-            fitted = u @ (s[:, None] * shrink[:, None] * uty)
-            leverage = np.sum(u ** 2 * (s ** 2 / (s ** 2 + alpha))[None, :], axis=1) + 1.0 / x.shape[0]
-            residuals = (yc - fitted) / (1.0 - np.minimum(leverage, 1 - 1e-9))[:, None]
-            error = float(np.sum(residuals ** 2))
-            if best is None or error < best[0]:
-                best = (error, alpha, vt.T @ (shrink[:, None] * uty))
-        error, alpha, coefficients = best
-        return cls(x_mean, x_scale, y_mean, coefficients, alpha, 1.0 - error / total)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """``[n, d_in]`` → ``[n, d_out]``."""
-        return ((np.asarray(x, np.float64) - self.x_mean) / self.x_scale) @ self.coefficients + self.y_mean
-
-    def to_dict(self) -> dict:
-        """JSON-ready (no pickles): arrays as nested lists."""
-        return {name: (value.tolist() if isinstance(value, np.ndarray) else value)
-                for name, value in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: Mapping) -> "RidgeRegressor":
-        arrays = {"x_mean", "x_scale", "y_mean", "coefficients"}
-        return cls(**{name: (np.asarray(v, np.float64) if name in arrays else v)
-                      for name, v in values.items()})
-
-
-# --------------------------------------------------------------------------- target side
-
-
-@dataclasses.dataclass(frozen=True)
-class TrackWeight:
-    """One weight tensor with an entry per track id: ``layer.weights[index]``, ids along ``axis``."""
-
-    layer: str
-    index: int
-    axis: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.layer}/{self.index}"
-
-
-def track_weights(model, n_ids: int) -> list[TrackWeight]:
-    """The per-track weights of a next-track Keras model with ``n_ids`` ids (vocabulary + reserved).
-
-    Every weight of the layers in :data:`TRACK_LAYERS` that has an axis of
-    length ``n_ids``: the embedding table ``[n_ids, d]`` (ids on axis 0), the
-    output kernel ``[units, n_ids]`` (axis 1) and bias ``[n_ids]``.
-    """
-    found = []
-    for layer_name in TRACK_LAYERS:
-        try:
-            layer = model.get_layer(layer_name)
-        except ValueError:
-            continue
-        for index, weight in enumerate(layer.get_weights()):
-            axes = [axis for axis, size in enumerate(weight.shape) if size == n_ids]
-            if axes:
-                # An embedding table keeps ids first; any other weight (kernel) keeps them last.
-                found.append(TrackWeight(layer_name, index,
-                                         axes[0] if layer_name == "track_embedding" else axes[-1]))
-    if not found:
-        raise ValueError(f"model {model.name} has no per-track weights in layers {TRACK_LAYERS}")
-    return found
-
-
-def read_rows(model, weight: TrackWeight, ids: Sequence[int]) -> np.ndarray:
-    """``[len(ids), d]``: the entries of ``weight`` for track ``ids``, one row each."""
-    values = model.get_layer(weight.layer).get_weights()[weight.index]
-    rows = np.take(values, np.asarray(ids), axis=weight.axis)
-    return np.moveaxis(rows, weight.axis, 0).reshape(len(ids), -1)
-
-
-def write_rows(model, weight: TrackWeight, ids: Sequence[int], rows: np.ndarray) -> None:
-    """Sets the entries of ``weight`` for track ``ids`` from ``rows [len(ids), d]``."""
-    layer = model.get_layer(weight.layer)
-    weights = layer.get_weights()
-    values = np.moveaxis(weights[weight.index], weight.axis, 0).copy()
-    values[np.asarray(ids)] = rows.reshape((len(ids),) + values.shape[1:])
-    weights[weight.index] = np.moveaxis(values, 0, weight.axis)
-    layer.set_weights(weights)
 
 
 # --------------------------------------------------------------------------- extending a model

@@ -1,6 +1,7 @@
 """Trains the next-track model and exports it for TF Serving (``run_fn``)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -12,6 +13,7 @@ import tensorflow as tf
 from musicrec.atomic import write_json_atomic
 from musicrec.models import warm_start
 from musicrec.models.next_track import data, global_rules
+from musicrec.models.next_track.callbacks import EpochLogger, RankingValidation, best_epoch
 from musicrec.models.next_track.history import ListeningHistory
 from musicrec.models.next_track.hparams import NextTrackHParams
 from musicrec.models.next_track.layout import NUM_RESERVED_IDS
@@ -19,52 +21,12 @@ from musicrec.models.next_track.model import build_model, scoring_layer
 from musicrec.models.next_track.optimizer import LazyAdam
 from musicrec.models.next_track.sampled import build_candidate_trainer
 from musicrec.models.next_track.sessions import read_session_records
-from musicrec.models.next_track.serving import (  # noqa: F401  (re-exported for callers)
-    SIGNATURE_INPUTS, SIGNATURE_OUTPUTS, export_saved_model)
+from musicrec.models.next_track.serving import export_saved_model
 from musicrec.models.train_args import TrainArgs
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILENAME = "train_metrics.json"
-
-
-PROGRESS_SECONDS = 30.0
-
-
-class EpochLogger(keras.callbacks.Callback):
-    """Logs each epoch's metrics and records its wall time (seconds) in ``epoch_seconds``.
-
-    Within an epoch it logs the step and the running loss every ``progress_seconds``,
-    so a long epoch shows it is moving.
-    """
-
-    def __init__(self, steps_per_epoch: int = 0, progress_seconds: float = PROGRESS_SECONDS) -> None:
-        super().__init__()
-        self.epoch_seconds: list[float] = []
-        self._started = 0.0
-        self._steps = steps_per_epoch
-        self._progress_seconds = progress_seconds
-        self._next_report = 0.0
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._started = time.perf_counter()
-        self._next_report = self._started + self._progress_seconds
-        self._epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        now = time.perf_counter()
-        if now >= self._next_report:
-            self._next_report = now + self._progress_seconds
-            loss = (logs or {}).get("loss")
-            logger.info("next_track epoch %d: step %d of %d, loss %s (%.0f s)", self._epoch + 1, batch + 1,
-                        self._steps, "?" if loss is None else f"{float(loss):.4f}", now - self._started)
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self._started
-        self.epoch_seconds.append(seconds)
-        shown = ", ".join(f"{name}={value:.4f}" for name, value in sorted((logs or {}).items()))
-        logger.info("next_track epoch %d: %s (%.1f s)", epoch + 1, shown, seconds)
 
 
 def _optimizer(hparams: NextTrackHParams) -> keras.optimizers.Optimizer:
@@ -130,33 +92,6 @@ def set_global_rules(model: keras.Model, records, vocabulary, hparams: NextTrack
     scoring_layer(model).set_global_rules(ids, weights)
 
 
-class RankingValidation(keras.callbacks.Callback):
-    """Adds ``val_hr@k`` to each epoch's logs: the share of validation examples whose
-    target the core model ranks in its top ``k`` over the whole catalogue."""
-
-    def __init__(self, core_model: keras.Model, examples: data.Examples, batch_size: int, k: int):
-        super().__init__()
-        self._core, self._examples, self._batch_size, self._k = core_model, examples, batch_size, k
-
-    def on_epoch_end(self, epoch, logs=None):
-        hits = 0
-        for inputs, targets in self._examples.dataset(self._batch_size):
-            logits = self._core(inputs, training=False)
-            target_logits = tf.gather(logits, targets, axis=1, batch_dims=1)[:, None]
-            # Ties count against the target, as in the evaluation harness.
-            rank = tf.reduce_sum(tf.cast(logits >= target_logits, tf.int32), axis=1)
-            hits += int(tf.reduce_sum(tf.cast(rank <= self._k, tf.int32)))
-        if logs is not None:
-            logs[f"val_hr@{self._k}"] = hits / max(len(self._examples), 1)
-
-
-def best_epoch(values, lower_is_better: bool) -> int:
-    """The 1-based epoch early stopping restored (the best of ``values``; the first on ties)."""
-    if not values:
-        return 0
-    return int(np.argmin(values) if lower_is_better else np.argmax(values)) + 1
-
-
 def _examples(records, history, vocabulary, hparams) -> data.Examples | None:
     examples = data.build_examples(records, history, vocabulary, hparams)
     return examples if len(examples) else None
@@ -183,21 +118,81 @@ def run_fn(args: TrainArgs) -> dict:
         ``validation`` metrics, per-epoch ``history``, ``epoch_seconds``,
         ``train_seconds``, ``epochs_run``, ``best_epoch`` (the epoch whose
         weights were kept), ``monitor``, ``validation_source``,
-        ``vocab_size``, ``top_k``, ``softmax``, ``examples`` and ``hparams``.
+        ``steps_per_epoch``, ``vocab_size``, ``top_k``, ``softmax``,
+        ``examples``, ``hparams``, ``seed``, ``warm_started_from`` and
+        ``new_tracks`` (``None`` without a warm start).
     """
     hparams = NextTrackHParams.from_dict(args.hparams)
     keras.utils.set_random_seed(args.seed)
-    checkpoint = warm_start.load_checkpoint(args.warm_start_dir)
+    checkpoint = _matching_checkpoint(args.warm_start_dir, hparams)
+    vocabulary = _vocabulary(args.examples_dir, checkpoint)
+    top_k = min(hparams.top_k, len(vocabulary))
+
+    examples = _read_examples(args, vocabulary, hparams)
+    model = _build(vocabulary, hparams, checkpoint, examples.rules_records)
+    trainer = _compile_trainer(model, examples, len(vocabulary), hparams, top_k, args.seed)
+    fitted = _fit(trainer, model, examples, hparams, top_k)
+
+    _export(model, examples.counted_records, vocabulary, hparams, args)
+    metrics = _training_metrics(fitted, trainer, examples, len(vocabulary), top_k, hparams, args,
+                                checkpoint)
+    write_json_atomic(os.path.join(args.model_dir, METRICS_FILENAME), metrics)
+    return metrics
+
+
+def _matching_checkpoint(warm_start_dir: str | None, hparams: NextTrackHParams) -> warm_start.Checkpoint | None:
+    """The warm-start checkpoint in ``warm_start_dir``, or ``None`` (none, or :data:`SHAPE_HPARAMS` differ)."""
+    checkpoint = warm_start.load_checkpoint(warm_start_dir)
     if checkpoint and warm_start.shape_mismatch(checkpoint, hparams.to_dict(), SHAPE_HPARAMS):
         logger.warning("next_track warm start skipped: %s differ from the checkpoint's",
                        warm_start.shape_mismatch(checkpoint, hparams.to_dict(), SHAPE_HPARAMS))
-        checkpoint = None
-    vocabulary = data.read_vocabulary(args.examples_dir)
-    if checkpoint:
-        # Known tracks keep their ids (and so their embeddings); new tracks are appended.
-        vocabulary = warm_start.merge_vocabulary(checkpoint.tokens, vocabulary)
-    top_k = min(hparams.top_k, len(vocabulary))
+        return None
+    return checkpoint
 
+
+def _vocabulary(examples_dir: str, checkpoint: warm_start.Checkpoint | None) -> list[str]:
+    """The track keys in id order: ``vocab.txt``, after the checkpoint's keys when warm starting.
+
+    Known tracks keep their ids (and so their embeddings); new tracks are appended.
+    """
+    vocabulary = data.read_vocabulary(examples_dir)
+    if checkpoint:
+        vocabulary = warm_start.merge_vocabulary(checkpoint.tokens, vocabulary)
+    return vocabulary
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainingExamples:
+    """The examples of one training run and the sessions behind them.
+
+    Attributes:
+        train: the training examples.
+        validation: the early-stopping examples, or ``None`` (every epoch is trained).
+        validation_source: ``"eval split"``, the share of training sessions
+            held out, or ``None`` without validation examples.
+        rules_records: the sessions that only feed the global rules table
+            while training (empty without global rules).
+        counted_records: the sessions the exported rules table counts (train and eval).
+    """
+
+    train: data.Examples
+    validation: data.Examples | None
+    validation_source: str | None
+    rules_records: list
+    counted_records: list
+
+
+def _read_examples(args: TrainArgs, vocabulary: list[str], hparams: NextTrackHParams) -> _TrainingExamples:
+    """Reads the sessions of ``args.train_files`` and ``args.eval_files`` into examples.
+
+    The listener history comes from the training sessions only. Without eval
+    examples, a stable ``validation_share`` of the training sessions is held
+    out; with global rules, the earliest ``rules_share`` of each listener's
+    training sessions only feed the rules table.
+
+    Raises:
+        ValueError: the training sessions give no example.
+    """
     train_records = read_session_records(args.train_files)
     history = ListeningHistory(train_records)
     eval_records = read_session_records(args.eval_files) if args.eval_files else []
@@ -225,78 +220,146 @@ def run_fn(args: TrainArgs) -> dict:
     if eval_examples is None:
         validation_source = None
         logger.info("next_track: no validation examples; training all %d epochs", hparams.epochs)
+    return _TrainingExamples(train_examples, eval_examples, validation_source, rules_records, counted_records)
 
+
+def _build(vocabulary: list[str], hparams: NextTrackHParams, checkpoint: warm_start.Checkpoint | None,
+           rules_records: list) -> keras.Model:
+    """The core model over ``vocabulary``: grown from ``checkpoint`` if any, its rules table
+    counted from ``rules_records``."""
     model = build_model(len(vocabulary), hparams)
     if checkpoint:
         grow_from_checkpoint(model, checkpoint, hparams)
     set_global_rules(model, rules_records, vocabulary, hparams)
-    full_softmax = hparams.uses_full_softmax(len(vocabulary))
-    watched = f"hr@{top_k}" if hparams.early_stopping_metric == "hr" else "loss"
+    return model
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trainer:
+    """What ``fit`` runs on: the compiled model and its batches.
+
+    Attributes:
+        model: the core model (full softmax) or the candidate trainer around it (sampled).
+        train_data, validation_data: batches in the form ``model`` takes; no
+            validation batches without validation examples.
+        full_softmax: whether the loss is the softmax over every track.
+    """
+
+    model: keras.Model
+    train_data: tf.data.Dataset
+    validation_data: tf.data.Dataset | None
+    full_softmax: bool
+
+
+def _compile_trainer(model: keras.Model, examples: _TrainingExamples, n_tracks: int,
+                     hparams: NextTrackHParams, top_k: int, seed: int) -> _Trainer:
+    """Compiles the full softmax, or the sampled one (``sampled.py``) for large catalogues."""
+    full_softmax = hparams.uses_full_softmax(n_tracks)
     if full_softmax:
         _compile_full(model, hparams, top_k)
         trainer = model
         as_dataset = lambda examples, **kw: examples.dataset(hparams.batch_size, **kw)  # noqa: E731
     else:
         trainer = build_candidate_trainer(model, hparams, np.bincount(
-            train_examples.targets, minlength=len(vocabulary) + NUM_RESERVED_IDS))
+            examples.train.targets, minlength=n_tracks + NUM_RESERVED_IDS))
         trainer.compile(optimizer=_optimizer(hparams), loss=lambda _, loss: loss)
         as_dataset = lambda examples, **kw: examples.dataset(  # noqa: E731
             hparams.batch_size, **kw).map(lambda x, y: ((x, y), y))
-    train_data = as_dataset(train_examples, shuffle=True, seed=args.seed)
-    eval_data = as_dataset(eval_examples) if eval_examples is not None else None
+    train_data = as_dataset(examples.train, shuffle=True, seed=seed)
+    eval_data = as_dataset(examples.validation) if examples.validation is not None else None
     logger.info("next_track: %d training examples, %d validation, %d tracks, %s softmax",
-                len(train_examples), len(eval_examples) if eval_examples else 0,
-                len(vocabulary), "full" if full_softmax else "sampled")
+                len(examples.train), len(examples.validation) if examples.validation else 0,
+                n_tracks, "full" if full_softmax else "sampled")
+    return _Trainer(trainer, train_data, eval_data, full_softmax)
 
-    epoch_logger = EpochLogger(int(train_data.cardinality()))
+
+@dataclasses.dataclass(frozen=True)
+class _FitResult:
+    """What training left besides the weights.
+
+    Attributes:
+        history: every metric per epoch.
+        monitor: the metric early stopping watched (``val_hr@k`` or
+            ``val_loss``), or ``None`` without validation.
+        lower_is_better: whether the monitored metric is a loss.
+        epoch_seconds: wall time of each epoch.
+        train_seconds: wall time of the whole fit.
+    """
+
+    history: dict[str, list[float]]
+    monitor: str | None
+    lower_is_better: bool
+    epoch_seconds: list[float]
+    train_seconds: float
+
+
+def _fit(trainer: _Trainer, model: keras.Model, examples: _TrainingExamples, hparams: NextTrackHParams,
+         top_k: int) -> _FitResult:
+    """Trains for up to ``hparams.epochs``, early-stopping on validation HR@``top_k`` or loss.
+
+    Early stopping restores the best epoch's weights. The sampled loss has
+    no ranking metric of its own, so there :class:`RankingValidation` ranks
+    the whole catalogue for ``model`` (the core model) after each epoch.
+    """
+    watched = f"hr@{top_k}" if hparams.early_stopping_metric == "hr" else "loss"
+    epoch_logger = EpochLogger(int(trainer.train_data.cardinality()))
     callbacks: list[keras.callbacks.Callback] = [epoch_logger]
     monitor = None
-    if eval_data is not None:
+    if trainer.validation_data is not None:
         monitor = f"val_{watched}"
-        if not full_softmax and watched != "loss":
-            # The sampled loss has no ranking metric of its own: rank the whole catalogue here.
-            callbacks.insert(0, RankingValidation(model, eval_examples, hparams.batch_size, top_k))
+        if not trainer.full_softmax and watched != "loss":
+            callbacks.insert(0, RankingValidation(model, examples.validation, hparams.batch_size, top_k))
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor, mode="min" if watched == "loss" else "max",
             patience=hparams.early_stopping_patience, restore_best_weights=True))
     started = time.perf_counter()
-    history_log = trainer.fit(train_data, validation_data=eval_data, epochs=hparams.epochs, verbose=0,
-                              callbacks=callbacks)
+    history_log = trainer.model.fit(trainer.train_data, validation_data=trainer.validation_data,
+                                    epochs=hparams.epochs, verbose=0, callbacks=callbacks)
     train_seconds = time.perf_counter() - started
+    history = {name: [float(v) for v in values] for name, values in history_log.history.items()}
+    return _FitResult(history, monitor, watched == "loss", epoch_logger.epoch_seconds, train_seconds)
 
+
+def _export(model: keras.Model, counted_records: list, vocabulary: list[str], hparams: NextTrackHParams,
+            args: TrainArgs) -> None:
+    """Counts the rules table over every training session, exports the SavedModel, keeps the checkpoint."""
     set_global_rules(model, counted_records, vocabulary, hparams)
     os.makedirs(args.model_dir, exist_ok=True)
     export_saved_model(model, vocabulary, hparams, args.serving_dir)
     warm_start.save_checkpoint(model, args.model_dir, vocabulary, hparams.to_dict())
 
-    history = {name: [float(v) for v in values] for name, values in history_log.history.items()}
-    kept = (best_epoch(history.get(monitor, []), watched == "loss") if monitor
-            else len(epoch_logger.epoch_seconds))
+
+def _training_metrics(fitted: _FitResult, trainer: _Trainer, examples: _TrainingExamples, n_tracks: int,
+                      top_k: int, hparams: NextTrackHParams, args: TrainArgs,
+                      checkpoint: warm_start.Checkpoint | None) -> dict:
+    """The ``train_metrics.json`` of the run (keys: see :func:`run_fn`)."""
+    history, monitor = fitted.history, fitted.monitor
+    kept = (best_epoch(history.get(monitor, []), fitted.lower_is_better) if monitor
+            else len(fitted.epoch_seconds))
 
     def at_kept_epoch(prefix: str) -> dict[str, float]:
         # restore_best_weights kept that epoch's weights: these are the exported model's figures.
         return {name[len(prefix):]: values[kept - 1] for name, values in history.items()
                 if name.startswith(prefix) and (prefix or not name.startswith("val_")) and kept}
 
-    metrics = {
+    return {
         "train": at_kept_epoch(""),
         "validation": at_kept_epoch("val_") if monitor else None,
         "history": history,
-        "epoch_seconds": epoch_logger.epoch_seconds,
-        "train_seconds": train_seconds,
-        "epochs_run": len(epoch_logger.epoch_seconds),
+        "epoch_seconds": fitted.epoch_seconds,
+        "train_seconds": fitted.train_seconds,
+        "epochs_run": len(fitted.epoch_seconds),
         "best_epoch": kept,
-        "steps_per_epoch": int(train_data.cardinality()),
-        "examples": {"train": len(train_examples), "validation": len(eval_examples) if eval_examples else 0},
+        "steps_per_epoch": int(trainer.train_data.cardinality()),
+        "examples": {"train": len(examples.train),
+                     "validation": len(examples.validation) if examples.validation else 0},
         "monitor": monitor,
-        "validation_source": validation_source,
-        "softmax": "full" if full_softmax else "sampled",
-        "vocab_size": len(vocabulary),
+        "validation_source": examples.validation_source,
+        "softmax": "full" if trainer.full_softmax else "sampled",
+        "vocab_size": n_tracks,
         "top_k": top_k,
         "hparams": hparams.to_dict(),
         "seed": args.seed,
         "warm_started_from": args.warm_start_dir if checkpoint else None,
-        "new_tracks": len(vocabulary) - len(checkpoint.tokens) if checkpoint else None,
+        "new_tracks": n_tracks - len(checkpoint.tokens) if checkpoint else None,
     }
-    write_json_atomic(os.path.join(args.model_dir, METRICS_FILENAME), metrics)
-    return metrics
