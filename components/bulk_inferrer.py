@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 JOBS = ("tag", "recommend", "embeddings")
 MODEL_FOR_JOB = {"tag": "genre", "recommend": "next_track", "embeddings": "next_track"}
 EMBEDDING_SIGNATURE = "track_embeddings"
+# Modules the executor imports inside ``run`` (so that listing jobs needs no Beam): a code
+# fingerprint must name them, as it follows module-level imports only.
+LAZY_CODE = ("musicrec.components.tagging_job", "musicrec.components.recommendation_job",
+             "musicrec.components.embedding_job", "musicrec.components.inference_handler")
 KNOWN_PARAMS = {"job", "saved_model", "audio_dir", "metadata_csv", "playlog_paths", "track_keys",
                 "feature_params", "top_genres", "top_n", "exclude", "max_prefix_length",
                 "session_gap_seconds", "playlog_format", "max_history_length", "signature", "num_shards",
@@ -300,7 +304,7 @@ SPEC = ComponentSpec(
     optional_inputs=frozenset({"genre_model", "next_track_model", "data"}),
 )
 
-__all__ = ["SPEC", "run", "JOBS", "MODEL_FOR_JOB", "DATA_TYPE", "data_artifact",
+__all__ = ["SPEC", "run", "JOBS", "MODEL_FOR_JOB", "LAZY_CODE", "DATA_TYPE", "data_artifact",
            "job_data_paths", "list_catalogue", "latest_version_dir", "pushed_model_dir",
            "resolve_saved_model", "model_info", "model_track_keys", "read_keys_file",
            "require_signature"]

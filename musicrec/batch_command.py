@@ -195,8 +195,7 @@ class MetadataRecord:
         data = bulk_inferrer.data_artifact(params)
         if data is not None:
             inputs["data"] = data
-        code = [bulk_inferrer.__name__, "musicrec.components.tagging_job", "musicrec.components.recommendation_job",
-                "musicrec.components.embedding_job", "musicrec.components.inference_handler"]
+        code = [bulk_inferrer.__name__, *bulk_inferrer.LAZY_CODE]
         key = fingerprint(bulk_inferrer.SPEC.name, params, inputs, bulk_inferrer.job_data_paths(params), code)
         self.execution_id = self.store.start_execution(
             bulk_inferrer.SPEC.name, f"{BATCH_NODE_PREFIX}{job}", self.run_id, self.root, key, params,

@@ -136,8 +136,7 @@ def _model_branch(model_kind: str, examples_node: Node, config: Mapping[str, Any
 
 
 # Modules the bulk_inferrer executor loads lazily (part of its cache fingerprint).
-BULK_INFERENCE_CODE = ["musicrec.components.tagging_job", "musicrec.components.recommendation_job",
-                       "musicrec.components.embedding_job", "musicrec.components.inference_handler"]
+BULK_INFERENCE_CODE = list(bulk_inferrer.LAZY_CODE)
 
 
 def _job_data(params: Mapping[str, Any]) -> Resolver:
