@@ -37,21 +37,19 @@ from musicrec.components.audio_sources import (DEFAULT_SPLIT_FRACTIONS, AudioSou
                                                check_split_fractions, list_sources)
 from musicrec.components.audio_statistics import (SUMMARY, WRITTEN, IngestSummaryFn, build_manifest,
                                                   split_statistics, track_band_sums)
-from musicrec.components.base import Artifact, ComponentSpec
+from musicrec.components.base import Artifact, ComponentSpec, given_params
 from musicrec.models import features
 
 LABELS_FILE = "labels.txt"
 MANIFEST_FILE = "manifest.json"
 STATISTICS_FILE = "statistics.json"
 DEAD_LETTERS_FILE = "dead_letters.jsonl"
-# TFRecord shards per split
-DEFAULT_NUM_SHARDS = 1
 
 
 def build_pipeline(pipeline: beam.Pipeline, sources: Sequence[AudioSource], labels: Sequence[str],
                    output_uri: str, params: features.AudioFeatureParams | None = None,
                    split_fractions: Mapping[str, float] = DEFAULT_SPLIT_FRACTIONS,
-                   num_shards: int = DEFAULT_NUM_SHARDS) -> dict[str, Any]:
+                   num_shards: int = 1) -> dict[str, Any]:
     """Adds the audio-to-examples steps to ``pipeline``; nothing runs until it does.
 
     Few, fused steps on purpose (a Beam job's fixed cost grows with its
@@ -241,7 +239,7 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
         audio_dir | metadata_csv: where the audio is (see :func:`list_sources`).
         feature_params: dict for ``AudioFeatureParams.from_dict`` (optional).
         split_fractions: ``{"train", "eval", "test"}`` (default 0.8 / 0.1 / 0.1).
-        num_shards: TFRecord shards per split (default :data:`DEFAULT_NUM_SHARDS`).
+        num_shards: TFRecord shards per split (default: :func:`build_pipeline`'s).
         beam_args: pass-through Beam flags (see ``beam_io.pipeline_options``).
     """
     known = {"audio_dir", "metadata_csv", "feature_params", "split_fractions", "num_shards", "beam_args"}
@@ -256,7 +254,7 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
     with beam.Pipeline(options=beam_io.pipeline_options(params.get("beam_args"))) as pipeline:
         build_pipeline(pipeline, sources, labels, examples.uri, feature_params,
                        split_fractions=params.get("split_fractions") or DEFAULT_SPLIT_FRACTIONS,
-                       num_shards=int(params.get("num_shards", DEFAULT_NUM_SHARDS)))
+                       **given_params(params, num_shards=int))
     manifest = json.loads(beam_io.read_text(f"{examples.uri}/{MANIFEST_FILE}"))
     examples.properties.update({key: manifest[key] for key in
                                 ("inputs", "tracks", "dead_letters", "segments", "labels", "segment_shape")})
@@ -265,4 +263,4 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
 SPEC = ComponentSpec(name="audio_example_gen", inputs={}, outputs={"examples": "AudioExamples"}, executor=run)
 
 __all__ = ["SPEC", "run", "build_pipeline", "TrackToExamples", "LABELS_FILE", "MANIFEST_FILE", "STATISTICS_FILE",
-           "DEAD_LETTERS_FILE", "DEFAULT_NUM_SHARDS"]
+           "DEAD_LETTERS_FILE"]

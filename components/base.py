@@ -34,6 +34,19 @@ class Artifact:
         return os.path.join(self.uri, *parts)
 
 
+def given_params(params: Mapping[str, Any], *as_is: str, **convert: Callable[[Any], Any]) -> dict[str, Any]:
+    """The params named in ``as_is`` and ``convert`` that ``params`` holds; those in ``convert``
+    passed through their converter.
+
+    For keyword arguments: a param left out is left out of the call, so the
+    callee's declared default applies and no executor restates it, e.g.
+    ``TrainArgs(..., **given_params(params, seed=int))``.
+    """
+    given = {name: params[name] for name in as_is if name in params}
+    given.update({name: to(params[name]) for name, to in convert.items() if name in params})
+    return given
+
+
 @dataclasses.dataclass(frozen=True)
 class ComponentSpec:
     """Declared interface of a stage: artifact types in and out, and its executor."""

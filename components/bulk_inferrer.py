@@ -32,10 +32,8 @@ import os
 import posixpath
 from typing import Any, Mapping
 
-from musicrec.components.base import Artifact, ComponentSpec
-from musicrec.components.bulk_inference_settings import (DEFAULT_EXCLUDE, DEFAULT_MAX_HISTORY_LENGTH,
-                                                         DEFAULT_MAX_PREFIX_LENGTH, DEFAULT_NUM_SHARDS,
-                                                         DEFAULT_TOP_GENRES, DEFAULT_TOP_N, JOB_BATCHING, Batching)
+from musicrec.components.base import Artifact, ComponentSpec, given_params
+from musicrec.components.bulk_inference_settings import JOB_BATCHING, Batching
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +249,9 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
     saved_model = resolve_saved_model(job, inputs, params)
     info = dict(params.get("model_info") or model_info(saved_model))
     result = outputs["inference_result"]
-    progress = float(params.get("progress_seconds", beam_io.DEFAULT_PROGRESS_SECONDS))
-    num_shards = int(params.get("num_shards", DEFAULT_NUM_SHARDS))
+    # What params leave out keeps the job's declared default (bulk_inference_settings, beam_io).
+    common = {"model_info": info, "batching": _batching(params, job),
+              **given_params(params, progress_seconds=float)}
 
     if job == "tag":
         sources = list_catalogue(params.get("audio_dir"), params.get("metadata_csv"))
@@ -262,34 +261,27 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact], params:
             pipeline, sources, result.uri, saved_model,
             (AudioFeatureParams.from_dict(params["feature_params"])
              if params.get("feature_params") else None),
-            top_genres=int(params.get("top_genres", DEFAULT_TOP_GENRES)), num_shards=num_shards,
-            batching=_batching(params, job), model_info=info, progress_seconds=progress)
+            **common, **given_params(params, top_genres=int, num_shards=int))
     elif job == "recommend":
         paths = params.get("playlog_paths")
         if not paths:
             raise ValueError("bulk_inferrer: job 'recommend' needs params['playlog_paths']")
-        read_as: dict[str, Any] = {}
+        read_as = given_params(params, session_gap_seconds=int)
         if "playlog_format" in params:
             read_as["format"] = params["playlog_format"]
-        if "session_gap_seconds" in params:
-            read_as["session_gap_seconds"] = int(params["session_gap_seconds"])
         playlog_params = PlaylogParams(**read_as)  # what params leave out keeps the ExampleGen's default
         build = lambda pipeline: recommendation_job.build_recommendations(  # noqa: E731
             pipeline, [paths] if isinstance(paths, str) else list(paths), result.uri, saved_model,
-            top_n=int(params.get("top_n", DEFAULT_TOP_N)), exclude=params.get("exclude", DEFAULT_EXCLUDE),
-            max_prefix_length=int(params.get("max_prefix_length", DEFAULT_MAX_PREFIX_LENGTH)),
-            playlog_params=playlog_params, num_shards=num_shards, batching=_batching(params, job), model_info=info,
-            progress_seconds=progress,
-            max_history_length=int(params.get("max_history_length", DEFAULT_MAX_HISTORY_LENGTH)),
-            signature=params.get("signature"))
+            playlog_params=playlog_params, signature=params.get("signature"), **common,
+            **given_params(params, "exclude", top_n=int, max_prefix_length=int, max_history_length=int,
+                           num_shards=int))
     else:
         require_signature(saved_model, EMBEDDING_SIGNATURE,
                           "track_keys [n] -> embedding [n, d], docs/architecture.md")
         keys = params.get("track_keys")
         keys = read_keys_file(keys) if isinstance(keys, str) else list(keys or model_track_keys(saved_model))
         build = lambda pipeline: embedding_job.build_embedding_export(  # noqa: E731
-            pipeline, keys, result.uri, saved_model, batching=_batching(params, job),
-            model_info=info, progress_seconds=progress)
+            pipeline, keys, result.uri, saved_model, **common)
 
     log.info("bulk_inferrer %s with %s", job, saved_model)
     with beam.Pipeline(options=beam_io.pipeline_options(params.get("beam_args"))) as pipeline:

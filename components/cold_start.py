@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from musicrec.components.base import Artifact, ComponentSpec
+from musicrec.components.base import Artifact, ComponentSpec, given_params
 from musicrec.components.model_kinds import split_files
 
 AUDIO_SPLITS = ("train", "eval", "test")
@@ -32,9 +32,9 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
     """Fits the audio → track-embedding regressor and exports the extended model.
 
     Params: ``ridge_alphas`` (list of penalties, optional), ``warm_norm``
-    (rescale predictions to the warm tracks' mean length; default true),
-    ``eval_plays`` (held-out plays CSV, or ``None``), ``batch_size`` (tracks
-    per genre-model call, default 8).
+    (rescale predictions to the warm tracks' mean length), ``eval_plays``
+    (held-out plays CSV, or ``None``), ``batch_size`` (tracks per genre-model
+    call); left out, ``models.next_track.cold_start``'s defaults apply.
     """
     from musicrec.models.next_track import cold_start
     from musicrec.models.next_track.data import read_vocabulary
@@ -43,11 +43,10 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
     if not audio_files:
         raise ValueError(f"no audio shards under {inputs['audio_examples'].uri}")
     track_ids, vectors = cold_start.audio_embeddings(
-        inputs["genre_model"].path("serving"), audio_files, int(params.get("batch_size", 8)))
+        inputs["genre_model"].path("serving"), audio_files, **given_params(params, batch_size=int))
     result = cold_start.extend_with_cold_tracks(
         inputs["model"].uri, read_vocabulary(inputs["examples"].uri), track_ids, vectors,
-        params.get("ridge_alphas") or cold_start.DEFAULT_ALPHAS,
-        warm_norm=bool(params.get("warm_norm", True)))
+        params.get("ridge_alphas") or cold_start.DEFAULT_ALPHAS, **given_params(params, warm_norm=bool))
     out = outputs["model"]
     cold_start.export_extended(result, out.uri)
     n_cases = None

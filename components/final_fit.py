@@ -19,7 +19,7 @@ import json
 import logging
 from typing import Any, Mapping
 
-from musicrec.components.base import Artifact, ComponentSpec, write_json_atomic
+from musicrec.components.base import Artifact, ComponentSpec, given_params, write_json_atomic
 from musicrec.components.evaluator import is_blessed
 from musicrec.components.model_kinds import kind, split_files
 from musicrec.components.trainer import warm_start_args
@@ -54,7 +54,7 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
         args = TrainArgs(train_files=files, eval_files=[], examples_dir=examples.uri, model_dir=output.uri,
                          hparams={**dict(params.get("hparams") or {}), "epochs": epochs,
                                   "validation_share": 0.0},
-                         seed=int(params.get("seed", 0)),
+                         **given_params(params, seed=int),
                          **warm_start_args(Artifact("Model", base_model) if base_model else None))
         metrics = model_kind.run_fn()(args)
         record.update(refitted=True, epochs=epochs, splits=["train", "eval", "test"],

@@ -13,6 +13,13 @@ from typing import Any, Callable, Mapping
 
 from musicrec.components.base import Artifact
 
+# Blessing thresholds for an evaluator whose params leave one out (the pipeline passes its
+# config's genre_model and next_track_model settings).
+DEFAULT_MIN_ACCURACY_OVER_CHANCE = 1.5
+DEFAULT_MUST_BEAT_BASELINES = True
+DEFAULT_BASELINE_TOLERANCE_SHARE = 0.0
+DEFAULT_BASELINE_METRICS = ("hr@20", "mrr@20")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelKind:
@@ -35,7 +42,7 @@ class ModelKind:
 
 
 def _bless_genre(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[bool, str]:
-    factor = float(params.get("min_accuracy_over_chance", 1.5))
+    factor = float(params.get("min_accuracy_over_chance", DEFAULT_MIN_ACCURACY_OVER_CHANCE))
     accuracy, chance = metrics["track_accuracy"], metrics["chance_accuracy"]
     needed = min(1.0, factor * chance)
     if accuracy >= needed:
@@ -50,11 +57,11 @@ def _bless_next_track(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> 
     best baseline's figure (0.02: 2 %); the reason names the baseline that
     beat it and by how much.
     """
-    if not params.get("must_beat_baselines", True) or not metrics["baselines"]:
+    if not params.get("must_beat_baselines", DEFAULT_MUST_BEAT_BASELINES) or not metrics["baselines"]:
         return True, "no baseline check configured"
-    tolerance = float(params.get("baseline_tolerance_share", 0.0))
+    tolerance = float(params.get("baseline_tolerance_share", DEFAULT_BASELINE_TOLERANCE_SHARE))
     verdicts, losses = [], []
-    for metric in params.get("baseline_metrics", ("hr@20", "mrr@20")):
+    for metric in params.get("baseline_metrics", DEFAULT_BASELINE_METRICS):
         name = max(metrics["baselines"], key=lambda baseline: metrics["baselines"][baseline][metric])
         ours, theirs = metrics["model"][metric], metrics["baselines"][name][metric]
         change = (ours / theirs - 1.0) if theirs else float("inf")

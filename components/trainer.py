@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from musicrec.components.base import Artifact, ComponentSpec
+from musicrec.components.base import Artifact, ComponentSpec, given_params
 from musicrec.components.model_kinds import kind, split_files
 from musicrec.models.features import AudioFeatureParams
 from musicrec.models.train_args import TrainArgs
@@ -44,7 +44,7 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
         hparams=dict(params.get("hparams") or {}),
         feature_params=AudioFeatureParams.from_dict(features) if features else None,
         **({"frontend": params["frontend"]} if params.get("frontend") else {}),
-        seed=int(params.get("seed", 0)), **warm_start_args(base_model))
+        **given_params(params, seed=int), **warm_start_args(base_model))
     metrics = model_kind.run_fn()(args)
     outputs["model"].properties.update(
         kind=model_kind.name, train_metrics=_scalars(metrics),

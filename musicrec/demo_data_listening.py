@@ -23,6 +23,8 @@ from musicrec.demo_data_config import (STREAM_CATALOGUE, STREAM_HOLDOUT, STREAM_
 
 @dataclasses.dataclass(frozen=True)
 class Track:
+    """One catalogue track; its audio is ``<out>/<relative_path>``."""
+
     track_id: str
     genre: str
     artist: str
@@ -68,6 +70,8 @@ def build_catalogue(config: DemoDataConfig) -> list[Track]:
 
 @dataclasses.dataclass(frozen=True)
 class Play:
+    """One generated play of ``track_index`` (an index into the catalogue)."""
+
     user_id: str
     timestamp: int  # Unix seconds, UTC
     track_index: int
