@@ -5,6 +5,8 @@ the walker the cache fingerprints use (:mod:`musicrec.pipeline.fingerprints`).
 The layer table below is the one the doc shows ("Packages"); change both together.
 """
 import os
+import subprocess
+import sys
 
 from musicrec.pipeline.fingerprints import module_file, module_imports, package_folders
 
@@ -177,3 +179,11 @@ def test_there_are_no_import_cycles():
               for component in strongly_connected_components(graph)]
     assert not cycles, "import cycles (one line each: a path, then every module of its strongly connected " \
         "component; imports inside functions included):\n" + "\n".join(cycles)
+
+
+def test_hyperparameters_load_without_tensorflow():
+    # Settings are read where no model is built (pipeline/config.py checks NextTrackHParams): no TensorFlow.
+    probe = ("import sys; import musicrec.models.genre.hparams, musicrec.models.next_track.hparams; "
+             "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
