@@ -18,7 +18,7 @@ lists as packed two's-complement varints. The bytes equal
 ``SerializeToString(deterministic=True)`` of the same ``tf.train.Example``
 whenever no key is a prefix of another (protobuf's Python runtime orders such
 keys its own way; any order parses to the same message).
-``tests/test_example_wire.py`` checks both against TensorFlow.
+``tests/components/test_example_wire.py`` checks both against TensorFlow.
 
 Usage::
 

@@ -149,7 +149,7 @@ def log_mel(waveform: np.ndarray, params: AudioFeatureParams,
     compressed as ``params.compression`` says, computed with a
     single-precision FFT (``scipy.fft``) over blocks of frames: about twice as
     fast as librosa's own STFT, which computes in double precision, and within
-    1e-4 of it after the log (``tests/test_features_log_mel.py``). librosa
+    1e-4 of it after the log (``tests/models/test_features_log_mel.py``). librosa
     itself is imported only to build the filters, so a Beam worker that is
     handed ``filterbank`` never pays librosa's seconds of imports.
 

@@ -22,7 +22,7 @@ log = logging.getLogger("musicrec.demo")
 
 # The demo shows cold start, so its next-track model ranks the whole catalogue
 # (models.next_track.hparams.CATALOGUE_RANKING, spelled out here to keep TensorFlow
-# out of the CLI's import; tests/test_demo_config.py checks they agree).
+# out of the CLI's import; tests/cli/test_demo_config.py checks they agree).
 DEMO_OVERRIDES = {"next_track_model": {"hparams": {"neural_scores": True, "scorer": "gates"}}}
 # Small models for the tiny smoke-test dataset; the full demo uses the defaults.
 # The tiny catalogue has 24 tracks (22 with plays), so HR@20 sits at its ceiling for

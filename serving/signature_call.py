@@ -19,7 +19,7 @@ inputs against the same SignatureDef, so ``SignatureCaller`` skips both:
 Both use private TensorFlow attributes (pinned TF 2.17). Where a function or
 the eager context lacks them, or the signature is not plain keyword tensors,
 the call falls back to ``function(**tensors)``; the results are the same
-either way (``tests/test_serving_parts.py`` checks flat against keyword calls
+either way (``tests/serving/test_serving_parts.py`` checks flat against keyword calls
 on every signature it serves, a multi-input one included). The benchmark's
 in-process reference stays the plain keyword call a user would write.
 """

@@ -6,7 +6,7 @@ Predict call converts one input and up to four outputs twice (server and
 client). The common cases, a numeric tensor in ``tensor_content`` and a
 string tensor in ``string_val``, are a ``np.frombuffer`` / a list copy here;
 everything else falls back to TensorFlow's functions, so the results are
-identical (``tests/test_serving_parts.py`` checks both paths against them).
+identical (``tests/serving/test_serving_parts.py`` checks both paths against them).
 
 Two encodings: requests carry numbers in ``tensor_content`` as
 ``tf.make_tensor_proto`` writes them (``fill_tensor_proto``); Predict

@@ -12,7 +12,7 @@ group also distributes the same model, through Essentia, under CC BY-NC-SA 4.0).
 The forward pass is rebuilt here in TF2 core ops (``conv2d``, ``conv1d``,
 batch norm in inference form with epsilon 1e-3, max and mean pooling,
 ``matmul``) and checked against the checkpoint's own graph by
-``tests/test_genre_musicnn.py``. Per 3 s patch ``[187 frames, 96 mel bands]``:
+``tests/models/test_genre_musicnn.py``. Per 3 s patch ``[187 frames, 96 mel bands]``:
 
 1. input batch norm (one scalar scale and offset);
 2. front end: two timbral convolutions (7 frames x 38 and x 67 bands, 204

@@ -5,7 +5,7 @@ joined into shards at the end) and send a user's plays to the grouping as
 bytes; these tests pin that two workers (threads, as ``musicrec batch
 --workers 2`` runs them) give the outputs of one, that the
 parts join into readable shards and that nothing is left behind. Models are
-the stand-ins of tests/test_batch_command.py. Two worker processes cost each
+the stand-ins of tests/cli/test_batch_command.py. Two worker processes cost each
 job ~10 s of start-up (TensorFlow imported, model loaded, per process).
 """
 from __future__ import annotations

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The tiny SavedModels are shared with the serving tests.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving"))
 from test_serving import export_lookup, export_scorer  # noqa: E402
 
 from musicrec.components import pusher

@@ -167,7 +167,7 @@ def test_the_documented_most_accurate_configuration_is_the_one_the_benchmark_mea
 
     from musicrec.pipeline.config import make_config
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(os.path.join(root, "docs", "genre.md"), encoding="utf-8") as handle:
         section = handle.read().split("### The most accurate configuration on GTZAN dev", 1)[1]
     block = section.split("```yaml", 1)[1].split("```", 1)[0]

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
 README = BENCHMARKS / "README.md"
 RESULTS = BENCHMARKS / "results"
 HEADER = "| benchmark | command | latest figure | target | date | machine load | source |"

@@ -8,7 +8,8 @@ import yaml
 from musicrec.serving import flags
 from musicrec.serving.server_options import read_batching_parameters, read_monitoring_config
 
-DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving", "deploy")
+DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "serving",
+                      "deploy")
 IMAGE = "tensorflow/serving:2.17.1"  # TensorFlow 2.17, as setup.py pins
 
 

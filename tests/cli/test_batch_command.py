@@ -3,7 +3,7 @@
 The models are small stand-ins written with ``tf.saved_model.save`` that
 follow the serving contracts of docs/architecture.md (core ops only), so
 these tests exercise the command and its Beam jobs without training;
-tests/test_bulk_inferrer.py runs trained models against the gRPC server.
+tests/components/test_bulk_inferrer.py runs trained models against the gRPC server.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from musicrec.components import playlog_readers as readers
 from musicrec.components.base import Artifact
 from musicrec.components.beam_io import LOCAL_RUNNER, SPLITS, read_dead_letters, split_files_pattern
 
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
 BASE = 1_600_000_000  # 2020-09-13T12:26:40Z
 HOUR = 3600
 DAY = 24 * HOUR

@@ -90,7 +90,8 @@ def test_digital_silence_and_near_silence_are_silent(tmp_path):
 
 
 def test_every_decode_reason_is_documented():
-    doc = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "ingestion.md")
+    doc = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs",
+                       "ingestion.md")
     text = open(doc, encoding="utf-8").read()
     for reason in audio_decoding.DEAD_LETTER_REASONS:
         assert f"`{reason}`" in text, reason
