@@ -62,7 +62,12 @@ def stage_summary(workdir: str) -> tuple[dict, dict]:
     from musicrec.pipeline.runner import read_run_record
 
     runs = os.path.join(workdir, "runs")
-    record = read_run_record(os.path.join(runs, sorted(os.listdir(runs))[-1]))
+    # The newest run folder (run ids sort by time); the store and the lock sit beside them.
+    records = [record for name in sorted(os.listdir(runs), reverse=True)
+               if (record := read_run_record(os.path.join(runs, name))) is not None]
+    if not records:
+        return {}, {}
+    record = records[0]
     seconds = {node: entry.get("seconds") for node, entry in record["components"].items()}
     return seconds, {node: entry.get("state") for node, entry in record["components"].items()}
 
