@@ -5,7 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/bench_next_track_latency.py                     # 200 k tracks
     .venv/bin/python benchmarks/bench_next_track_latency.py --tracks 20000 --requests 50
 
-Exports an untrained model (default ``NextTrackHParams``; weights do not
+Exports an untrained model (default ``NextTrackHParams``, or ``--hparams``; weights do not
 change the cost) over ``--tracks`` generated track keys with
 ``serving.export_saved_model``, loads the SavedModel and times single
 requests (batch of one) of a ``--session``-track session with ``k = 20`` and
@@ -22,6 +22,7 @@ session with the full history.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=int, help="earlier plays in the second case "
                         "(default: the model's history_length)")
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--hparams", default="{}",
+                        help='JSON overrides of NextTrackHParams, e.g. \'{"neural_scores": true, "scorer": "gates"}\' '
+                             "(CATALOGUE_RANKING, which cold start needs)")
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from musicrec.models.next_track.model import build_model, output_embeddings
     from musicrec.models.next_track.serving import export_saved_model
 
-    hparams = NextTrackHParams()
+    hparams = NextTrackHParams.from_dict(json.loads(args.hparams))
     args.history = hparams.history_length if args.history is None else args.history
     vocabulary = [f"artist {i % 5000} - track {i}" for i in range(args.tracks)]
     core = build_model(len(vocabulary), hparams)
