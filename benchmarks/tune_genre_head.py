@@ -42,7 +42,8 @@ DEFAULT_OUT = os.path.join(REPO_ROOT, "benchmarks", "results", "genre_head_tunin
 # Candidate heads: overrides of PretrainedHParams' defaults (the defaults then were those of
 # "default"; after these rounds they became "lstm_lr3"'s). Round 1 (2 inner folds, seeds 0-1):
 # default, none, none_lr3, gru_lr3; round 2 (2 folds, seeds 0-2): the first block below;
-# round 3 (4 folds, seeds 0-2): the second; round 4 (4 folds, seeds 0-2): the ensembles.
+# round 3 (4 folds, seeds 0-2): the second; round 4 (4 folds, seeds 0-2): the ensembles;
+# round 5 (4 and 2 folds, seeds 0-2): the linear probe blends; round 6: the probe's features.
 # Results: benchmarks/results/genre_head_tuning_round*.json.
 
 
@@ -80,6 +81,16 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "lstm_lr3_x3": _head("lstm", ensemble=3),
     "lstm_lr3_x5": _head("lstm", ensemble=5),
     "gru_lr3_ls0_x3": _head("gru", label_smoothing=0.0, ensemble=3),
+    # Round 5 (4 and 2 inner folds): the head's probabilities averaged with a linear probe's
+    # (a logistic regression on the statistics, which has one optimum whatever the seed).
+    "lstm_lr3_lin30": _head("lstm", linear_share=0.3),
+    "lstm_lr3_lin50": _head("lstm", linear_share=0.5),
+    "lstm_lr3_lin70": _head("lstm", linear_share=0.7),
+    # Round 6 (4 and 2 inner folds): the probe reads musicnn's wider pooled features (the 1506
+    # max and mean over each patch's frames, before the penultimate block), alone or beside the
+    # embeddings; blended here, outside the head (``probe_reads``), at the same share.
+    "lstm_lr3_lin50_pooled": _head("lstm", linear_share=0.5, probe_reads="pooled"),
+    "lstm_lr3_lin50_both": _head("lstm", linear_share=0.5, probe_reads="both"),
 }
 ENSEMBLE_SEED_STRIDE = 1000  # member j of seed s trains with seed s * stride + j
 
@@ -177,6 +188,19 @@ def main(argv: list[str] | None = None) -> int:
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
         return model.fit(statistics[train], y[train]).predict(statistics[test])
 
+    def probe_probabilities(train, test, reads):
+        """The linear probe of the head, on other features: standardised as the head does."""
+        from musicrec.models.genre.linear_probe import fit_linear_probe
+        from musicrec.models.genre.pretrained import fixed_normalization
+
+        parts = ["embeddings", "pooled"] if reads == "both" else [reads]
+        statistics = np.concatenate([clip_statistics(clips[part]) for part in parts], axis=1)
+        normalise = fixed_normalization(statistics[train], "statistics")
+        kernel, bias = fit_linear_probe(np.asarray(normalise(statistics[train])), y[train], len(labels))
+        logits = np.asarray(normalise(statistics[test])) @ kernel + bias
+        logits = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return logits / logits.sum(axis=1, keepdims=True)
+
     def classical(train, test):
         return ClassicalGenreBaseline().fit(data["baseline"][train], y[train]).predict(
             data["baseline"][test])
@@ -186,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         overrides = dict(CANDIDATES[name])
         members = int(overrides.pop("ensemble", 1))
+        probe_reads = overrides.pop("probe_reads", None)
+        outside_share = overrides.pop("linear_share", 0.0) if probe_reads else 0.0
         hparams = PretrainedHParams.from_dict(overrides)
         per_seed = []
         for seed in seeds:
@@ -205,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
                                                          penultimate=penultimate)
                     probabilities = probabilities + np.asarray(
                         model({"patch_features": padded, "patch_mask": mask}, training=False)[0])
+                if probe_reads:
+                    probabilities = ((1 - outside_share) * probabilities / members
+                                     + outside_share * probe_probabilities(train, test, probe_reads))
                 return probabilities.argmax(axis=1)
 
             per_seed.append(score(head))

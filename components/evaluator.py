@@ -44,12 +44,14 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
         params: Mapping[str, Any]) -> None:
     """Evaluates.
 
-    Params: ``kind``, the kind's blessing thresholds and ``baseline_tolerance``
-    (absolute, in the comparison metric's units; default 0).
+    Params: ``kind``, the kind's blessing thresholds, ``baseline_tolerance``
+    (absolute, in the comparison metric's units; default 0) and, for
+    next-track, ``evaluation_max_sessions`` (0: every test session).
     """
     model_kind = kind(params["kind"])
     examples, model = inputs["examples"], inputs["model"]
-    metrics = evaluate_model(model_kind, model, examples, outputs["evaluation"].uri)
+    metrics = evaluate_model(model_kind, model, examples, outputs["evaluation"].uri,
+                             max_sessions=int(params.get("evaluation_max_sessions", 0)))
     blessed, reason = model_kind.blessing_rule(metrics, params)
     report: dict[str, Any] = {"kind": model_kind.name, "metrics": metrics}
     if model_kind.name == "genre":
@@ -67,7 +69,8 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
         blessing.update(reason=f"{reason}; previous blessed model not compared: {not_comparable}")
         baseline = None
     if baseline is not None:
-        baseline_metrics = evaluate_model(model_kind, baseline, examples)
+        baseline_metrics = evaluate_model(model_kind, baseline, examples,
+                                          max_sessions=int(params.get("evaluation_max_sessions", 0)))
         passed, comparison, numbers = compare_with_baseline(
             model_kind, metrics, baseline_metrics, float(params.get("baseline_tolerance", 0.0)))
         report["baseline_model"] = {"uri": baseline.uri, "metrics": baseline_metrics}
@@ -107,11 +110,13 @@ def incomparable_baseline(model_kind: ModelKind, baseline: Artifact, examples: A
 
 
 def evaluate_model(model_kind: ModelKind, model: Artifact, examples: Artifact,
-                   output_dir: str | None = None) -> dict[str, Any]:
+                   output_dir: str | None = None, max_sessions: int = 0) -> dict[str, Any]:
     """The kind's offline metrics of ``model``'s SavedModel on ``examples``' test split.
 
     ``output_dir``, when given, receives the kind's plots (PNG) next to
     ``metrics.json``; the previous blessed model's evaluation writes none.
+    ``max_sessions`` (next-track only): score a stable sample of at most that
+    many test sessions, the same for every model (0: all).
     """
     test_files = split_files(examples, "test")
     if not test_files:
@@ -125,7 +130,7 @@ def evaluate_model(model_kind: ModelKind, model: Artifact, examples: Artifact,
 
         try:
             metrics = evaluate(saved_model_dir, test_files, split_files(examples, "train"), examples.uri,
-                               output_dir=output_dir,
+                               output_dir=output_dir, max_sessions=max_sessions,
                                history_files=[path for split in ("train", "eval", "test")
                                               for path in split_files(examples, split)])
         except NoTestCasesError as exc:

@@ -1,5 +1,5 @@
 """The genre classifiers' own Keras layers: padding masks, masked pooling, the spectral summary,
-the ensemble's member stack and the in-graph label names.
+the ensemble's member stack, the clip head's probability blend and the in-graph label names.
 
 A frame whose every mel band equals :data:`PADDING_VALUE` is padding (see
 ``model.py`` for why the mask is taken on the raw log-mel).
@@ -70,6 +70,23 @@ class MaskedMean(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "with_std": self.with_std}
+
+
+class ProbabilityBlend(keras.layers.Layer):
+    """``(1 - share) * first + share * second``: two heads' probabilities ``[batch, classes]`` mixed."""
+
+    def __init__(self, share: float, **kwargs):
+        super().__init__(**kwargs)
+        self.share = float(share)
+
+    def call(self, first, second):
+        return first * (1.0 - self.share) + second * self.share
+
+    def compute_output_spec(self, first, second):
+        return keras.KerasTensor(first.shape, dtype=first.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "share": self.share}
 
 
 def dct_matrix(n_bands: int, n_coefficients: int) -> np.ndarray:

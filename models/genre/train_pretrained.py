@@ -6,10 +6,11 @@
 1. runs the frozen front end once over every training and validation
    segment (:func:`cache_patch_features`; progress in the log), grouping the
    patch features by track in segment order;
-2. fixes the head's two standardisations on the training clips and
-   trains the head (:func:`fit_head`: class weights, label smoothing, random
-   patch runs, AdamW with gradient clipping, early stopping on the
-   validation loss, or on the training loss without a validation split);
+2. fixes the head's two standardisations on the training clips, fits the
+   linear probe on them (``linear_share``) and trains the head
+   (:func:`fit_head`: class weights, label smoothing, random patch runs,
+   AdamW with gradient clipping, early stopping on the validation loss, or
+   on the training loss without a validation split);
 3. exports front end and head as one SavedModel with the ``genre``
    signatures (:mod:`musicrec.models.genre.signatures`) and its feature
    parameters, keeps the head's weights for warm starts, and writes
@@ -30,6 +31,7 @@ from musicrec.models import warm_start
 from musicrec.models.export import export_serving_model
 from musicrec.models.genre import musicnn
 from musicrec.models.genre.data import parsed_dataset, read_labels
+from musicrec.models.genre.linear_probe import fit_linear_probe
 from musicrec.models.genre.losses import balanced_class_weights
 from musicrec.models.genre.pretrained import (PretrainedHParams, build_clip_head, clip_statistics,
                                               compile_for_training, fixed_normalization, pad_clips)
@@ -46,7 +48,7 @@ CACHE_BATCH = 32
 PROGRESS_SECONDS = 30.0
 # Hyperparameters that change the head's weight shapes: a checkpoint must share them.
 SHAPE_HPARAMS = ("frontend", "recurrent", "recurrent_units", "bidirectional", "embedding_dim",
-                 "finetune_penultimate")
+                 "finetune_penultimate", "linear_share")
 
 
 def frontend_models(hparams: PretrainedHParams) -> tuple[keras.Model, keras.layers.Layer | None]:
@@ -163,15 +165,20 @@ def fit_head(train_features: list[np.ndarray], train_labels: Sequence[int],
                   if penultimate is not None else train_features)
     patch_normalization = fixed_normalization(np.concatenate(embeddings, axis=0),
                                               "patch_normalization")
-    statistics_normalization = fixed_normalization(clip_statistics(embeddings),
-                                                   "statistics_normalization")
+    statistics = clip_statistics(embeddings)
+    statistics_normalization = fixed_normalization(statistics, "statistics_normalization")
+    labels = np.asarray(train_labels)
+    probe = (fit_linear_probe(np.asarray(statistics_normalization(statistics)), labels, n_classes,
+                              hparams.class_weights)
+             if hparams.linear_share > 0 else None)
     head = build_clip_head(int(train_features[0].shape[1]), n_classes, hparams,
-                           patch_normalization, statistics_normalization, penultimate)
+                           patch_normalization, statistics_normalization, penultimate, probe)
     if warm_start_weights:
         head.load_weights(warm_start_weights)
+        if probe is not None:   # the probe is refit on the new clips, as the standardisations are
+            head.get_layer("linear_probe").set_weights(list(probe))
     model = compile_for_training(head, hparams)
 
-    labels = np.asarray(train_labels)
     counts = {label: int(np.sum(labels == label)) for label in range(n_classes)}
     class_weights = balanced_class_weights(counts, n_classes) if hparams.class_weights else None
     weights = (np.array([class_weights[label] for label in labels]) if class_weights

@@ -101,6 +101,16 @@ class Examples:
     def __len__(self) -> int:
         return len(self.targets)
 
+    def evenly_spaced(self, count: int) -> "Examples":
+        """At most ``count`` rows, evenly spaced over these (rows are in session order, so the
+        subset spans every listener and period); all of them when ``count`` is 0 or no fewer."""
+        if count <= 0 or len(self) <= count:
+            return self
+        rows = np.linspace(0, len(self) - 1, count).round().astype(np.int64)
+        return dataclasses.replace(self, history_start=self.history_start[rows],
+                                   history_end=self.history_end[rows], session=self.session[rows],
+                                   targets=self.targets[rows])
+
     def inputs(self) -> np.ndarray:
         """Every row's whole input, int32 ``[n, input_length]`` (for small sets and tests)."""
         positions = self.history_end[:, None] + np.arange(-self.history_length, 0)[None, :]
@@ -163,8 +173,13 @@ def build_examples(sessions: Sequence[SessionRecord], history: ListeningHistory,
                     np.array(targets, dtype=np.int32), hparams.history_length)
 
 
-def held_out(session_id: str, share: float) -> bool:
-    """Whether a session belongs to the early-stopping holdout (a stable hash of its id)."""
+def session_hash(session_id: str) -> float:
+    """A stable, uniform number in [0, 1) for a session id (samples and holdouts by session)."""
     # A cryptographic digest: CRC32 of short, similar ids ("s1", "s2", ...) is far from uniform.
     digest = hashlib.blake2b(session_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2 ** 64 < share
+    return int.from_bytes(digest, "big") / 2 ** 64
+
+
+def held_out(session_id: str, share: float) -> bool:
+    """Whether a session belongs to the early-stopping holdout (a stable hash of its id)."""
+    return session_hash(session_id) < share

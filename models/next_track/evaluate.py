@@ -164,7 +164,8 @@ def evaluate(saved_model_dir: str, test_files: Sequence[str], train_files: Seque
              examples_dir: str, k: int = 20, batch_size: int = 256,
              max_prefix_length: int = NextTrackHParams.max_prefix_length,
              output_dir: str | None = None, baselines: Sequence[Baseline] | None = None,
-             history_plays: int | None = None, history_files: Sequence[str] | None = None) -> dict:
+             history_plays: int | None = None, history_files: Sequence[str] | None = None,
+             max_sessions: int = 0) -> dict:
     """Ranking metrics of the SavedModel and every baseline on the same next-item cases.
 
     Args:
@@ -186,20 +187,44 @@ def evaluate(saved_model_dir: str, test_files: Sequence[str], train_files: Seque
         history_files: the sessions whose plays make up listeners' histories
             (every play strictly before a test session's start counts, as a
             serving client would send it); ``None``: ``train_files`` and ``test_files``.
+        max_sessions: score at most this many test sessions, a stable sample
+            (:func:`sample_sessions`); 0: all of them.
 
     Returns:
-        See :func:`evaluate_sessions`.
+        See :func:`evaluate_sessions`; with a sample, also ``test_sessions``
+        ``{"total", "scored"}``.
     """
     train_sessions = read_session_records(train_files)
-    test_sessions = read_session_records(test_files)
+    every_test_session = read_session_records(test_files)
+    test_sessions = sample_sessions(every_test_session, max_sessions)
+    if len(test_sessions) < len(every_test_session):
+        logger.info("next_track evaluation: a stable sample of %d of the %d test sessions "
+                    "(max_sessions)", len(test_sessions), len(every_test_session))
     history_sessions = (read_session_records(history_files) if history_files is not None
                         else train_sessions + test_sessions)
-    return evaluate_sessions(
+    report = evaluate_sessions(
         SavedModelRecommender(saved_model_dir, k), test_sessions, train_sessions,
         ListeningHistory(history_sessions), data.read_vocabulary(examples_dir),
         history_plays=_trained_history_length(saved_model_dir) if history_plays is None else history_plays,
         k=k, batch_size=batch_size, max_prefix_length=max_prefix_length, output_dir=output_dir,
         baselines=baselines)
+    if len(test_sessions) < len(every_test_session):
+        report["test_sessions"] = {"total": len(every_test_session), "scored": len(test_sessions)}
+    return report
+
+
+def sample_sessions(sessions: Sequence[SessionRecord], max_sessions: int) -> list[SessionRecord]:
+    """The ``max_sessions`` sessions with the lowest :func:`data.session_hash`, in their order.
+
+    A uniform sample that stays put: the same sessions are drawn for every
+    model scored on them, and a session keeps its place as others are added.
+    All of them when ``max_sessions`` is 0 or no fewer.
+    """
+    if max_sessions <= 0 or len(sessions) <= max_sessions:
+        return list(sessions)
+    drawn = set(sorted(range(len(sessions)),
+                       key=lambda row: data.session_hash(sessions[row].session_id))[:max_sessions])
+    return [session for row, session in enumerate(sessions) if row in drawn]
 
 
 def evaluate_sessions(recommender: "SavedModelRecommender", test_sessions: Sequence[SessionRecord],

@@ -88,6 +88,11 @@ class NextTrackHParams:
             switches to the sampled softmax.
         validation_share: share of training sessions held out for early
             stopping when the eval split has none.
+        max_validation_examples: early stopping reads at most this many
+            validation examples, evenly spaced over them (0: all). Epochs are
+            compared on the same examples, so 20 000 tell them apart to
+            well under 0.003 of HR@20, while ranking 150 000 examples over a
+            200 000-track catalogue costs half an epoch.
     """
 
     embedding_dim: int = 64
@@ -122,6 +127,7 @@ class NextTrackHParams:
     softmax: str = "auto"
     full_softmax_max_tracks: int = 100_000
     validation_share: float = 0.05
+    max_validation_examples: int = 20_000
 
     def __post_init__(self):
         if self.rnn not in RNN_KINDS:
@@ -139,6 +145,8 @@ class NextTrackHParams:
             raise ValueError("next_track hparams need successor_lags >= 0 and successor_anchors >= 1")
         if self.successor_recent_slots < 0 or self.predecessor_lags < 0:
             raise ValueError("next_track hparams need successor_recent_slots >= 0 and predecessor_lags >= 0")
+        if self.max_validation_examples < 0:
+            raise ValueError("next_track hparam max_validation_examples must be >= 0")
         if not 0 <= self.repeat_history_length:
             raise ValueError("next_track hparam repeat_history_length must be >= 0")
         if not 0 <= self.rnn_history_length <= self.history_length:

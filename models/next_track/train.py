@@ -187,7 +187,8 @@ def _read_examples(args: TrainArgs, vocabulary: list[str], hparams: NextTrackHPa
 
     The listener history comes from the training sessions only. Without eval
     examples, a stable ``validation_share`` of the training sessions is held
-    out; with global rules, the earliest ``rules_share`` of each listener's
+    out; at most ``max_validation_examples`` of them, evenly spaced, are
+    kept. With global rules, the earliest ``rules_share`` of each listener's
     training sessions only feed the rules table.
 
     Raises:
@@ -220,6 +221,12 @@ def _read_examples(args: TrainArgs, vocabulary: list[str], hparams: NextTrackHPa
     if eval_examples is None:
         validation_source = None
         logger.info("next_track: no validation examples; training all %d epochs", hparams.epochs)
+    elif len(eval_examples) > hparams.max_validation_examples > 0:
+        logger.info("next_track: early stopping reads %d of the %d validation examples "
+                    "(max_validation_examples, evenly spaced)", hparams.max_validation_examples,
+                    len(eval_examples))
+        eval_examples = eval_examples.evenly_spaced(hparams.max_validation_examples)
+        validation_source = f"{validation_source}, {len(eval_examples)} examples evenly spaced"
     return _TrainingExamples(train_examples, eval_examples, validation_source, rules_records, counted_records)
 
 

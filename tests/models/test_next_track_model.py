@@ -286,3 +286,62 @@ def test_run_fn_without_eval_pairs_holds_out_training_sessions_or_trains_every_e
         assert metrics["monitor"] is None and metrics["validation"] is None
         assert metrics["epochs_run"] == metrics["best_epoch"] == 1
     assert os.path.exists(os.path.join(args.serving_dir, "saved_model.pb"))
+
+
+def test_evaluation_scores_a_stable_sample_of_test_sessions_when_capped(trained):
+    args = trained["args"]
+    scored_sessions = [plays for plays in trained["test_sessions"] if len(plays) >= 2]
+    cap = len(scored_sessions) // 2
+    first = evaluate(args.serving_dir, [trained["test_file"]], args.train_files, args.examples_dir,
+                     k=TOP_K, baselines=[], max_sessions=cap)
+    again = evaluate(args.serving_dir, [trained["test_file"]], args.train_files, args.examples_dir,
+                     k=TOP_K, baselines=[], max_sessions=cap)
+    whole = evaluate(args.serving_dir, [trained["test_file"]], args.train_files, args.examples_dir,
+                     k=TOP_K, baselines=[])
+    assert first["test_sessions"] == {"total": len(trained["test_sessions"]), "scored": cap}
+    assert "test_sessions" not in whole
+    assert 0 < first["n_predictions"] < whole["n_predictions"]
+    assert first["model"] == again["model"]
+
+
+def test_session_sample_is_uniform_stable_and_keeps_order():
+    from musicrec.models.next_track.evaluate import sample_sessions
+
+    sessions = [SessionRecord(f"user-{n % 7}", f"s{n}", n, (track(n), track(n + 1)), (n, n + 60))
+                for n in range(2000)]
+    drawn = sample_sessions(sessions, 500)
+    assert len(drawn) == 500
+    assert [s.start_time for s in drawn] == sorted(s.start_time for s in drawn)
+    # Drawn from every session, a session is drawn from any part of them that holds it.
+    drawn_ids = {s.session_id for s in drawn}
+    first_half = {s.session_id for s in sample_sessions(sessions[:1000], 500)}
+    assert drawn_ids & {s.session_id for s in sessions[:1000]} <= first_half
+    # Uniform over time: each quarter of the sessions gives about a quarter of the sample.
+    quarters = np.bincount([s.start_time * 4 // 2000 for s in drawn], minlength=4)
+    assert quarters.min() > 90
+    assert sample_sessions(sessions, 0) == sessions and sample_sessions(sessions[:10], 20) == sessions[:10]
+
+
+def test_early_stopping_reads_at_most_max_validation_examples(tmp_path):
+    examples_dir = str(tmp_path / "examples")
+    sessions = successor_sessions(random.Random(5), 40)
+    train_file = write_sessions(f"{examples_dir}/Split-train/d.tfrecord.gz", sessions[:30])
+    eval_file = write_sessions(f"{examples_dir}/Split-eval/d.tfrecord.gz", sessions[30:])
+    write_vocabulary(examples_dir, sessions)
+    args = TrainArgs([train_file], [eval_file], examples_dir, str(tmp_path / "model"),
+                     hparams={**FAST_HPARAMS, "epochs": 1, "max_validation_examples": 7}, seed=0)
+    metrics = run_fn(args)
+    assert sum(len(plays) - 1 for plays in sessions[30:]) > 7
+    assert metrics["examples"]["validation"] == 7
+    assert metrics["validation_source"] == "eval split, 7 examples evenly spaced"
+    assert metrics["monitor"] == f"val_hr@{TOP_K}"
+
+
+def test_evenly_spaced_examples_span_the_whole_set():
+    rows = np.arange(10)
+    examples = data.Examples(np.arange(5, dtype=np.int32), rows, rows + 1,
+                             np.stack([rows, rows]).T.astype(np.int32), rows.astype(np.int32), 2)
+    subset = examples.evenly_spaced(4)
+    assert subset.targets.tolist() == [0, 3, 6, 9]
+    assert subset.history_start.tolist() == [0, 3, 6, 9] and subset.session[:, 0].tolist() == [0, 3, 6, 9]
+    assert examples.evenly_spaced(0) is examples and examples.evenly_spaced(10) is examples
