@@ -93,22 +93,22 @@ def stand_in_model(overrides: dict, params, out_dir: str) -> str:
 
 
 def pretrained_stand_in(out_dir: str) -> str:
-    """Exports the frozen MSD_musicnn front end under an untrained default clip head."""
+    """Exports the frozen MSD_musicnn front end under a default clip head fitted for one epoch
+    on random features (its weights do not change the cost)."""
     from musicrec.models.export import export_serving_model
     from musicrec.models.genre import musicnn
-    from musicrec.models.genre.pretrained import (PretrainedHParams, build_clip_head,
-                                                  fixed_normalization)
+    from musicrec.models.genre.pretrained import PretrainedHParams
     from musicrec.models.genre.signatures import OUTPUTS, GenreSignatures, PretrainedClipModel
-    from musicrec.models.genre.train_pretrained import frontend_models
+    from musicrec.models.genre.train_pretrained import fit_head, frontend_models
 
     labels = [f"genre{i}" for i in range(10)]
-    hparams = PretrainedHParams()
-    cache_model, _ = frontend_models(hparams)
-    sample = np.random.default_rng(0).normal(0, 1, (64, musicnn.PENULTIMATE_WIDTH)).astype(np.float32)
-    head = build_clip_head(musicnn.PENULTIMATE_WIDTH, len(labels), hparams,
-                           fixed_normalization(sample, "patch_normalization"),
-                           fixed_normalization(np.concatenate([sample, np.abs(sample)], axis=1),
-                                               "statistics_normalization"))
+    hparams = PretrainedHParams(epochs=1)
+    cache_model, penultimate = frontend_models(hparams)
+    width = int(cache_model.outputs[0].shape[-1])
+    rng = np.random.default_rng(0)
+    clips = [rng.normal(0, 1, (10, width)).astype(np.float32) for _ in range(2 * len(labels))]
+    head, _history, _monitor = fit_head(clips, [i % len(labels) for i in range(len(clips))],
+                                        len(labels), hparams, penultimate=penultimate)
     serving_dir = os.path.join(out_dir, "serving")
     params = musicnn.FEATURE_PARAMS
     export_serving_model(GenreSignatures(PretrainedClipModel(cache_model, head, params.n_mels,

@@ -48,7 +48,8 @@ DEFAULT_OUT = os.path.join(REPO_ROOT, "benchmarks", "results", "genre_head_tunin
 
 
 def _head(recurrent: str, learning_rate: float = 3e-3, **overrides: Any) -> dict[str, Any]:
-    return {"recurrent": recurrent, "learning_rate": learning_rate, **overrides}
+    # Rounds 1-4 ran before the linear probe existed: no probe unless a candidate asks for one.
+    return {"recurrent": recurrent, "learning_rate": learning_rate, "linear_share": 0.0, **overrides}
 
 
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -83,14 +84,16 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "gru_lr3_ls0_x3": _head("gru", label_smoothing=0.0, ensemble=3),
     # Round 5 (4 and 2 inner folds): the head's probabilities averaged with a linear probe's
     # (a logistic regression on the statistics, which has one optimum whatever the seed).
-    "lstm_lr3_lin30": _head("lstm", linear_share=0.3),
-    "lstm_lr3_lin50": _head("lstm", linear_share=0.5),
-    "lstm_lr3_lin70": _head("lstm", linear_share=0.7),
+    "lstm_lr3_lin30": _head("lstm", linear_share=0.3, probe_features="embedding"),
+    "lstm_lr3_lin50": _head("lstm", linear_share=0.5, probe_features="embedding"),
+    "lstm_lr3_lin70": _head("lstm", linear_share=0.7, probe_features="embedding"),
     # Round 6 (4 and 2 inner folds): the probe reads musicnn's wider pooled features (the 1506
     # max and mean over each patch's frames, before the penultimate block), alone or beside the
     # embeddings; blended here, outside the head (``probe_reads``), at the same share.
     "lstm_lr3_lin50_pooled": _head("lstm", linear_share=0.5, probe_reads="pooled"),
     "lstm_lr3_lin50_both": _head("lstm", linear_share=0.5, probe_reads="both"),
+    # The last one as the product builds it (the probe inside the head): the default since.
+    "lstm_lr3_lin50_both_head": _head("lstm", linear_share=0.5, probe_features="embedding_and_pooled"),
 }
 ENSEMBLE_SEED_STRIDE = 1000  # member j of seed s trains with seed s * stride + j
 
@@ -218,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             def head(train, test, seed=seed):
                 from musicrec.models.genre.train_pretrained import frontend_models
 
-                kind = "pooled" if hparams.finetune_penultimate else "embeddings"
-                penultimate = frontend_models(hparams)[1] if hparams.finetune_penultimate else None
+                kind = "pooled" if hparams.reads_pooled else "embeddings"
+                penultimate = frontend_models(hparams)[1] if hparams.reads_pooled else None
                 from musicrec.models.genre.pretrained import pad_clips
 
                 padded, mask = pad_clips([clips[kind][i] for i in test])

@@ -34,7 +34,8 @@ from musicrec.models.genre.data import parsed_dataset, read_labels
 from musicrec.models.genre.linear_probe import fit_linear_probe
 from musicrec.models.genre.losses import balanced_class_weights
 from musicrec.models.genre.pretrained import (PretrainedHParams, build_clip_head, clip_statistics,
-                                              compile_for_training, fixed_normalization, pad_clips)
+                                              compile_for_training, fixed_normalization, pad_clips,
+                                              probe_statistics)
 from musicrec.models.genre.signatures import (OUTPUTS, GenreSignatures, PretrainedClipModel,
                                               check_waveform_signature)
 from musicrec.models.genre.training_log import EpochLogger, tensorboard_callback, write_training_report
@@ -48,22 +49,24 @@ CACHE_BATCH = 32
 PROGRESS_SECONDS = 30.0
 # Hyperparameters that change the head's weight shapes: a checkpoint must share them.
 SHAPE_HPARAMS = ("frontend", "recurrent", "recurrent_units", "bidirectional", "embedding_dim",
-                 "finetune_penultimate", "linear_share")
+                 "finetune_penultimate", "linear_share", "probe_features")
 
 
 def frontend_models(hparams: PretrainedHParams) -> tuple[keras.Model, keras.layers.Layer | None]:
     """``(cache model, penultimate for the head)``.
 
     The cache model maps patches ``[n, 187, 96]`` to what the head reads:
-    musicnn's 200-wide penultimate embedding, or with
-    ``finetune_penultimate`` the 1506-wide pooled features, the penultimate
-    block (trainable) then going into the head.
+    musicnn's 200-wide penultimate embedding, or when the head reads the
+    1506-wide pooled features (``hparams.reads_pooled``) those, the
+    penultimate block (trainable with ``finetune_penultimate``) then going
+    into the head.
     """
     params = musicnn.FEATURE_PARAMS
     patches = keras.Input(shape=(musicnn.PATCH_FRAMES, params.n_mels), name="patches")
     pooled = musicnn.MusicnnFrontEnd(name="musicnn_frontend")(patches)
-    if hparams.finetune_penultimate:
-        penultimate = musicnn.MusicnnPenultimate(trainable_dense=True, name="musicnn_penultimate")
+    if hparams.reads_pooled:
+        penultimate = musicnn.MusicnnPenultimate(trainable_dense=hparams.finetune_penultimate,
+                                                 name="musicnn_penultimate")
         return keras.Model(patches, pooled, name="musicnn_msd_pooled"), penultimate
     features = musicnn.MusicnnPenultimate(name="musicnn_penultimate")(pooled)
     return keras.Model(patches, features, name="musicnn_msd"), None
@@ -150,8 +153,8 @@ def fit_head(train_features: list[np.ndarray], train_labels: Sequence[int],
         seed: weight initialisation, shuffling and patch runs.
         eval_features, eval_labels: validation clips (early stopping); none:
             early stopping watches the training loss.
-        penultimate: musicnn's trainable penultimate block
-            (``finetune_penultimate``; the features are then 1506-wide).
+        penultimate: musicnn's penultimate block, when the head reads the
+            pooled features (``hparams.reads_pooled``; they are then 1506-wide).
         callbacks: more Keras callbacks (logging, TensorBoard).
         warm_start_weights: a head weights file to start from.
 
@@ -165,14 +168,19 @@ def fit_head(train_features: list[np.ndarray], train_labels: Sequence[int],
                   if penultimate is not None else train_features)
     patch_normalization = fixed_normalization(np.concatenate(embeddings, axis=0),
                                               "patch_normalization")
-    statistics = clip_statistics(embeddings)
-    statistics_normalization = fixed_normalization(statistics, "statistics_normalization")
+    statistics_normalization = fixed_normalization(clip_statistics(embeddings),
+                                                   "statistics_normalization")
     labels = np.asarray(train_labels)
-    probe = (fit_linear_probe(np.asarray(statistics_normalization(statistics)), labels, n_classes,
-                              hparams.class_weights)
-             if hparams.linear_share > 0 else None)
+    probe = probe_normalization = None
+    if hparams.linear_share > 0:
+        probe_inputs = probe_statistics(embeddings, train_features if penultimate is not None else None,
+                                        hparams)
+        probe_normalization = fixed_normalization(probe_inputs, "probe_normalization")
+        probe = fit_linear_probe(np.asarray(probe_normalization(probe_inputs)), labels, n_classes,
+                                 hparams.class_weights)
     head = build_clip_head(int(train_features[0].shape[1]), n_classes, hparams,
-                           patch_normalization, statistics_normalization, penultimate, probe)
+                           patch_normalization, statistics_normalization, penultimate, probe,
+                           probe_normalization)
     if warm_start_weights:
         head.load_weights(warm_start_weights)
         if probe is not None:   # the probe is refit on the new clips, as the standardisations are
