@@ -116,7 +116,7 @@ def tuning_features(data: str, cache: str) -> dict[str, Any]:
     params = features.AudioFeatureParams()   # the classical baseline's own features (22 050 Hz)
     from musicrec.models.genre.musicnn import FEATURE_PARAMS
 
-    embedder, _ = frontend_models(PretrainedHParams())
+    embedder, _ = frontend_models(PretrainedHParams(linear_share=0.0))   # the 200-wide embeddings
     pooler, _ = frontend_models(PretrainedHParams(finetune_penultimate=True))
     embeddings, pooled, baseline, lengths = [], [], [], []
     for count, index in enumerate(tuning, start=1):

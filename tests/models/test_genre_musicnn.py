@@ -70,7 +70,7 @@ def _checkpoint_graph_outputs(patches: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def test_the_rebuilt_front_end_matches_the_checkpoints_own_graph():
     patches = np.random.default_rng(0).uniform(0.0, 3.0, (3, 187, 96)).astype(np.float32)
     reference_penultimate, reference_pooled = _checkpoint_graph_outputs(patches)
-    embedder, _ = frontend_models(PretrainedHParams())
+    embedder, _ = frontend_models(PretrainedHParams(linear_share=0.0))
     pooler, _ = frontend_models(PretrainedHParams(finetune_penultimate=True))
     penultimate = np.asarray(embedder(patches))
     pooled = np.asarray(pooler(patches))
@@ -87,8 +87,13 @@ def test_the_rebuilt_front_end_matches_the_checkpoints_own_graph():
 
 
 def test_the_front_end_weights_are_frozen_unless_the_last_block_is_fine_tuned():
-    embedder, head_part = frontend_models(PretrainedHParams())
+    embedder, head_part = frontend_models(PretrainedHParams(linear_share=0.0))
     assert embedder.trainable_weights == [] and head_part is None
+    assert embedder.outputs[0].shape[-1] == musicnn.PENULTIMATE_WIDTH
+    # The default probe reads the pooled features: the head holds the (frozen) last block.
+    pooler, frozen = frontend_models(PretrainedHParams())
+    frozen.build((None, musicnn.POOLED_WIDTH))
+    assert pooler.outputs[0].shape[-1] == musicnn.POOLED_WIDTH and frozen.trainable_weights == []
     pooler, penultimate = frontend_models(PretrainedHParams(finetune_penultimate=True))
     penultimate.build((None, musicnn.POOLED_WIDTH))
     assert pooler.trainable_weights == []
@@ -139,14 +144,15 @@ def _clip(kind: str, seconds: float, rate: int, seed: int) -> np.ndarray:
 def exported(tmp_path_factory):
     """A clip head trained briefly on two synthetic kinds of clip, exported with the front end."""
     hparams = PretrainedHParams(epochs=15, embedding_dim=16)
-    cache_model, _ = frontend_models(hparams)
+    cache_model, penultimate = frontend_models(hparams)
     clips, labels = [], []
     for index in range(8):
         path = str(tmp_path_factory.mktemp("clips") / f"{index}.wav")
         sf.write(path, _clip(LABELS[index % 2], 6.5 + index % 3, 22050, seed=index), 22050)
         clips.append(np.asarray(cache_model(audio_files.track_segments(path, PARAMS))))
         labels.append(index % 2)
-    head, _history, _monitor = fit_head(clips, labels, len(LABELS), hparams, seed=0)
+    head, _history, _monitor = fit_head(clips, labels, len(LABELS), hparams, seed=0,
+                                        penultimate=penultimate)
     serving_dir = str(tmp_path_factory.mktemp("musicnn_export") / "serving")
     export_serving_model(
         GenreSignatures(PretrainedClipModel(cache_model, head, PARAMS.n_mels, musicnn.PATCH_FRAMES),
@@ -232,3 +238,7 @@ def test_head_hparams_are_checked_by_name_and_range():
         PretrainedHParams.from_dict({"recurrent": "transformer"})
     with pytest.raises(ValueError, match="dropout"):
         PretrainedHParams.from_dict({"dropout": 1.0})
+    with pytest.raises(ValueError, match="probe_features must be one of"):
+        PretrainedHParams.from_dict({"probe_features": "taggram"})
+    with pytest.raises(ValueError, match="linear_share"):
+        PretrainedHParams.from_dict({"linear_share": 1.0})

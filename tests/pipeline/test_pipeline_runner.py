@@ -68,6 +68,8 @@ def test_config_rejects_unknown_keys_with_their_path(tmp_path):
         make_config({"audio": {"num_shards": "two"}})
     with pytest.raises(ConfigError, match=r"audio\.features"):
         make_config({"audio": {"features": {"n_mels": 0}}})
+    with pytest.raises(ConfigError, match=r"next_track_model\.evaluation_max_sessions"):
+        make_config({"next_track_model": {"evaluation_max_sessions": -1}})
     path = tmp_path / "c.yaml"
     path.write_text("playlogs:\n  session_gap_seconds: 600\ngenre_model:\n  hparams: {epochs: 2}\n")
     config = load_config(str(path))

@@ -18,6 +18,8 @@ def test_logs_alone_run_only_the_next_track_branch(tmp_path):
     pipeline = create_pipeline(make_config(), str(tmp_path), playlog_paths=[str(tmp_path)])
     assert _ids(pipeline) == ["playlog_example_gen", "trainer_next_track", "evaluator_next_track",
                               "final_fit_next_track", "pusher_next_track"]
+    evaluator = next(node for node in pipeline.nodes if node.id == "evaluator_next_track")
+    assert evaluator.params["evaluation_max_sessions"] == 2000
 
 
 def test_both_branches_push_to_the_workdir_serving_base(tmp_path):
