@@ -16,15 +16,20 @@ extended SavedModel), ``checkpoint/`` (weights and the extended vocabulary),
 ``cold_start/summary.json`` (warm and cold tracks, regressor fit) and, when
 ``eval_plays`` is given, ``cold_start/holdout_cases.jsonl``, which the
 Evaluator scores (see ``musicrec.models.next_track.cold_start``).
+
+After a final fit that did not refit (its candidate was not blessed) there is
+no model to extend: the stage writes only ``cold_start.json`` saying so, and
+the Pusher, which reads the same evaluation, pushes nothing.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from musicrec.components.base import Artifact, ComponentSpec, given_params
+from musicrec.components.base import Artifact, ComponentSpec, given_params, write_json_atomic
 from musicrec.components.model_kinds import split_files
 
 AUDIO_SPLITS = ("train", "eval", "test")
+RECORD_FILENAME = "cold_start.json"
 
 
 def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
@@ -36,6 +41,13 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
     (held-out plays CSV, or ``None``), ``batch_size`` (tracks per genre-model
     call); left out, ``models.next_track.cold_start``'s defaults apply.
     """
+    if inputs["model"].properties.get("refitted") is False:
+        # A final fit of a candidate that was not blessed: nothing was trained, nothing to extend.
+        write_json_atomic(outputs["model"].path(RECORD_FILENAME), {
+            "extended": False, "model": inputs["model"].uri,
+            "reason": "the final fit did not refit (the candidate was not blessed): nothing to extend"})
+        outputs["model"].properties.update(kind="next_track", cold_start=False, refitted=False)
+        return
     from musicrec.models.next_track import cold_start
     from musicrec.models.next_track.data import read_vocabulary
 

@@ -90,6 +90,11 @@ def print_run_summary(result) -> None:
             print(f"  next_track: HR@20 {model['hr@20']:.3f}, MRR@20 {model['mrr@20']:.3f} "
                   f"(popularity baseline HR@20 {popularity['hr@20']:.3f}, MRR@20 "
                   f"{popularity['mrr@20']:.3f}) over {metrics['n_predictions']} predictions")
+            best = metrics.get("best_baseline") or {}
+            if "hr@20" in best and "mrr@20" in best:
+                print(f"    best baselines: HR@20 {best['hr@20']} "
+                      f"{metrics['baselines'][best['hr@20']]['hr@20']:.3f}, MRR@20 {best['mrr@20']} "
+                      f"{metrics['baselines'][best['mrr@20']]['mrr@20']:.3f}")
         print(f"    {'blessed' if blessing['blessed'] else 'NOT blessed'}: {blessing['reason']}")
     for name, push in sorted(pushes(result).items()):
         if push.get("pushed"):

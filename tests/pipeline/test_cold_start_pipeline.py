@@ -4,6 +4,7 @@ Tiny demo data and tiny models: this checks the stage's contract, not the
 cold-start quality (``musicrec demo`` and benchmarks/README.md report that).
 """
 import csv
+import json
 import os
 
 import numpy as np
@@ -118,3 +119,19 @@ def test_an_unchanged_rerun_is_all_cache_hits_and_lineage_sees_through_cold_star
     answer = md.lineage_of_version(store, "next_track", 1)
     assert answer["model"] == first.artifact("cold_start_final", "model").uri
     assert answer["examples"] == first.artifact("playlog_example_gen", "sessions").uri
+
+
+def test_cold_start_after_a_final_fit_that_did_not_refit_extends_nothing(tmp_path):
+    from musicrec.components import cold_start
+    from musicrec.components.base import Artifact
+
+    unrefitted = Artifact("Model", str(tmp_path / "final_fit"), {"refitted": False})
+    out = Artifact("Model", str(tmp_path / "cold_start"))
+    os.makedirs(out.uri)
+    cold_start.run({"model": unrefitted, "examples": Artifact("Sessions", str(tmp_path / "none")),
+                    "genre_model": Artifact("Model", str(tmp_path / "none")),
+                    "audio_examples": Artifact("AudioExamples", str(tmp_path / "none"))},
+                   {"model": out}, {})
+    record = json.load(open(out.path(cold_start.RECORD_FILENAME), encoding="utf-8"))
+    assert record["extended"] is False and "not blessed" in record["reason"]
+    assert out.properties["refitted"] is False and not os.path.exists(out.path("serving"))
