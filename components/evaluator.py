@@ -50,8 +50,9 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
     """
     model_kind = kind(params["kind"])
     examples, model = inputs["examples"], inputs["model"]
+    max_sessions = int(params.get("evaluation_max_sessions", 0))
     metrics = evaluate_model(model_kind, model, examples, outputs["evaluation"].uri,
-                             max_sessions=int(params.get("evaluation_max_sessions", 0)))
+                             max_sessions=max_sessions)
     blessed, reason = model_kind.blessing_rule(metrics, params)
     report: dict[str, Any] = {"kind": model_kind.name, "metrics": metrics}
     if model_kind.name == "genre":
@@ -69,8 +70,7 @@ def run(inputs: Mapping[str, Artifact], outputs: Mapping[str, Artifact],
         blessing.update(reason=f"{reason}; previous blessed model not compared: {not_comparable}")
         baseline = None
     if baseline is not None:
-        baseline_metrics = evaluate_model(model_kind, baseline, examples,
-                                          max_sessions=int(params.get("evaluation_max_sessions", 0)))
+        baseline_metrics = evaluate_model(model_kind, baseline, examples, max_sessions=max_sessions)
         passed, comparison, numbers = compare_with_baseline(
             model_kind, metrics, baseline_metrics, float(params.get("baseline_tolerance", 0.0)))
         report["baseline_model"] = {"uri": baseline.uri, "metrics": baseline_metrics}

@@ -102,7 +102,8 @@ DEFAULTS: dict[str, Any] = {
         "baseline_tolerance_share": 0.0,
         # The evaluator scores a stable sample (by session-id hash) of at most this many test
         # sessions, the same for the candidate, the baselines and the serving model; 0: all.
-        # 2 000 sessions are ~30 000 cases: a standard error near 0.003 on HR@20.
+        # On the Spotify logs 2 000 sessions are 10 000 to 35 000 cases (HR@20's standard error
+        # 0.005 to 0.0025).
         "evaluation_max_sessions": 2000,
         # Blessing against the latest blessed next-track model: MRR@20 may be
         # at most this much (absolute) below the baseline's.

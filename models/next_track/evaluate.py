@@ -197,7 +197,8 @@ def evaluate(saved_model_dir: str, test_files: Sequence[str], train_files: Seque
     train_sessions = read_session_records(train_files)
     every_test_session = read_session_records(test_files)
     test_sessions = sample_sessions(every_test_session, max_sessions)
-    if len(test_sessions) < len(every_test_session):
+    sampled = len(test_sessions) < len(every_test_session)
+    if sampled:
         logger.info("next_track evaluation: a stable sample of %d of the %d test sessions "
                     "(max_sessions)", len(test_sessions), len(every_test_session))
     history_sessions = (read_session_records(history_files) if history_files is not None
@@ -208,7 +209,7 @@ def evaluate(saved_model_dir: str, test_files: Sequence[str], train_files: Seque
         history_plays=_trained_history_length(saved_model_dir) if history_plays is None else history_plays,
         k=k, batch_size=batch_size, max_prefix_length=max_prefix_length, output_dir=output_dir,
         baselines=baselines)
-    if len(test_sessions) < len(every_test_session):
+    if sampled:
         report["test_sessions"] = {"total": len(every_test_session), "scored": len(test_sessions)}
     return report
 
