@@ -29,14 +29,18 @@ from musicrec.models.session_baselines import successor_rules
 def split_for_rules(records: Sequence[SessionRecord], rules_share: float
                     ) -> tuple[list[SessionRecord], list[SessionRecord]]:
     """``(rules_sessions, example_sessions)``: per listener, the earliest ``rules_share`` of
-    their sessions (by start time) and the rest."""
+    their sessions (by start time) and the rest.
+
+    A listener's latest session always gives examples, so that a log of
+    listeners with one or two sessions each still trains the model.
+    """
     by_user: dict[str, list[SessionRecord]] = {}
     for record in records:
         by_user.setdefault(record.user_id, []).append(record)
     rules, examples = [], []
     for user in sorted(by_user):
         sessions = sorted(by_user[user], key=lambda record: (record.start_time, record.session_id))
-        cut = int(round(rules_share * len(sessions)))
+        cut = min(int(round(rules_share * len(sessions))), len(sessions) - 1)
         rules.extend(sessions[:cut])
         examples.extend(sessions[cut:])
     return rules, examples

@@ -106,7 +106,7 @@ class NextTrackHParams:
     scorer: str = "mlp"
     scorer_units: int = 32
     scorer_context: str = "state"
-    global_successors: int = 0
+    global_successors: int = 20
     rules_share: float = 0.7
     successor_lags: int = 10
     successor_anchors: int = 3

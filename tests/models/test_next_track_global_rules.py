@@ -40,6 +40,13 @@ def test_each_listeners_earliest_sessions_feed_the_rules_and_the_later_ones_trai
     assert [r.session_id for r in examples] == ["u1-2", "u1-3", "u2-5"]
 
 
+def test_a_listeners_latest_session_always_trains_whatever_the_rules_share():
+    records = [_session("u1", 0, "ab"), _session("u2", 1, "ab"), _session("u2", 2, "ab")]
+    rules, examples = global_rules.split_for_rules(records, 0.9)
+    assert [r.session_id for r in rules] == ["u2-1"]
+    assert [r.session_id for r in examples] == ["u1-0", "u2-2"]
+
+
 def test_the_model_scores_an_anchors_global_followers_even_when_the_listener_never_played_them():
     model = build_model(4, HPARAMS)  # ids 2..5
     history = [0] * HPARAMS.history_length
