@@ -6,7 +6,8 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/bench_next_track_latency.py --tracks 20000 --requests 50
 
 Exports an untrained model (default ``NextTrackHParams``, or ``--hparams``; weights do not
-change the cost) over ``--tracks`` generated track keys with
+change the cost; with global rules, every track gets a full row of random
+followers, the most that table can add) over ``--tracks`` generated track keys with
 ``serving.export_saved_model``, loads the SavedModel and times single
 requests (batch of one) of a ``--session``-track session with ``k = 20`` and
 ``exclude_seen``, without history and with ``--history`` earlier plays (by
@@ -73,18 +74,27 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from musicrec.models.next_track.hparams import NextTrackHParams
-    from musicrec.models.next_track.model import build_model, output_embeddings
+    from musicrec.models.next_track.layout import NUM_RESERVED_IDS
+    from musicrec.models.next_track.model import build_model, output_embeddings, scoring_layer
+    from musicrec.models.next_track.train import uses_global_rules
     from musicrec.models.next_track.serving import export_saved_model
 
     hparams = NextTrackHParams.from_dict(json.loads(args.hparams))
     args.history = hparams.history_length if args.history is None else args.history
     vocabulary = [f"artist {i % 5000} - track {i}" for i in range(args.tracks)]
     core = build_model(len(vocabulary), hparams)
+    rng = np.random.default_rng(0)
+    if uses_global_rules(hparams):
+        # Every track with a full row of followers: the most work a request can cost.
+        n_ids = len(vocabulary) + NUM_RESERVED_IDS
+        shape = (n_ids, hparams.global_successors)
+        followers = rng.integers(NUM_RESERVED_IDS, n_ids, size=shape)
+        strengths = -np.sort(-rng.uniform(0.1, 5.0, size=shape), axis=1)
+        scoring_layer(core).set_global_rules(followers, strengths)
     export_dir = os.path.join(tempfile.mkdtemp(prefix="bench-next-track-latency-"), "serving")
     with timed() as export_time:
         export_saved_model(core, vocabulary, hparams, export_dir)
     recommend = tf.saved_model.load(export_dir).signatures["recommend"]
-    rng = np.random.default_rng(0)
 
     def request(history_plays: int) -> dict:
         picks = rng.choice(len(vocabulary), args.session + history_plays, replace=False)
