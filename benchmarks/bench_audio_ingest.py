@@ -8,7 +8,10 @@ Usage (from the repository root)::
 
 The reference is the plain librosa loop (``librosa.load``, then
 ``librosa.feature.melspectrogram`` with the project's parameters, its log, and
-``features.segment``) that keeps nothing; the job under test is
+``features.segment``, and, as the job stores the classical baseline's clip
+vectors by default, librosa's MFCC, centroid and contrast and their clip
+statistics; ``--no-baseline-vectors`` leaves them out of both) that keeps
+nothing; the job under test is
 ``audio_example_gen`` on the DirectRunner, writing GZIP TFRecords (zlib's
 Huffman-only strategy, see docs/ingestion.md), the manifest, statistics and
 dead letters, once with Beam's default options (one worker), once with two
@@ -46,7 +49,7 @@ import soundfile as sf  # noqa: E402
 
 from common import librosa_log_mel, short_machine, timed, write_result  # noqa: E402  (run as a script)
 from musicrec.components import audio_example_gen, audio_sources, beam_io  # noqa: E402
-from musicrec.models import features  # noqa: E402
+from musicrec.models import features, genre_baseline  # noqa: E402
 
 NAME = "audio_ingest"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,11 +88,15 @@ def audio_seconds(paths: Sequence[str]) -> float:
     return total
 
 
-def reference_loop(paths: Sequence[str], params: features.AudioFeatureParams) -> int:
-    """The plain librosa loop: ``librosa.load`` (mono, soxr_hq) → librosa's log-mel → segments per file,
-    nothing kept or written; files too short for one segment count 0. Returns the segment count."""
+def reference_loop(paths: Sequence[str], params: features.AudioFeatureParams,
+                   baseline_vectors: bool = True) -> int:
+    """The plain librosa loop: ``librosa.load`` (mono, soxr_hq) → librosa's log-mel → segments per file
+    and, with ``baseline_vectors``, librosa's MFCC, centroid and contrast at 22 050 Hz → the clip
+    vector (the same decode when the rates agree); nothing kept or written; files too short
+    for one segment count 0. Returns the segment count."""
     import librosa
 
+    baseline = genre_baseline.BASELINE_FEATURE_PARAMS
     segments = 0
     for path in paths:
         try:
@@ -97,13 +104,19 @@ def reference_loop(paths: Sequence[str], params: features.AudioFeatureParams) ->
         except Exception:  # noqa: BLE001 - the reference skips what it cannot decode
             continue
         segments += features.segment(librosa_log_mel(waveform, params), params).shape[0]
+        if baseline_vectors:
+            if params.sample_rate != baseline.sample_rate:
+                waveform, _ = librosa.load(path, sr=baseline.sample_rate, mono=True, res_type="soxr_hq")
+            genre_baseline.clip_vector(genre_baseline.librosa_frame_features(waveform, baseline))
     return segments
 
 
-def beam_job(sources, labels, params, beam_args: Sequence[str], out_dir: str) -> dict:
+def beam_job(sources, labels, params, beam_args: Sequence[str], out_dir: str,
+             baseline_vectors: bool = True) -> dict:
     """Runs audio_example_gen into ``out_dir``; returns its manifest."""
     with beam.Pipeline(options=beam_io.pipeline_options(beam_args)) as pipeline:
-        audio_example_gen.build_pipeline(pipeline, sources, labels, out_dir, params)
+        audio_example_gen.build_pipeline(pipeline, sources, labels, out_dir, params,
+                                         baseline_vectors=baseline_vectors)
     return json.loads(beam_io.read_text(os.path.join(out_dir, audio_example_gen.MANIFEST_FILE)))
 
 
@@ -142,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=1,
                         help="interleaved rounds of loop and jobs (default 1); the ratio reported "
                              "is the median of the rounds' ratios, each measured back to back")
+    parser.add_argument("--no-baseline-vectors", dest="baseline_vectors", action="store_false",
+                        help="the job without the classical baseline's clip vectors, and the loop "
+                             "without them too (default: both compute them, as ingestion does)")
     parser.add_argument("--variants", nargs="+", choices=sorted(BEAM_VARIANTS), default=list(BEAM_VARIANTS),
                         help="which Beam runs (default: all)")
     args = parser.parse_args(argv)
@@ -165,27 +181,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for path in paths[:files]:
             with open(path, "rb") as handle:
                 handle.read()
-        reference_loop(paths[:1], params)
+        reference_loop(paths[:1], params, args.baseline_vectors)
 
         startup = {}
         for name in args.variants:
             # The same job over no files: the runner's fixed cost, which dominates small sets.
             with timed() as startup_time:
-                beam_job([], labels, params, BEAM_VARIANTS[name], os.path.join(scratch, f"{name}-no-files"))
+                beam_job([], labels, params, BEAM_VARIANTS[name], os.path.join(scratch, f"{name}-no-files"),
+                         args.baseline_vectors)
             startup[name] = startup_time.seconds
         rounds = []
         for round_index in range(args.rounds):
             load_before = _load()
             cpu_start = _cpu_seconds()
             with timed() as loop_time:
-                loop_segments = reference_loop(paths, params)
+                loop_segments = reference_loop(paths, params, args.baseline_vectors)
             loop_cpu = _cpu_seconds() - cpu_start
             measured = {"librosa_loop": {"wall_s": loop_time.seconds, "cpu_s": loop_cpu, "segments": loop_segments}}
             for name in args.variants:
                 out_dir = os.path.join(scratch, f"{name}-{round_index}")
                 cpu_start = _cpu_seconds()
                 with timed() as job_time:
-                    manifest = beam_job(sources, labels, params, BEAM_VARIANTS[name], out_dir)
+                    manifest = beam_job(sources, labels, params, BEAM_VARIANTS[name], out_dir,
+                                        args.baseline_vectors)
                 job_cpu = _cpu_seconds() - cpu_start
                 if manifest["segments"] != loop_segments:
                     raise RuntimeError(f"{name} wrote {manifest['segments']} segments, the loop {loop_segments}")
@@ -224,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "tracks": len(paths),
         "total_audio_s": total_seconds,
         "feature_params": params.to_dict(),
+        "baseline_vectors": args.baseline_vectors,
         "unit": "audio seconds per wall-clock second (higher is better)",
         "reference": "librosa_loop",
         "ratio": "median over rounds of loop wall time / job wall time, measured back to back",
@@ -231,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "rounds": rounds,
     })
     print(f"{NAME}: {len(paths)} tracks ({files} files x{args.repeat}), {total_seconds:.0f} audio-s, "
+          f"baseline vectors {'on' if args.baseline_vectors else 'off'}, "
           f"{args.rounds} round(s); loop {reference_rate:.1f} audio-s/s; "
           + "; ".join(f"{name} {row['audio_s_per_wall_s']:.1f} audio-s/s (x{row['ratio_to_loop']:.2f}, "
                       f"x{row['marginal_ratio_to_loop']:.2f} without its {row['no_files_wall_s']:.1f} s "

@@ -26,7 +26,8 @@ weights).
 The reference is the classical baseline (MFCC(20), spectral centroid and
 contrast, mean and std per clip, standardised logistic regression) on the
 audio, fitted and scored in the same process on the same folds; its variant
-from the log-mel segments (what the evaluator runs) is reported too. Every
+from the log-mel segments (what the evaluator falls back to for examples
+ingested without clip vectors) is reported too. Every
 model's predicted genre per test clip is kept in the JSON (``per_fold``), and
 the summary pairs each Keras model with the baseline clip by clip
 (``paired_with_baseline``: clips only the model gets right, only the

@@ -10,8 +10,8 @@ Usage (from the repository root)::
 Every run is ``musicrec run`` as a user runs it: ``make_config({"seed": s})``
 (nothing else changed) and ``create_pipeline`` + ``LocalRunner`` in a fresh
 workdir, so ingestion (Beam), the trainer, the evaluator (with the classical
-baseline fitted and scored on the same split, from the examples' features)
-and the pusher all run. The split is pinned with the metadata CSV's
+baseline fitted and scored on the same split, from the clip vectors ingestion
+stored) and the pusher all run. The split is pinned with the metadata CSV's
 ``split`` column (docs/ingestion.md):
 
 - ``cv``: issue 18's 3-fold cross-validation, fixed before any run: per

@@ -14,7 +14,7 @@ import apache_beam as beam
 
 from musicrec.components import beam_io
 from musicrec.components.audio_sources import AudioSource
-from musicrec.models import audio_files, features
+from musicrec.models import audio_files, features, genre_baseline
 
 # the tag of the dead-letter output of every step here
 DEAD = "dead"
@@ -43,15 +43,22 @@ def keep_first_per_track_id(keyed: tuple[str, Iterable[AudioSource]]) -> Iterato
 class DecodeTrack(beam.DoFn):
     """Decodes one file to ``(source, segments [n_segments, frames, n_mels])``.
 
-    Failures go to the ``dead`` output as ``{"path", "reason", "detail"}``;
-    one track's samples and segments are the most this step holds in memory.
-    A log line reports the counts every ``progress_seconds`` per worker.
+    With ``baseline_vectors``, to ``(source, segments, vector float32 [56])``:
+    the classical genre baseline's clip vector from the same file
+    (:func:`musicrec.models.genre_baseline.track_vector`, from the same decode
+    when the rates agree, else its own at 22 050 Hz; the worker then imports
+    librosa, seconds once per worker process). Failures go to the ``dead`` output as ``{"path", "reason",
+    "detail"}``; one track's samples and segments are the most this step
+    holds in memory. A log line reports the counts every
+    ``progress_seconds`` per worker.
     """
 
     def __init__(self, params: features.AudioFeatureParams,
-                 progress_seconds: float = beam_io.DEFAULT_PROGRESS_SECONDS):
+                 progress_seconds: float = beam_io.DEFAULT_PROGRESS_SECONDS,
+                 baseline_vectors: bool = False):
         super().__init__()
         self._params = params
+        self._baseline_vectors = baseline_vectors
         # Built here, on the machine that builds the pipeline: a worker handed the
         # matrix never imports librosa (seconds of imports per worker process).
         self._filterbank = features.mel_filterbank(params)
@@ -64,7 +71,12 @@ class DecodeTrack(beam.DoFn):
 
     def process(self, source: AudioSource):
         try:
-            segments = audio_files.track_segments(source.path, self._params, self._filterbank)
+            waveform = audio_files.usable_waveform(source.path, self._params)
+            segments = features.segment(features.log_mel(waveform, self._params, self._filterbank),
+                                        self._params)
+            decoded = ((source, segments, genre_baseline.track_vector(
+                source.path, waveform, self._params.sample_rate))
+                if self._baseline_vectors else (source, segments))
         except audio_files.AudioDecodeError as exc:
             self._rejected.inc()
             self._progress.add("dead_letters")
@@ -78,7 +90,7 @@ class DecodeTrack(beam.DoFn):
             return
         self._decoded.inc()
         self._progress.add("tracks", segments=int(segments.shape[0]))
-        yield source, segments
+        yield decoded
 
     def teardown(self):
         self._progress.flush()

@@ -12,6 +12,7 @@ import numpy as np
 
 from musicrec.components import example_wire
 from musicrec.components.audio_sources import AudioSource
+from musicrec.models.genre_baseline import BASELINE_FEATURE
 
 
 def segment_example_bytes(segment: np.ndarray, label_id: int, source: AudioSource, segment_index: int) -> bytes:
@@ -36,14 +37,19 @@ def encode_segment(segment: np.ndarray, segment_index: int,
     })
 
 
-def track_features(label_id: int, source: AudioSource) -> dict[str, example_wire.EncodedFeature]:
-    """The encoded features every segment of a track shares."""
-    return {
+def track_features(label_id: int, source: AudioSource,
+                   baseline_vector: np.ndarray | None = None) -> dict[str, example_wire.EncodedFeature]:
+    """The encoded features every segment of a track shares (with ``baseline_vector``, float
+    ``[56]``, as :data:`BASELINE_FEATURE`)."""
+    shared = {
         "label": example_wire.int64s([label_id]),
         "genre": example_wire.byte_strings([source.genre]),
         "track_id": example_wire.byte_strings([source.track_id]),
         "artist": example_wire.byte_strings([source.artist]),
     }
+    if baseline_vector is not None:
+        shared[BASELINE_FEATURE] = example_wire.floats(np.asarray(baseline_vector, dtype=np.float32))
+    return shared
 
 
 def segment_example(segment: np.ndarray, label_id: int, source: AudioSource, segment_index: int):

@@ -154,9 +154,9 @@ def genre_classical_baseline(examples: Artifact, metrics: Mapping[str, Any],
     """The classical genre baseline on the same split, and the side-by-side table.
 
     It is fitted on the examples' train split and scored on their test split
-    (the split the Keras model is scored on), from the log-mel segments: the
-    examples artifact records no audio paths (see
-    ``musicrec.models.genre.evaluate.evaluate_classical_baseline``).
+    (the split the Keras model is scored on), from the clip vectors ingestion
+    computed from the audio, or the log-mel segments for examples without
+    them (see ``musicrec.models.genre.evaluate.evaluate_classical_baseline``).
 
     Returns:
         ``{"classical_baseline": metrics, "side_by_side": {score: {"model":

@@ -155,6 +155,15 @@ def track_segments(path: str, params: AudioFeatureParams,
     ``filterbank``: as for :func:`~musicrec.models.features.log_mel`.
 
     Raises:
+        AudioDecodeError: as :func:`usable_waveform`.
+    """
+    return segment(log_mel(usable_waveform(path, params), params, filterbank), params)
+
+
+def usable_waveform(path: str, params: AudioFeatureParams) -> np.ndarray:
+    """:func:`load_audio`, refusing a file too short for one segment or silent.
+
+    Raises:
         AudioDecodeError: undecodable (see :func:`load_audio`), ``REASON_TOO_SHORT``
             (shorter than one segment) or ``REASON_SILENT`` (peak below
             ``SILENCE_PEAK_DBFS``).
@@ -169,11 +178,11 @@ def track_segments(path: str, params: AudioFeatureParams,
     if level < SILENCE_PEAK_DBFS:
         raise AudioDecodeError(REASON_SILENT, f"{path} peaks at {level:.1f} dBFS, below "
                                               f"{SILENCE_PEAK_DBFS:.0f} dBFS")
-    return segment(log_mel(waveform, params, filterbank), params)
+    return waveform
 
 
 __all__ = [
-    "AudioDecodeError", "load_audio", "track_segments", "peak_dbfs", "DECODE_REASONS",
+    "AudioDecodeError", "load_audio", "track_segments", "usable_waveform", "peak_dbfs", "DECODE_REASONS",
     "REASON_EMPTY", "REASON_UNREADABLE", "REASON_NOT_AUDIO", "REASON_CORRUPT", "REASON_TOO_SHORT",
     "REASON_SILENT", "SILENCE_PEAK_DBFS",
 ]

@@ -165,18 +165,48 @@ def log_mel(waveform: np.ndarray, params: AudioFeatureParams,
         one window), values ``log(mel_power + log_floor)`` or ``log10(1 +
         10000 * mel_power)``.
     """
-    import scipy.fft
+    frames = _frames(waveform, params)
+    if filterbank is None:
+        filterbank = _cached_filterbank(params)
+    mel_power = np.empty((frames.shape[0], params.n_mels), dtype=np.float32)
+    for start, power in _power_blocks(frames, params):
+        np.dot(power, filterbank, out=mel_power[start:start + power.shape[0]])
+    return compress(mel_power, params)
 
+
+def power_spectrogram(waveform: np.ndarray, params: AudioFeatureParams) -> np.ndarray:
+    """STFT power of a mono waveform, as ``abs(librosa.stft(y, n_fft, hop_length, center)) ** 2``.
+
+    Single precision, as :func:`log_mel` computes it (librosa's periodic Hann
+    window, zero padding when ``params.center``).
+
+    Returns:
+        float32 ``[frames, 1 + n_fft // 2]``, ``frames = params.frame_count(samples)``.
+    """
+    frames = _frames(waveform, params)
+    power = np.empty((frames.shape[0], 1 + params.n_fft // 2), dtype=np.float32)
+    for start, block in _power_blocks(frames, params):
+        power[start:start + block.shape[0]] = block
+    return power
+
+
+def _frames(waveform: np.ndarray, params: AudioFeatureParams) -> np.ndarray:
+    """The STFT's frames of ``waveform``, a strided view: float32 ``[frames, n_fft]`` (0 frames
+    when it is shorter than one window)."""
     waveform = np.ascontiguousarray(waveform, dtype=np.float32)
     if params.center:
         waveform = np.pad(waveform, params.n_fft // 2)
     if waveform.shape[0] < params.n_fft:
-        return np.zeros((0, params.n_mels), dtype=np.float32)
-    if filterbank is None:
-        filterbank = _cached_filterbank(params)
-    frames = np.lib.stride_tricks.sliding_window_view(waveform, params.n_fft)[::params.hop_length]
+        return np.zeros((0, params.n_fft), dtype=np.float32)
+    return np.lib.stride_tricks.sliding_window_view(waveform, params.n_fft)[::params.hop_length]
+
+
+def _power_blocks(frames: np.ndarray, params: AudioFeatureParams):
+    """Yields ``(first frame, power float32 [block frames, 1 + n_fft // 2])`` over blocks of
+    :data:`_STFT_BLOCK_FRAMES` frames."""
+    import scipy.fft
+
     window = _hann_window(params.n_fft)
-    mel_power = np.empty((frames.shape[0], params.n_mels), dtype=np.float32)
     windowed = np.empty((min(_STFT_BLOCK_FRAMES, frames.shape[0]), params.n_fft), dtype=np.float32)
     for start in range(0, frames.shape[0], _STFT_BLOCK_FRAMES):
         block = frames[start:start + _STFT_BLOCK_FRAMES]
@@ -184,8 +214,7 @@ def log_mel(waveform: np.ndarray, params: AudioFeatureParams,
         spectrum = scipy.fft.rfft(windowed[:block.shape[0]], axis=-1)
         power = np.square(spectrum.real)
         power += np.square(spectrum.imag)
-        np.dot(power, filterbank, out=mel_power[start:start + block.shape[0]])
-    return compress(mel_power, params)
+        yield start, power
 
 
 @functools.lru_cache(maxsize=4)
@@ -251,6 +280,6 @@ def expected_segments(duration_seconds: float, params: AudioFeatureParams) -> in
 
 
 __all__ = [
-    "AudioFeatureParams", "log_mel", "mel_filterbank", "compress", "decompress", "COMPRESSIONS",
+    "AudioFeatureParams", "log_mel", "power_spectrogram", "mel_filterbank", "compress", "decompress", "COMPRESSIONS",
     "LOG10_1P_GAIN", "segment", "expected_segments",
 ]

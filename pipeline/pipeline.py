@@ -209,7 +209,8 @@ def create_pipeline(config: Mapping[str, Any], workdir: str, *, audio_dir: str |
             "split_fractions": {
                 "train": 1.0 - audio["eval_fraction"] - audio["test_fraction"],
                 "eval": audio["eval_fraction"], "test": audio["test_fraction"]},
-            "num_shards": audio["num_shards"], "beam_args": config["beam_args"]},
+            "num_shards": audio["num_shards"], "baseline_vectors": audio["baseline_vectors"],
+            "beam_args": config["beam_args"]},
             data_paths=[p for p in (resolved_audio_dir, metadata_csv) if p],
             output_properties=_span_properties(audio_spans.span_ids))
         genre_branch = _model_branch("genre", audio_gen, config, workdir)

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from musicrec.models.genre.layers import PADDING_VALUE
+from musicrec.models.genre_baseline import BASELINE_FEATURE
 
 LABELS_FILE = "labels.txt"
 _SHUFFLE_BUFFER = 2048
@@ -157,6 +158,40 @@ def iterate_segments(files: Sequence[str], n_mels: int) -> Iterator[tuple[np.nda
         yield log_mel, label, track_id
 
 
+def stored_baseline_vectors(files: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, int]] | None:
+    """The classical-baseline clip vectors ingestion stored with the tracks' segments.
+
+    Returns:
+        ``({track_id: float32 [56]}, {track_id: label})``, or ``None`` when
+        any segment has no vector (examples ingested without them).
+
+    Raises:
+        ValueError: no segments, or a track whose segments disagree on the vector.
+    """
+    spec = {"track_id": tf.io.FixedLenFeature([], tf.string),
+            "label": tf.io.FixedLenFeature([], tf.int64),
+            BASELINE_FEATURE: tf.io.VarLenFeature(tf.float32)}
+
+    def parse(record):
+        parsed = tf.io.parse_single_example(record, spec)
+        return {**parsed, BASELINE_FEATURE: tf.sparse.to_dense(parsed[BASELINE_FEATURE])}
+
+    records = _records(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    vectors: dict[str, np.ndarray] = {}
+    labels: dict[str, int] = {}
+    for example in records.as_numpy_iterator():
+        vector = example[BASELINE_FEATURE]
+        if vector.size == 0:
+            return None
+        track_id = example["track_id"].decode("utf-8")
+        if track_id in vectors and not np.array_equal(vectors[track_id], vector):
+            raise ValueError(f"track {track_id!r}: its segments hold different {BASELINE_FEATURE}")
+        vectors[track_id], labels[track_id] = vector, int(example["label"])
+    if not vectors:
+        raise ValueError(f"no segments in {list(files)}")
+    return vectors, labels
+
+
 def iterate_indexed_segments(files: Sequence[str], n_mels: int
                              ) -> Iterator[tuple[np.ndarray, int, str, int]]:
     """:func:`iterate_segments` with each segment's ``segment_index`` last.
@@ -170,4 +205,4 @@ def iterate_indexed_segments(files: Sequence[str], n_mels: int
 
 
 __all__ = ["LABELS_FILE", "read_labels", "parse_example", "parsed_dataset", "make_dataset",
-           "label_counts", "iterate_segments", "iterate_indexed_segments"]
+           "label_counts", "iterate_segments", "iterate_indexed_segments", "stored_baseline_vectors"]

@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from musicrec.models.features import AudioFeatureParams
-from musicrec.models.genre.data import iterate_indexed_segments, iterate_segments, read_labels
+from musicrec.models.genre.data import (iterate_indexed_segments, iterate_segments, read_labels,
+                                       stored_baseline_vectors)
 from musicrec.models.genre.layers import PADDING_VALUE
 from musicrec.models.genre.signatures import LOG_MEL_INPUT
 
@@ -231,9 +232,6 @@ def _clip_features(files: Sequence[str], params: AudioFeatureParams, n_labels: i
     statistics = ClipStatistics()
     label_by_track: dict[str, int] = {}
     for log_mel, label, track_id in iterate_segments(files, params.n_mels):
-        if not 0 <= label < n_labels:
-            raise ValueError(f"track {track_id!r} has label {label}, outside the "
-                             f"{n_labels} labels of labels.txt")
         label_by_track[track_id] = label
         statistics.add(track_id, frame_features_from_log_mel(log_mel, params))
     track_ids = statistics.clip_ids()
@@ -243,14 +241,39 @@ def _clip_features(files: Sequence[str], params: AudioFeatureParams, n_labels: i
             np.array([label_by_track[t] for t in track_ids]))
 
 
+def _stored_clip_features(files: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The clip vectors ingestion stored, as :func:`_clip_features` returns; ``None`` if absent."""
+    stored = stored_baseline_vectors(files)
+    if stored is None:
+        return None
+    vectors, label_by_track = stored
+    track_ids = sorted(vectors)
+    return (np.stack([vectors[t] for t in track_ids]),
+            np.array([label_by_track[t] for t in track_ids]))
+
+
+def _check_labels(labels: np.ndarray, n_labels: int) -> None:
+    outside = sorted({int(label) for label in labels if not 0 <= label < n_labels})
+    if outside:
+        raise ValueError(f"tracks have labels {outside}, outside the {n_labels} labels of labels.txt")
+
+
+BASELINE_FROM_AUDIO = ("MFCC(20), spectral centroid, spectral contrast (7): mean and std per track, "
+                       "from the audio at 22 050 Hz (stored at ingestion)")
+BASELINE_FROM_LOG_MEL = ("MFCC(20), spectral centroid, spectral contrast (7): mean and std per "
+                         "track, from the examples' log-mel segments")
+
+
 def evaluate_classical_baseline(train_files: Sequence[str], test_files: Sequence[str],
                                 examples_dir: str, params: AudioFeatureParams,
                                 output_dir: str | None = None, seed: int = 0) -> dict[str, Any]:
     """The classical baseline (:mod:`musicrec.models.genre_baseline`) fitted on train, scored on test.
 
-    Its features come from the examples' log-mel segments (the artifact has
-    no audio paths), so it sees exactly the tracks and split the Keras model
-    does.
+    It sees exactly the tracks and split the Keras model does. Its features
+    are the clip vectors ingestion computed from the audio and stored with
+    the examples (``baseline_features``) or, for examples ingested without
+    them, the same quantities from the log-mel segments (the artifact has no
+    audio paths); ``features`` in the result says which.
 
     Args:
         train_files / test_files: GZIP TFRecords of those splits.
@@ -267,8 +290,14 @@ def evaluate_classical_baseline(train_files: Sequence[str], test_files: Sequence
     from musicrec.models.genre_baseline import ClassicalGenreBaseline
 
     labels = read_labels(examples_dir)
-    train_x, train_y = _clip_features(train_files, params, len(labels))
-    test_x, test_y = _clip_features(test_files, params, len(labels))
+    stored_train, stored_test = _stored_clip_features(train_files), _stored_clip_features(test_files)
+    from_audio = stored_train is not None and stored_test is not None
+    if from_audio:
+        (train_x, train_y), (test_x, test_y) = stored_train, stored_test
+    else:
+        train_x, train_y = _clip_features(train_files, params, len(labels))
+        test_x, test_y = _clip_features(test_files, params, len(labels))
+    _check_labels(np.concatenate([train_y, test_y]), len(labels))
     predicted = ClassicalGenreBaseline(seed=seed).fit(train_x, train_y).predict(test_x)
     scores = classification_metrics(test_y.tolist(), predicted.tolist(), labels)
     if output_dir is not None:
@@ -284,8 +313,7 @@ def evaluate_classical_baseline(train_files: Sequence[str], test_files: Sequence
         "confusion_matrix": scores["confusion_matrix"],
         "n_train_tracks": int(train_x.shape[0]),
         "n_tracks": int(test_x.shape[0]),
-        "features": "MFCC(20), spectral centroid, spectral contrast (7): mean and std per track, "
-                    "from the examples' log-mel segments",
+        "features": BASELINE_FROM_AUDIO if from_audio else BASELINE_FROM_LOG_MEL,
         "model": "StandardScaler + LogisticRegression",
     }
 

@@ -235,6 +235,33 @@ def test_pipeline_turns_duplicate_track_ids_into_dead_letters(audio_dir, tmp_pat
             lambda m: (m["inputs"], m["tracks"], m["dead_letters"])), equal_to([(2, 1, 1)]), label="Counts")
 
 
+@pytest.mark.parametrize("baseline_vectors", [True, False])
+def test_each_track_carries_the_classical_baseline_vector_of_its_audio_unless_told_not_to(
+        audio_dir, tmp_path, baseline_vectors):
+    from musicrec.models import genre_baseline
+    from musicrec.models.genre.data import stored_baseline_vectors
+
+    sources = [s for s in audio_sources.list_sources(audio_dir=audio_dir)[0]
+               if os.path.relpath(s.path, audio_dir) in GOOD_FILES]
+    output_uri = str(tmp_path / "examples")
+    # Every track in train, so one split holds them all.
+    with TestPipeline(runner=beam_io.LOCAL_RUNNER) as pipeline:
+        aeg.build_pipeline(pipeline, sources, ["jazz", "rock"], output_uri,
+                           split_fractions={"train": 1.0, "eval": 0.0, "test": 0.0},
+                           baseline_vectors=baseline_vectors)
+    stored = stored_baseline_vectors(tf.io.gfile.glob(beam_io.split_files_pattern(output_uri, "train")))
+    if not baseline_vectors:
+        assert stored is None
+        return
+    vectors, labels = stored
+    assert sorted(vectors) == sorted(s.track_id for s in sources)
+    for source in sources:
+        # The 44.1 kHz stereo file too: the vector is of its 22 050 Hz mono mix, as the baseline's.
+        np.testing.assert_allclose(vectors[source.track_id], genre_baseline.track_vector(source.path),
+                                   rtol=1e-5, atol=1e-4)
+        assert labels[source.track_id] == ["jazz", "rock"].index(source.genre)
+
+
 def test_duplicate_track_ids_are_found_while_listing():
     first = audio_sources.AudioSource("/a/1.wav", "rock", "same")
     second = audio_sources.AudioSource("/b/2.wav", "rock", "same")

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from musicrec.components.audio_records import segment_example
+from musicrec.components.audio_records import encode_segment, segment_example, track_features
 from musicrec.components.audio_sources import AudioSource
 from musicrec.models.features import AudioFeatureParams, log_mel, segment
-from musicrec.models.genre.evaluate import classification_metrics, evaluate_classical_baseline
+from musicrec.models.genre.evaluate import (BASELINE_FROM_AUDIO, BASELINE_FROM_LOG_MEL,
+                                            classification_metrics, evaluate_classical_baseline)
 from musicrec.models.genre_baseline import (CLIP_FEATURES, FRAME_FEATURES, ClassicalGenreBaseline,
                                             ClipStatistics, clip_vector,
                                             frame_features_from_log_mel,
-                                            frame_features_from_waveform)
+                                            frame_features_from_waveform, librosa_frame_features)
 
 PARAMS = AudioFeatureParams(segment_seconds=1.0, segment_hop_seconds=1.0)
 GENRES = ["bass", "treble"]
@@ -39,6 +40,20 @@ def test_frame_features_from_audio_and_from_log_mel_have_the_same_columns():
     assert np.median(from_audio[:, 20]) > 2000 and np.median(from_log_mel[:, 20]) > 2000
     assert np.median(frame_features_from_log_mel(log_mel(_clip(0, 0), PARAMS), PARAMS)[:, 20]) < 2000
     assert clip_vector(from_audio).shape == (CLIP_FEATURES,)
+
+
+@pytest.mark.parametrize("genre", [0, 1])
+def test_frame_features_are_librosas_mfcc_centroid_and_contrast(genre):
+    waveform = _clip(genre, seed=3)
+    waveform[PARAMS.sample_rate:PARAMS.sample_rate + 4096] = 0.0   # silent frames too
+    ours = frame_features_from_waveform(waveform, PARAMS)
+    reference = librosa_frame_features(waveform, PARAMS)
+    assert ours.shape == reference.shape
+    # Single- against double-precision STFT: MFCC in dB, centroid in Hz, contrast in dB.
+    np.testing.assert_allclose(ours[:, :20], reference[:, :20], atol=0.02)
+    np.testing.assert_allclose(ours[:, 20], reference[:, 20], rtol=1e-4, atol=0.01)
+    np.testing.assert_allclose(ours[:, 21:], reference[:, 21:], atol=0.1)
+    np.testing.assert_allclose(clip_vector(ours), clip_vector(reference), rtol=1e-4, atol=0.01)
 
 
 def test_clip_statistics_streamed_by_segment_equal_the_whole_clip():
@@ -98,6 +113,44 @@ def test_evaluate_classical_baseline_on_an_examples_artifact(tmp_path):
     assert sum(map(sum, results["confusion_matrix"])) == 6
     png = tmp_path / "evaluation" / "baseline_confusion_matrix.png"
     assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def _write_with_vectors(path: str, clips: list[tuple[int, np.ndarray, np.ndarray | None, str]]) -> None:
+    """Records of ``(label, waveform for the log-mel, stored clip vector or None, track_id)``."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path, options=tf.io.TFRecordOptions(compression_type="GZIP")) as out:
+        for label, waveform, vector, track_id in clips:
+            shared = track_features(label, AudioSource(path=f"{track_id}.wav", genre=GENRES[label],
+                                                       track_id=track_id), vector)
+            for index, piece in enumerate(segment(log_mel(waveform, PARAMS), PARAMS)):
+                out.write(encode_segment(piece, index, shared))
+
+
+def test_the_baseline_reads_the_clip_vectors_stored_at_ingestion_and_falls_back_to_the_log_mel(tmp_path):
+    # The log-mel of every track is the same noise: only the stored vectors tell the genres apart.
+    noise = np.random.default_rng(5).standard_normal(3 * PARAMS.sample_rate).astype(np.float32) * 0.1
+
+    def clips(seeds, split, stored=True):
+        return [(g, noise, clip_vector(frame_features_from_waveform(_clip(g, seed), PARAMS))
+                 if stored else None, f"{split}-{g}-{seed}") for seed in seeds for g in (0, 1)]
+
+    uri = str(tmp_path / "examples")
+    files = {name: f"{uri}/{name}/data-00000-of-00001.tfrecord.gz"
+             for name in ("train", "test", "test_unstored")}
+    _write_with_vectors(files["train"], clips(range(4), "train"))
+    _write_with_vectors(files["test"], clips(range(100, 103), "test"))
+    _write_with_vectors(files["test_unstored"], clips(range(100, 103), "test", stored=False))
+    with open(f"{uri}/labels.txt", "w", encoding="utf-8") as handle:
+        handle.write("\n".join(GENRES) + "\n")
+
+    stored = evaluate_classical_baseline([files["train"]], [files["test"]], uri, PARAMS)
+    assert stored["features"] == BASELINE_FROM_AUDIO
+    assert stored["n_train_tracks"] == 8 and stored["n_tracks"] == 6
+    assert stored["track_accuracy"] == 1.0
+    # One split without vectors: both splits use the log-mel, so train and test stay comparable.
+    fallback = evaluate_classical_baseline([files["train"]], [files["test_unstored"]], uri, PARAMS)
+    assert fallback["features"] == BASELINE_FROM_LOG_MEL
+    assert fallback["n_train_tracks"] == 8 and fallback["n_tracks"] == 6
 
 
 def test_the_evaluator_records_why_the_baseline_could_not_be_computed(tmp_path):
