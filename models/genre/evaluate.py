@@ -224,8 +224,7 @@ def evaluate(saved_model_dir: str, test_files: Sequence[str], examples_dir: str,
 BASELINE_CONFUSION_MATRIX_FILE = "baseline_confusion_matrix.png"
 
 
-def _clip_features(files: Sequence[str], params: AudioFeatureParams, n_labels: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _clip_features(files: Sequence[str], params: AudioFeatureParams) -> tuple[np.ndarray, np.ndarray]:
     """Classical clip vectors from log-mel segments: ``(features [tracks, 56], labels [tracks])``."""
     from musicrec.models.genre_baseline import ClipStatistics, frame_features_from_log_mel
 
@@ -295,8 +294,8 @@ def evaluate_classical_baseline(train_files: Sequence[str], test_files: Sequence
     if from_audio:
         (train_x, train_y), (test_x, test_y) = stored_train, stored_test
     else:
-        train_x, train_y = _clip_features(train_files, params, len(labels))
-        test_x, test_y = _clip_features(test_files, params, len(labels))
+        train_x, train_y = _clip_features(train_files, params)
+        test_x, test_y = _clip_features(test_files, params)
     _check_labels(np.concatenate([train_y, test_y]), len(labels))
     predicted = ClassicalGenreBaseline(seed=seed).fit(train_x, train_y).predict(test_x)
     scores = classification_metrics(test_y.tolist(), predicted.tolist(), labels)
