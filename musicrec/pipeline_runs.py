@@ -74,6 +74,23 @@ def evaluations(result) -> dict[str, dict[str, Any]]:
     return reports
 
 
+def genre_summary_lines(report: dict) -> list[str]:
+    """The genre evaluation's lines of the run summary: the model, then the classical baseline."""
+    metrics = report["metrics"]
+    lines = [f"  genre: held-out track accuracy {metrics['track_accuracy']:.3f} "
+             f"(segment {metrics['segment_accuracy']:.3f}; chance {metrics['chance_accuracy']:.3f}) "
+             f"on {metrics['n_tracks']} tracks"]
+    baseline = report.get("classical_baseline")
+    if baseline and "error" in baseline:
+        lines.append(f"    classical baseline not computed: {baseline['error']}")
+    elif baseline:
+        source = {"audio": ", from the audio", "log_mel": ", from the examples' log-mel"}.get(
+            baseline.get("features_from"), "")
+        lines.append(f"    classical baseline (MFCC, centroid, contrast statistics; logistic "
+                     f"regression): track accuracy {baseline['track_accuracy']:.3f}{source}")
+    return lines
+
+
 def print_run_summary(result) -> None:
     print(f"run {result.run_id}: {result.run_dir}")
     cached = [node for node, state in result.states.items() if state == "cached"]
@@ -82,9 +99,7 @@ def print_run_summary(result) -> None:
     for kind, report in sorted(evaluations(result).items()):
         metrics, blessing = report["metrics"], report["blessing"]
         if kind == "genre":
-            print(f"  genre: held-out track accuracy {metrics['track_accuracy']:.3f} "
-                  f"(segment {metrics['segment_accuracy']:.3f}; chance {metrics['chance_accuracy']:.3f}) "
-                  f"on {metrics['n_tracks']} tracks")
+            print("\n".join(genre_summary_lines(report)))
         else:
             model, popularity = metrics["model"], metrics["baselines"]["popularity"]
             print(f"  next_track: HR@20 {model['hr@20']:.3f}, MRR@20 {model['mrr@20']:.3f} "

@@ -284,7 +284,8 @@ def evaluate_classical_baseline(train_files: Sequence[str], test_files: Sequence
     Returns:
         ``track_accuracy``, ``macro_f1``, ``per_class``, ``confusion_matrix``
         (as :func:`classification_metrics`), ``n_train_tracks``,
-        ``n_tracks``, ``features`` (what it was computed from) and ``model``.
+        ``n_tracks``, ``features`` (what it was computed from, in words),
+        ``features_from`` (``"audio"`` or ``"log_mel"``) and ``model``.
     """
     from musicrec.models.genre_baseline import ClassicalGenreBaseline
 
@@ -313,6 +314,7 @@ def evaluate_classical_baseline(train_files: Sequence[str], test_files: Sequence
         "n_train_tracks": int(train_x.shape[0]),
         "n_tracks": int(test_x.shape[0]),
         "features": BASELINE_FROM_AUDIO if from_audio else BASELINE_FROM_LOG_MEL,
+        "features_from": "audio" if from_audio else "log_mel",
         "model": "StandardScaler + LogisticRegression",
     }
 

@@ -144,12 +144,12 @@ def test_the_baseline_reads_the_clip_vectors_stored_at_ingestion_and_falls_back_
         handle.write("\n".join(GENRES) + "\n")
 
     stored = evaluate_classical_baseline([files["train"]], [files["test"]], uri, PARAMS)
-    assert stored["features"] == BASELINE_FROM_AUDIO
+    assert stored["features"] == BASELINE_FROM_AUDIO and stored["features_from"] == "audio"
     assert stored["n_train_tracks"] == 8 and stored["n_tracks"] == 6
     assert stored["track_accuracy"] == 1.0
     # One split without vectors: both splits use the log-mel, so train and test stay comparable.
     fallback = evaluate_classical_baseline([files["train"]], [files["test_unstored"]], uri, PARAMS)
-    assert fallback["features"] == BASELINE_FROM_LOG_MEL
+    assert fallback["features"] == BASELINE_FROM_LOG_MEL and fallback["features_from"] == "log_mel"
     assert fallback["n_train_tracks"] == 8 and fallback["n_tracks"] == 6
 
 
