@@ -47,10 +47,11 @@ class DecodeTrack(beam.DoFn):
     the classical genre baseline's clip vector from the same file
     (:func:`musicrec.models.genre_baseline.track_vector`, from the same decode
     when the rates agree, else its own at 22 050 Hz; the worker then imports
-    librosa, seconds once per worker process). Failures go to the ``dead`` output as ``{"path", "reason",
-    "detail"}``; one track's samples and segments are the most this step
-    holds in memory. A log line reports the counts every
-    ``progress_seconds`` per worker.
+    librosa, seconds once per worker process).
+
+    Failures go to the ``dead`` output as ``{"path", "reason", "detail"}``;
+    one track's samples and segments are the most this step holds in memory.
+    A log line reports the counts every ``progress_seconds`` per worker.
     """
 
     def __init__(self, params: features.AudioFeatureParams,

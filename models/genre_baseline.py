@@ -80,11 +80,12 @@ def frame_features_from_waveform(waveform: np.ndarray, params: AudioFeatureParam
 
 
 def librosa_frame_features(waveform: np.ndarray, params: AudioFeatureParams) -> np.ndarray:
-    """:func:`frame_features_from_waveform` by librosa's own calls (double-precision STFT,
-    ``center=False``): the reference its tests and the ingestion benchmark measure it against."""
+    """:func:`frame_features_from_waveform` by librosa's own calls (double-precision STFT, the
+    same framing): the reference its tests and the ingestion benchmark measure it against."""
     import librosa
 
-    stft = dict(n_fft=params.n_fft, hop_length=params.hop_length, center=False)
+    stft = dict(n_fft=params.n_fft, hop_length=params.hop_length, center=params.center,
+                pad_mode="constant")
     magnitude = np.abs(librosa.stft(np.asarray(waveform, dtype=np.float32), **stft))
     return np.concatenate([
         librosa.feature.mfcc(y=waveform, sr=params.sample_rate, n_mfcc=N_MFCC, **stft),
